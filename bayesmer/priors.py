@@ -1,0 +1,187 @@
+"""Priors: bayesmer's defaults, and the user's overrides turned into PyMC distributions.
+
+Defaults follow rstanarm's weakly informative, autoscaled choices:
+
+- ``(Intercept)``: Normal(0, 2.5) on the intercept *after the predictors are centred* (the
+  linear predictor at the average row), as rstanarm and brms do.
+- each coefficient: Normal(0, 2.5 / sd(x)), so the prior says the same thing whatever the
+  unit of the predictor.
+- ``1|g`` (the sd of the intercepts of group g): HalfNormal(2.5).
+
+Users override any of them with ``priors={'sexmale': ('normal', 0, 1), '1|pclass':
+('exponential', 1)}`` or with a ``bambi.Prior`` for anything PyMC has.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pymc as pm
+
+#: Plain-tuple prior names -> (PyMC distribution, ordered parameter names).
+_TUPLE_PRIORS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "normal": ("Normal", ("mu", "sigma")),
+    "student_t": ("StudentT", ("nu", "mu", "sigma")),
+    "cauchy": ("Cauchy", ("alpha", "beta")),
+    "laplace": ("Laplace", ("mu", "b")),
+    "halfnormal": ("HalfNormal", ("sigma",)),
+    "halfcauchy": ("HalfCauchy", ("beta",)),
+    "halfstudent_t": ("HalfStudentT", ("nu", "sigma")),
+    "exponential": ("Exponential", ("lam",)),
+    "gamma": ("Gamma", ("alpha", "beta")),
+}
+_POSITIVE = {
+    "HalfNormal",
+    "HalfCauchy",
+    "HalfStudentT",
+    "Exponential",
+    "Gamma",
+    "LogNormal",
+    "InverseGamma",
+    "HalfFlat",
+    "Weibull",
+    "ChiSquared",
+}
+
+DEFAULT_SCALE = 2.5
+
+
+@dataclass(frozen=True)
+class Prior:
+    """One prior: a PyMC distribution name and its parameters.
+
+    Attributes
+    ----------
+    dist : str
+        PyMC distribution class name, e.g. ``'Normal'``.
+    params : dict
+        Keyword arguments of that distribution.
+    source : {'default', 'user'}
+    """
+
+    dist: str
+    params: dict[str, Any] = field(default_factory=dict)
+    source: str = "default"
+
+    def describe(self) -> str:
+        """The prior in words, e.g. ``Normal(mu=0, sigma=2.5)``."""
+        args = ", ".join(f"{k}={_fmt(v)}" for k, v in self.params.items())
+        return f"{self.dist}({args})"
+
+    def make(self, name: str, **kwargs):
+        """Create the PyMC random variable ``name`` inside the current model."""
+        return getattr(pm, self.dist)(name, **self.params, **kwargs)
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def to_prior(key: str, value: Any, positive: bool) -> Prior:
+    """Turn one user prior (tuple, ``bambi.Prior`` or :class:`Prior`) into a :class:`Prior`.
+
+    Parameters
+    ----------
+    key : str
+        The term the prior is for (used in error messages).
+    value : tuple, bambi.Prior or Prior
+    positive : bool
+        Whether the parameter is a standard deviation and needs a positive distribution.
+
+    Raises
+    ------
+    ValueError
+        For an unknown distribution name, wrong number of parameters, or a distribution
+        on the real line given for a standard deviation.
+    TypeError
+        For a value of another type.
+    """
+    if isinstance(value, Prior):
+        prior = Prior(value.dist, dict(value.params), "user")
+    elif isinstance(value, tuple | list):
+        if not value or not isinstance(value[0], str) or value[0].lower() not in _TUPLE_PRIORS:
+            raise ValueError(
+                f"Prior for {key!r}: the first element must name a distribution, one of "
+                f"{sorted(_TUPLE_PRIORS)}; got {value!r}."
+            )
+        dist, names = _TUPLE_PRIORS[value[0].lower()]
+        if len(value) - 1 != len(names):
+            raise ValueError(
+                f"Prior for {key!r}: {value[0]!r} takes {len(names)} parameter(s) "
+                f"{names}, got {len(value) - 1}."
+            )
+        prior = Prior(dist, dict(zip(names, (float(v) for v in value[1:]), strict=True)), "user")
+    elif hasattr(value, "name") and hasattr(value, "args"):  # bambi.Prior
+        if not hasattr(pm, value.name):
+            raise ValueError(f"Prior for {key!r}: PyMC has no distribution {value.name!r}.")
+        prior = Prior(value.name, dict(value.args), "user")
+    else:
+        raise TypeError(
+            f"Prior for {key!r} must be a tuple such as ('normal', 0, 2.5) or a bambi.Prior; "
+            f"got {type(value).__name__}."
+        )
+    if positive and prior.dist not in _POSITIVE:
+        raise ValueError(
+            f"Prior for {key!r} is a standard deviation and needs a positive distribution "
+            f"(e.g. ('halfnormal', 2.5) or ('exponential', 1)); got {prior.dist}."
+        )
+    if not hasattr(pm, prior.dist):
+        raise ValueError(f"Prior for {key!r}: PyMC has no distribution {prior.dist!r}.")
+    return prior
+
+
+def resolve_priors(
+    terms: list[str],
+    x_sd: dict[str, float],
+    groups: list[str],
+    user: dict[str, Any] | None,
+) -> dict[str, Prior]:
+    """Every prior in force, defaults filled in where the user gave none.
+
+    Parameters
+    ----------
+    terms : list of str
+        Fixed-effect term names, ``'(Intercept)'`` included if the model has one.
+    x_sd : dict
+        Standard deviation of each non-intercept column of the design matrix (for autoscaling).
+    groups : list of str
+        Grouping columns; their sd priors are keyed ``'1|g'``.
+    user : dict or None
+        The user's priors keyed by term, ``'(Intercept)'`` or ``'1|g'``.
+
+    Returns
+    -------
+    dict
+        Keyed like ``user``, in model order.
+
+    Raises
+    ------
+    ValueError
+        If ``user`` names something that is not in the model.
+    """
+    user = dict(user or {})
+    group_keys = [f"1|{g}" for g in groups]
+    known = [*terms, *group_keys]
+    unknown = [k for k in user if k not in known]
+    if unknown:
+        raise ValueError(
+            f"priors given for {unknown}, which the model does not have; its parameters are "
+            f"{known}."
+        )
+    out: dict[str, Prior] = {}
+    for term in terms:
+        if term in user:
+            out[term] = to_prior(term, user[term], positive=False)
+        elif term == "(Intercept)":
+            out[term] = Prior("Normal", {"mu": 0.0, "sigma": DEFAULT_SCALE})
+        else:
+            sd = x_sd.get(term, 1.0)
+            scale = DEFAULT_SCALE / sd if sd > 0 else DEFAULT_SCALE
+            out[term] = Prior("Normal", {"mu": 0.0, "sigma": float(round(scale, 4))})
+    for key in group_keys:
+        if key in user:
+            out[key] = to_prior(key, user[key], positive=True)
+        else:
+            out[key] = Prior("HalfNormal", {"sigma": DEFAULT_SCALE})
+    return out

@@ -1,0 +1,166 @@
+"""Model specification -> PyMC model.
+
+The parametrization is chosen for the sampler, the reported quantities are the usual ones:
+
+- Non-intercept predictors are centred (at their mean over the data rows) so the intercept and
+  the slopes are nearly uncorrelated; the reported ``(Intercept)`` is shifted back.
+- Hierarchical centring: the most informative grouping factor (if its groups carry enough
+  information, see :data:`bayesmer.spec.CENTRED_MIN_INFORMATION`) carries the intercept,
+  ``mu_g ~ Normal(Intercept, sd_g)`` with linear predictor ``mu_g[group] + Xc @ b``. This
+  removes the intercept/group-mean ridge that makes the usual forms mix slowly.
+- Other grouping factors are centred at zero when informative, non-centred
+  (``u_g = sd_g * z_g``) when their groups carry little information.
+
+Whatever the parametrization, the posterior holds the same reported variables:
+``b`` (dims ``term``: every fixed coefficient, ``(Intercept)`` included, on the scale of the
+data), and per grouping factor ``g``: ``sd_g`` (the group sd) and ``u_g`` (dims ``g_level``: the
+group deviations, lme4's ranef).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pymc as pm
+import pytensor.tensor as pt
+
+from .spec import GroupSpec, ModelSpec
+
+#: Name of the observed variable (its log-likelihood is per collapsed cell).
+OBSERVED = "y"
+
+
+def carrier(spec: ModelSpec) -> GroupSpec | None:
+    """The grouping factor whose group means carry the intercept, if any."""
+    if not spec.has_intercept:
+        return None
+    centred = [g for g in spec.groups if g.parametrization == "centered"]
+    if not centred:
+        return None
+    return max(centred, key=lambda g: float(np.median(g.information)))
+
+
+def coords(spec: ModelSpec) -> dict[str, list[str]]:
+    """Coordinates of the model: fixed terms and the levels of each grouping factor."""
+    out: dict[str, list[str]] = {"term": list(spec.terms)}
+    slopes = [t for t in spec.terms if t != "(Intercept)"]
+    if slopes:
+        out["slope"] = slopes
+    for g in spec.groups:
+        out[g.dim] = list(g.levels)
+    return out
+
+
+def build_model(spec: ModelSpec, prior_only: bool = False) -> pm.Model:
+    """Build the PyMC model of a specification.
+
+    Parameters
+    ----------
+    spec : ModelSpec
+    prior_only : bool, default False
+        Leave out the likelihood (to draw from the prior).
+
+    Returns
+    -------
+    pm.Model
+    """
+    X = spec.X
+    rows = spec.rows.astype(float)
+    slope_idx = [j for j, t in enumerate(spec.terms) if t != "(Intercept)"]
+    slopes = [spec.terms[j] for j in slope_idx]
+    xbar = np.average(X[:, slope_idx], axis=0, weights=rows) if slope_idx else np.zeros(0)
+    Xc = X[:, slope_idx] - xbar
+    top = carrier(spec)
+
+    # Slopes of predictors constant within every group of the carrier enter the group means
+    # (mu_g ~ Normal(Intercept + W_g @ b, sd)), the others the observation level.
+    between = (
+        _group_level_columns(Xc, top.index, len(top.levels))
+        if top
+        else np.zeros(len(slopes), dtype=bool)
+    )
+
+    with pm.Model(coords=coords(spec)) as model:
+        eta = pt.zeros(X.shape[0])
+        beta = _slope_vector(spec, slopes) if slopes else None
+        if slopes and (~between).any():
+            eta = eta + pt.dot(Xc[:, ~between], beta[np.flatnonzero(~between)])
+        if spec.has_intercept:
+            alpha = spec.priors["(Intercept)"].make("Intercept_c")
+            if top is None:
+                eta = eta + alpha
+        for g in spec.groups:
+            sd = spec.priors[f"1|{g.name}"].make(g.sd_name)
+            if g is top:
+                centre = alpha
+                if between.any():
+                    W = _group_rows(Xc[:, between], g.index, len(g.levels))
+                    centre = alpha + pt.dot(W, beta[np.flatnonzero(between)])
+                mu = pm.Normal(f"mu_{g.name}", centre, sd, dims=g.dim)
+                u = mu - centre
+                eta = eta + mu[g.index]
+            elif g.parametrization == "centered":
+                u = pm.Normal(f"c_{g.name}", 0.0, sd, dims=g.dim)
+                eta = eta + u[g.index]
+            else:
+                z = pm.Normal(f"z_{g.name}", 0.0, 1.0, dims=g.dim)
+                u = z * sd
+                eta = eta + u[g.index]
+            pm.Deterministic(g.effect_name, u, dims=g.dim)
+        b = pt.zeros(len(spec.terms))
+        if slopes:
+            b = pt.set_subtensor(b[slope_idx], beta)
+        if spec.has_intercept:
+            intercept = alpha - pt.dot(xbar, beta) if slopes else alpha
+            b = pt.set_subtensor(b[spec.terms.index("(Intercept)")], intercept)
+        pm.Deterministic("b", b, dims="term")
+
+        if not prior_only:
+            offset = spec.log_offset
+            if offset is not None:
+                eta = eta + offset
+            observed = spec.y
+            if spec.family.name == "binomial":
+                p = spec.family.inverse_link_pt(eta) if spec.family.link != "logit" else None
+                if p is None:
+                    pm.Binomial(
+                        OBSERVED, n=spec.size.astype(np.int64), logit_p=eta, observed=observed
+                    )
+                else:
+                    pm.Binomial(
+                        OBSERVED,
+                        n=spec.size.astype(np.int64),
+                        p=pt.clip(p, 1e-12, 1 - 1e-12),
+                        observed=observed,
+                    )
+            else:
+                pm.Poisson(OBSERVED, mu=pt.exp(eta), observed=observed)
+    return model
+
+
+def _slope_vector(spec: ModelSpec, slopes: list[str]):
+    """One vector of slope coefficients; plain Normal priors stay vectorised."""
+    priors = [spec.priors[t] for t in slopes]
+    if all(p.dist == "Normal" for p in priors):
+        mu = np.array([p.params.get("mu", 0.0) for p in priors], dtype=float)
+        sigma = np.array([p.params["sigma"] for p in priors], dtype=float)
+        return pm.Normal("b_c", mu, sigma, dims="slope")
+    parts = [p.make(f"b_c[{t}]") for t, p in zip(slopes, priors, strict=True)]
+    return pt.stack(parts)
+
+
+def _group_level_columns(Xc: np.ndarray, index: np.ndarray, n_levels: int) -> np.ndarray:
+    """Which columns are constant within every group (group-level predictors)."""
+    if Xc.shape[1] == 0:
+        return np.zeros(0, dtype=bool)
+    lo = np.full((n_levels, Xc.shape[1]), np.inf)
+    hi = np.full((n_levels, Xc.shape[1]), -np.inf)
+    np.minimum.at(lo, index, Xc)
+    np.maximum.at(hi, index, Xc)
+    return np.all(hi - lo <= 1e-12 * (1 + np.abs(hi)), axis=0)
+
+
+def _group_rows(W: np.ndarray, index: np.ndarray, n_levels: int) -> np.ndarray:
+    """The value of each group-level column in each group (levels x columns)."""
+    out = np.zeros((n_levels, W.shape[1]))
+    out[index] = W
+    return out

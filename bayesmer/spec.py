@@ -1,0 +1,566 @@
+"""Formula + data -> a model specification.
+
+:class:`ModelSpec` is everything downstream needs: the collapsed cells, the design matrix and
+its term names, group indices, the family, the priors. The PyMC model is built from it
+(:mod:`bayesmer.pymc_model`) and every summary works on it plus the posterior draws.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from dataclasses import dataclass, field
+from typing import Any
+
+import formulae
+import numpy as np
+import pandas as pd
+import polars as pl
+
+from .collapse import EXPOSURE, ROWS, TRIALS, Collapsed, Y, collapse
+from .families import Family
+from .formula import ParsedFormula
+from .priors import Prior, resolve_priors
+
+#: Information (expected Fisher information of a group's mean on the link scale) above which a
+#: group factor is sampled centred; below it non-centred.
+CENTRED_MIN_INFORMATION = 10.0
+
+
+@dataclass(frozen=True)
+class GroupSpec:
+    """One grouping factor of random intercepts.
+
+    Attributes
+    ----------
+    name : str
+        The grouping column.
+    levels : list of str
+        Its levels, in sorted order.
+    index : np.ndarray
+        Level index of each cell.
+    information : np.ndarray
+        Rough Fisher information about each level's mean on the link scale (trials * p(1-p)
+        for binomial, expected count for Poisson, at the overall mean).
+    parametrization : {'centered', 'noncentered'}
+        How the sampler sees the group effects (see :mod:`bayesmer.pymc_model`).
+    """
+
+    name: str
+    levels: list[str]
+    index: np.ndarray
+    information: np.ndarray
+    parametrization: str
+
+    @property
+    def sd_name(self) -> str:
+        """Posterior variable holding the group sd."""
+        return f"sd_{self.name}"
+
+    @property
+    def effect_name(self) -> str:
+        """Posterior variable holding the group deviations (ranef)."""
+        return f"u_{self.name}"
+
+    @property
+    def dim(self) -> str:
+        """Dimension name of the levels."""
+        return f"{self.name}_level"
+
+
+@dataclass
+class ModelSpec:
+    """A model ready to be turned into PyMC, and read back from draws.
+
+    Attributes
+    ----------
+    formula : ParsedFormula
+    family : Family
+    factors : dict
+        Level order of each categorical fixed-effect column (first = reference).
+    numeric : list of str
+        Numeric fixed-effect columns.
+    groups : list of GroupSpec
+    cells : pl.DataFrame
+        One row per collapsed cell: predictor and group columns (factors as strings), ``_y``,
+        ``_n`` (binomial trials) or ``_e`` (Poisson exposure), ``_rows``, ``_cell``.
+    obs : pl.DataFrame
+        Distinct original observations with their multiplicity (see :mod:`bayesmer.collapse`).
+    X : np.ndarray
+        Fixed-effects design matrix of the cells.
+    terms : list of str
+        R-style names of the columns of ``X`` (``'(Intercept)'``, ``'sexmale'``...).
+    priors : dict of Prior
+    n_obs : int
+        Rows used (after dropping missing values).
+    n_dropped : int
+        Rows dropped for missing values.
+    collapsed : bool
+        Whether rows were collapsed into cells.
+    response_levels : tuple or None
+        (failure, success) labels when a binomial outcome was a two-level column.
+    """
+
+    formula: ParsedFormula
+    family: Family
+    factors: dict[str, list[str]]
+    numeric: list[str]
+    groups: list[GroupSpec]
+    cells: pl.DataFrame
+    obs: pl.DataFrame
+    X: np.ndarray
+    terms: list[str]
+    priors: dict[str, Prior]
+    n_obs: int
+    n_dropped: int
+    collapsed: bool
+    response_levels: tuple[str, str] | None = None
+    _design: Any = field(default=None, repr=False)
+
+    @property
+    def has_intercept(self) -> bool:
+        return "(Intercept)" in self.terms
+
+    @property
+    def size_col(self) -> str:
+        return TRIALS if self.family.name == "binomial" else EXPOSURE
+
+    @property
+    def y(self) -> np.ndarray:
+        """Successes (binomial) or counts (Poisson) per cell."""
+        return self.cells[Y].to_numpy()
+
+    @property
+    def size(self) -> np.ndarray:
+        """Trials (binomial) or exposure (Poisson) per cell."""
+        return self.cells[self.size_col].to_numpy().astype(float)
+
+    @property
+    def rows(self) -> np.ndarray:
+        """Original rows per cell."""
+        return self.cells[ROWS].to_numpy()
+
+    @property
+    def log_offset(self) -> np.ndarray | None:
+        """log(exposure) per cell for Poisson models, else None.
+
+        A collapsed Poisson cell's exposure is the summed exposure of its rows (the row count
+        when the formula has no offset), so Poisson cells always carry an offset.
+        """
+        if self.family.name != "poisson":
+            return None
+        return np.log(self.size)
+
+    @property
+    def has_offset(self) -> bool:
+        return self.formula.exposure is not None or self.formula.offset is not None
+
+    def design_matrix(self, grid: pl.DataFrame) -> np.ndarray:
+        """Fixed-effects design matrix for new predictor values (same coding as the fit).
+
+        Parameters
+        ----------
+        grid : pl.DataFrame
+            Holds every fixed-effect column; factor values as strings from ``factors``.
+        """
+        return np.asarray(self._design.evaluate_new_data(self.to_pandas(grid)), dtype=float)
+
+    def to_pandas(self, frame: pl.DataFrame) -> pd.DataFrame:
+        """Predictor columns as pandas with categorical levels in model order."""
+        out = {}
+        for col in self.formula.fixed_variables:
+            if col in self.factors:
+                values = frame[col].cast(pl.String).to_list()
+                out[col] = pd.Categorical(values, categories=self.factors[col])
+            else:
+                out[col] = frame[col].cast(pl.Float64).to_numpy()
+        return pd.DataFrame(out, index=pd.RangeIndex(len(frame)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Data preparation
+
+
+def _to_lazy(data: Any) -> tuple[pl.LazyFrame, dict[str, list[str]]]:
+    """Accept polars (eager or lazy) or pandas; return a LazyFrame and categorical orders."""
+    orders: dict[str, list[str]] = {}
+    if isinstance(data, pd.DataFrame):
+        for col in data.columns:
+            if isinstance(data[col].dtype, pd.CategoricalDtype):
+                orders[str(col)] = [str(c) for c in data[col].cat.categories]
+        frame = pl.from_pandas(data.reset_index(drop=True))
+        return frame.lazy(), orders
+    if isinstance(data, pl.DataFrame):
+        lf = data.lazy()
+    elif isinstance(data, pl.LazyFrame):
+        lf = data
+    else:
+        raise TypeError(
+            f"data must be a polars DataFrame/LazyFrame or a pandas DataFrame, "
+            f"got {type(data).__name__}."
+        )
+    for col, dtype in lf.collect_schema().items():
+        if isinstance(dtype, pl.Enum):
+            orders[col] = [str(c) for c in dtype.categories]
+    return lf, orders
+
+
+def _is_numeric(dtype: pl.DataType) -> bool:
+    return dtype.is_numeric()
+
+
+def _sorted_levels(values: pl.Series) -> list[str]:
+    uniq = values.drop_nulls().unique()
+    if uniq.dtype.is_numeric() or uniq.dtype == pl.Boolean:
+        uniq = uniq.sort()
+        return [_level_str(v) for v in uniq.to_list()]
+    return sorted(str(v) for v in uniq.to_list())
+
+
+def _level_str(value: Any) -> str:
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def _as_level_expr(col: str, dtype: pl.DataType) -> pl.Expr:
+    """Expression turning a factor column into its string labels (1.0 -> '1')."""
+    if dtype.is_float():
+        return (
+            pl.when(pl.col(col) == pl.col(col).round(0))
+            .then(pl.col(col).cast(pl.Int64).cast(pl.String))
+            .otherwise(pl.col(col).cast(pl.String))
+            .alias(col)
+        )
+    if dtype == pl.Boolean:
+        return pl.col(col).cast(pl.String).str.to_lowercase().alias(col)
+    return pl.col(col).cast(pl.String).alias(col)
+
+
+def _check_levels(col: str, given: list[str], present: list[str]) -> list[str]:
+    missing_in_data = [lv for lv in given if lv not in present]
+    if missing_in_data:
+        raise ValueError(
+            f"set_factors gives levels {missing_in_data} for {col!r} that do not occur in the "
+            f"data; its levels are {present}."
+        )
+    missing_in_order = [lv for lv in present if lv not in given]
+    if missing_in_order:
+        raise ValueError(
+            f"Column {col!r} has levels {missing_in_order} that the level order given to "
+            f"set_factors leaves out; list every level of {present}."
+        )
+    return list(given)
+
+
+def _response_expr(
+    parsed: ParsedFormula,
+    family: Family,
+    schema: dict[str, pl.DataType],
+    stats: dict[str, Any],
+    levels: list[str] | None,
+) -> tuple[list[pl.Expr], tuple[str, str] | None]:
+    """Validate the response and return expressions building ``_y`` and ``_n``/``_e``."""
+    resp = parsed.response
+    col = resp.column
+    if family.name == "poisson":
+        if resp.kind != "column":
+            raise ValueError("cbind() responses are for the binomial family; Poisson takes counts.")
+        if not _is_numeric(schema[col]):
+            raise ValueError(
+                f"Poisson outcome {col!r} must hold non-negative whole-number counts; it has "
+                f"type {schema[col]}."
+            )
+        if stats[f"{col}__min"] < 0:
+            raise ValueError(
+                f"Poisson outcome {col!r} has negative values (min {stats[f'{col}__min']}); "
+                "counts must be >= 0."
+            )
+        if not stats[f"{col}__whole"]:
+            raise ValueError(f"Poisson outcome {col!r} has values that are not whole numbers.")
+        if parsed.exposure is not None:
+            if stats[f"{parsed.exposure}__min"] <= 0:
+                raise ValueError(
+                    f"Exposure column {parsed.exposure!r} in offset(log(...)) must be > 0; "
+                    f"its minimum is {stats[f'{parsed.exposure}__min']}."
+                )
+            size = pl.col(parsed.exposure).cast(pl.Float64)
+        elif parsed.offset is not None:
+            size = pl.col(parsed.offset).cast(pl.Float64).exp()
+        else:
+            size = pl.lit(1.0)
+        return [pl.col(col).cast(pl.Int64).alias(Y), size.alias(EXPOSURE)], None
+
+    if parsed.exposure is not None or parsed.offset is not None:
+        raise ValueError("offset() is supported for the Poisson family only.")
+    if resp.kind != "column":
+        second = resp.second
+        for c in resp.columns:
+            if not _is_numeric(schema[c]):
+                raise ValueError(f"cbind() column {c!r} must be numeric counts, has {schema[c]}.")
+            if stats[f"{c}__min"] < 0:
+                raise ValueError(
+                    f"cbind() column {c!r} has negative counts (min {stats[f'{c}__min']})."
+                )
+            if not stats[f"{c}__whole"]:
+                raise ValueError(f"cbind() column {c!r} has values that are not whole numbers.")
+        if resp.kind == "cbind_trials":
+            if stats["__succ_gt_trials"]:
+                raise ValueError(
+                    f"Successes {col!r} exceed trials {second!r} in "
+                    f"{stats['__succ_gt_trials']} row(s)."
+                )
+            trials = pl.col(second)
+        else:
+            trials = pl.col(col) + pl.col(second)
+        return [pl.col(col).cast(pl.Int64).alias(Y), trials.cast(pl.Int64).alias(TRIALS)], None
+
+    dtype = schema[col]
+    one = pl.lit(1, dtype=pl.Int64).alias(TRIALS)
+    if dtype == pl.Boolean:
+        return [pl.col(col).cast(pl.Int64).alias(Y), one], ("false", "true")
+    if _is_numeric(dtype):
+        values = stats[f"{col}__values"]
+        if not set(values) <= {0, 1}:
+            shown = sorted(values)[:6]
+            raise ValueError(
+                f"Binomial outcome {col!r} must be 0/1 (or a two-level column); it has values "
+                f"{shown}. For counts of successes out of trials use "
+                "cbind(successes, failures)."
+            )
+        return [pl.col(col).cast(pl.Int64).alias(Y), one], None
+    present = stats[f"{col}__values"]
+    order = levels if levels is not None else sorted(str(v) for v in present)
+    if levels is not None:
+        order = _check_levels(col, levels, sorted(str(v) for v in present))
+    if len(order) != 2:
+        raise ValueError(
+            f"Binomial outcome {col!r} must have exactly two levels; it has {len(order)}: "
+            f"{order[:6]}."
+        )
+    expr = (pl.col(col).cast(pl.String) == order[1]).cast(pl.Int64).alias(Y)
+    return [expr, one], (order[0], order[1])
+
+
+def build_spec(
+    parsed: ParsedFormula,
+    data: Any,
+    family: Family,
+    factors: dict[str, list[str] | None],
+    priors: dict[str, Any] | None,
+) -> ModelSpec:
+    """Validate the data against the formula, collapse it, and build the design.
+
+    Parameters
+    ----------
+    parsed : ParsedFormula
+    data : polars DataFrame/LazyFrame or pandas DataFrame
+    family : Family
+    factors : dict
+        Columns declared categorical with set_factors; value None means sorted level order.
+    priors : dict or None
+        User priors, see :func:`bayesmer.priors.resolve_priors`.
+
+    Returns
+    -------
+    ModelSpec
+
+    Raises
+    ------
+    ValueError, TypeError
+        For every problem with the data, naming the column at fault.
+    """
+    lf, orders = _to_lazy(data)
+    schema = dict(lf.collect_schema())
+    missing = [c for c in parsed.columns if c not in schema]
+    if missing:
+        raise ValueError(
+            f"Column(s) {missing} in the formula {parsed.formula!r} are not in the data; "
+            f"available columns: {list(schema)}."
+        )
+    undeclared = [c for c in factors if c not in schema]
+    if undeclared:
+        raise ValueError(
+            f"set_factors names column(s) {undeclared} that are not in the data; "
+            f"available columns: {list(schema)}."
+        )
+    cols = parsed.columns
+    lf = lf.select(cols)
+
+    # Missing values: drop rows with a null (or NaN) in any used column.
+    not_missing = [pl.col(c).is_not_null() for c in cols]
+    not_missing += [pl.col(c).is_not_nan() for c in cols if schema[c].is_float()]
+    keep = pl.all_horizontal(not_missing)
+    stats_exprs: list[pl.Expr] = [pl.len().alias("__n_all"), keep.sum().alias("__n_keep")]
+    clean = lf.filter(keep)
+    n = clean.select(pl.len()).collect().item()
+    n_all = lf.select(pl.len()).collect().item()
+    n_dropped = n_all - n
+    if n_all == 0:
+        raise ValueError("The data has no rows.")
+    if n == 0:
+        raise ValueError(
+            f"Every row has a missing value in at least one of the columns {cols}; "
+            "nothing is left to fit."
+        )
+    if n_dropped:
+        warnings.warn(
+            f"Dropped {n_dropped} of {n_all} rows with missing values in the columns {cols}.",
+            UserWarning,
+            stacklevel=4,
+        )
+
+    # Statistics needed to validate the response, computed in one pass.
+    resp = parsed.response
+    stats_exprs = []
+    for c in [*resp.columns, parsed.exposure]:
+        if c is not None and _is_numeric(schema[c]):
+            stats_exprs += [
+                pl.col(c).min().alias(f"{c}__min"),
+                (pl.col(c) == pl.col(c).round(0)).all().alias(f"{c}__whole")
+                if schema[c].is_float()
+                else pl.lit(True).alias(f"{c}__whole"),
+            ]
+    if resp.kind == "cbind_trials":
+        stats_exprs.append(
+            (pl.col(resp.column) > pl.col(resp.second)).sum().alias("__succ_gt_trials")
+        )
+    stats = clean.select(stats_exprs).collect().row(0, named=True) if stats_exprs else {}
+    if family.name == "binomial" and resp.kind == "column" and schema[resp.column] != pl.Boolean:
+        values = clean.select(pl.col(resp.column).unique()).collect().to_series()
+        stats[f"{resp.column}__values"] = (
+            values.head(50).to_list() if len(values) > 50 else (values.to_list())
+        )
+    response_levels_given = factors.get(resp.column) if resp.kind == "column" else None
+    if response_levels_given is None:
+        response_levels_given = orders.get(resp.column)
+    resp_exprs, response_levels = _response_expr(
+        parsed, family, schema, stats, response_levels_given
+    )
+
+    # Factor columns and their level order.
+    fixed_vars = parsed.fixed_variables
+    factor_cols = [
+        c
+        for c in fixed_vars
+        if c in factors or not _is_numeric(schema[c]) or isinstance(schema[c], pl.Enum)
+    ]
+    if any(c in parsed.groups for c in [resp.column]):
+        raise ValueError(f"The outcome {resp.column!r} cannot also be a grouping column.")
+    level_cols = list(dict.fromkeys([*factor_cols, *parsed.groups]))
+    uniques = (
+        clean.select([pl.col(c).unique().implode() for c in level_cols]).collect()
+        if level_cols
+        else None
+    )
+    levels: dict[str, list[str]] = {}
+    for c in level_cols:
+        present = _sorted_levels(uniques[c].explode())
+        given = factors.get(c) or orders.get(c)
+        levels[c] = _check_levels(c, [str(v) for v in given], present) if given else present
+    for g in parsed.groups:
+        if len(levels[g]) < 2:
+            raise ValueError(
+                f"Grouping column {g!r} has a single level ({levels[g]}); random intercepts "
+                "need at least two groups."
+            )
+    numeric = [c for c in fixed_vars if c not in factor_cols]
+
+    work = clean.with_columns(
+        [*resp_exprs, *[_as_level_expr(c, schema[c]) for c in level_cols]]
+    ).with_columns([pl.col(c).cast(pl.Float64) for c in numeric])
+    size_col = TRIALS if family.name == "binomial" else EXPOSURE
+    keys = list(dict.fromkeys([*fixed_vars, *parsed.groups]))
+    col_data: Collapsed = collapse(work.select([*keys, Y, size_col]), keys, size_col)
+    cells = col_data.cells
+
+    # Fixed-effects design from formulae, on the cells only.
+    factor_levels = {c: levels[c] for c in factor_cols}
+    frame = _cells_to_pandas(cells, fixed_vars, factor_levels)
+    frame["bayesmerresponse"] = 0.0  # formulae needs a response; the design ignores it
+    dm = formulae.design_matrices(f"bayesmerresponse ~ {parsed.fixed}", frame, na_action="error")
+    common = dm.common
+    if common is None:
+        raise ValueError(f"The formula {parsed.formula!r} has no fixed effects and no intercept.")
+    X = np.asarray(common.design_matrix, dtype=float)
+    terms = _r_term_names(common)
+    if np.linalg.matrix_rank(X) < X.shape[1]:
+        raise ValueError(
+            f"The fixed effects of {parsed.formula!r} are not identifiable from the data (the "
+            f"design matrix with columns {terms} is rank deficient): some factor combination "
+            "is missing or a column is constant."
+        )
+
+    rows = cells[ROWS].to_numpy().astype(float)
+    x_sd = {}
+    for j, term in enumerate(terms):
+        if term != "(Intercept)":
+            mean = np.average(X[:, j], weights=rows)
+            x_sd[term] = float(np.sqrt(np.average((X[:, j] - mean) ** 2, weights=rows)))
+    resolved = resolve_priors(terms, x_sd, list(parsed.groups), priors)
+
+    groups = _group_specs(parsed.groups, levels, cells, family)
+    return ModelSpec(
+        formula=parsed,
+        family=family,
+        factors=factor_levels,
+        numeric=numeric,
+        groups=groups,
+        cells=cells,
+        obs=col_data.obs,
+        X=X,
+        terms=terms,
+        priors=resolved,
+        n_obs=col_data.n_rows,
+        n_dropped=n_dropped,
+        collapsed=col_data.collapsed,
+        response_levels=response_levels,
+        _design=common,
+    )
+
+
+def _cells_to_pandas(
+    cells: pl.DataFrame, variables: list[str], factor_levels: dict[str, list[str]]
+) -> pd.DataFrame:
+    out = {}
+    for col in variables:
+        if col in factor_levels:
+            out[col] = pd.Categorical(cells[col].to_list(), categories=factor_levels[col])
+        else:
+            out[col] = cells[col].to_numpy()
+    if not out:
+        return pd.DataFrame(index=pd.RangeIndex(len(cells)))
+    return pd.DataFrame(out)
+
+
+def _r_term_names(common: Any) -> list[str]:
+    """formulae labels ('sex[male]:pclass[2]') -> R labels ('sexmale:pclass2')."""
+    names: list[str] = []
+    for term in common.terms.values():
+        for label in term.labels:
+            if label == "Intercept":
+                names.append("(Intercept)")
+            else:
+                names.append(re.sub(r"\[([^\]]*)\]", r"\1", label))
+    return names
+
+
+def _group_specs(
+    groups: tuple[str, ...], levels: dict[str, list[str]], cells: pl.DataFrame, family: Family
+) -> list[GroupSpec]:
+    y = cells[Y].to_numpy().astype(float)
+    size_col = TRIALS if family.name == "binomial" else EXPOSURE
+    size = cells[size_col].to_numpy().astype(float)
+    if family.name == "binomial":
+        p = np.clip(y.sum() / size.sum(), 0.02, 0.98)
+        info_cell = size * p * (1 - p)
+    else:
+        info_cell = size * (y.sum() / size.sum())
+    out: list[GroupSpec] = []
+    for g in groups:
+        lv = levels[g]
+        index = cells[g].cast(pl.Enum(lv)).to_physical().to_numpy().astype(np.int64)
+        info = np.bincount(index, weights=info_cell, minlength=len(lv))
+        param = "centered" if np.median(info) >= CENTRED_MIN_INFORMATION else "noncentered"
+        out.append(GroupSpec(g, lv, index, info, param))
+    return out

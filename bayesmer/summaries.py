@@ -1,0 +1,177 @@
+"""Draws -> the tables users read: params, result_fit, ranef, fixef, ranef_var, summary().
+
+Point estimates are posterior medians (they commute with exp, so an exponentiated estimate is
+the exp of the log-scale one); intervals are highest-density intervals at the model's ``ci``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import polars as pl
+import xarray as xr
+
+from .diagnostics import Diagnostics
+from .draws import fixed, group_effects, group_sd, hdi, prob_direction
+from .spec import ModelSpec
+
+
+def params_table(spec: ModelSpec, trace: xr.DataTree, exponentiate: bool) -> pl.DataFrame:
+    """``term, estimate``: posterior medians of the fixed effects."""
+    b = fixed(trace)
+    est = np.median(b, axis=0)
+    if exponentiate:
+        est = np.exp(est)
+    return pl.DataFrame({"term": spec.terms, "estimate": est})
+
+
+def _interval_rows(values: np.ndarray, ci: float, exponentiate: bool) -> dict[str, np.ndarray]:
+    """Median, sd, HDI and pd of the columns of ``values`` (draws x k)."""
+    bounds = hdi(values, ci)
+    pd_ = prob_direction(values)
+    if exponentiate:
+        ev = np.exp(values)
+        return {
+            "estimate": np.exp(np.median(values, axis=0)),
+            "sd": ev.std(axis=0, ddof=1),
+            "conf_low": np.exp(bounds[..., 0]),
+            "conf_high": np.exp(bounds[..., 1]),
+            "pd": pd_,
+        }
+    return {
+        "estimate": np.median(values, axis=0),
+        "sd": values.std(axis=0, ddof=1),
+        "conf_low": bounds[..., 0],
+        "conf_high": bounds[..., 1],
+        "pd": pd_,
+    }
+
+
+def result_fit_table(
+    spec: ModelSpec, trace: xr.DataTree, diag: Diagnostics, ci: float, exponentiate: bool
+) -> pl.DataFrame:
+    """``term, estimate, sd, conf_low, conf_high, pd, rhat, ess_bulk, ess_tail``.
+
+    With ``exponentiate=True`` the estimate and interval are exp() of the log-scale ones
+    (HDI bounds on the log scale, mapped through exp) and ``sd`` is the sd of exp(draws).
+    """
+    rows = _interval_rows(fixed(trace), ci, exponentiate)
+    table = pl.DataFrame({"term": spec.terms, **rows})
+    d = diag.table.with_columns(pl.col("term").str.replace(r"^b\[(.*)\]$", "$1"))
+    return table.join(d.select("term", "rhat", "ess_bulk", "ess_tail"), on="term", how="left")
+
+
+def ranef_table(
+    spec: ModelSpec, trace: xr.DataTree, exponentiate: bool
+) -> pl.DataFrame | dict[str, pl.DataFrame]:
+    """``level, (Intercept)``: posterior medians of the group deviations, per grouping factor."""
+    out = {}
+    for g in spec.groups:
+        est = np.median(group_effects(trace, g), axis=0)
+        out[g.name] = pl.DataFrame(
+            {"level": g.levels, "(Intercept)": np.exp(est) if exponentiate else est}
+        )
+    return _one_or_dict(out)
+
+
+def fixef_table(
+    spec: ModelSpec, trace: xr.DataTree, exponentiate: bool
+) -> pl.DataFrame | dict[str, pl.DataFrame]:
+    """Per-group coefficients (lme4's ``coef()``): fixed effects plus the group deviation.
+
+    Computed per draw, then summarised by the median.
+    """
+    b = fixed(trace)
+    out = {}
+    for g in spec.groups:
+        u = group_effects(trace, g)
+        cols: dict[str, object] = {"level": g.levels}
+        for j, term in enumerate(spec.terms):
+            per_group = b[:, [j]] + (u if term == "(Intercept)" else 0.0)
+            per_group = np.broadcast_to(per_group, u.shape)
+            est = np.median(per_group, axis=0)
+            cols[term] = np.exp(est) if exponentiate else est
+        out[g.name] = pl.DataFrame(cols)
+    return _one_or_dict(out)
+
+
+def ranef_var_table(spec: ModelSpec, trace: xr.DataTree, ci: float) -> pl.DataFrame:
+    """``group, term, estimate, conf_low, conf_high``: the group sds (median and HDI)."""
+    rows = []
+    for g in spec.groups:
+        sd = group_sd(trace, g)
+        lo, hi = hdi(sd[:, None], ci)[0]
+        rows.append(
+            {
+                "group": g.name,
+                "term": "(Intercept)",
+                "estimate": float(np.median(sd)),
+                "conf_low": float(lo),
+                "conf_high": float(hi),
+            }
+        )
+    return pl.DataFrame(rows)
+
+
+def _one_or_dict(tables: dict[str, pl.DataFrame]) -> pl.DataFrame | dict[str, pl.DataFrame]:
+    return next(iter(tables.values())) if len(tables) == 1 else tables
+
+
+@dataclass(frozen=True)
+class Summary:
+    """A printable model summary; renders as text in a terminal and HTML in a notebook."""
+
+    header: list[str]
+    random: pl.DataFrame | None
+    fixed: pl.DataFrame
+    footer: list[str]
+
+    def __str__(self) -> str:
+        lines = list(self.header)
+        if self.random is not None:
+            lines.append("Random effects (sd of group intercepts, link scale):")
+            lines.append(_format_table(self.random))
+        lines.append("Fixed effects:")
+        lines.append(_format_table(self.fixed))
+        lines.extend(self.footer)
+        return "\n".join(lines)
+
+    __repr__ = __str__
+
+    def _repr_html_(self) -> str:
+        parts = ["<div><pre>" + "\n".join(self.header) + "</pre>"]
+        if self.random is not None:
+            parts.append("<b>Random effects</b> (sd of group intercepts, link scale)")
+            parts.append(self.random._repr_html_())
+        parts.append("<b>Fixed effects</b>")
+        parts.append(self.fixed._repr_html_())
+        parts.append("<pre>" + "\n".join(self.footer) + "</pre></div>")
+        return "\n".join(parts)
+
+
+def _format_table(df: pl.DataFrame) -> str:
+    """Plain aligned text, numbers to 3 significant decimals."""
+    cells = [[str(c) for c in df.columns]]
+    for row in df.iter_rows():
+        cells.append([_fmt(v) for v in row])
+    widths = [max(len(r[i]) for r in cells) for i in range(len(df.columns))]
+    out = []
+    for r in cells:
+        out.append(
+            "  ".join(
+                v.ljust(w) if i == 0 else v.rjust(w)
+                for i, (v, w) in enumerate(zip(r, widths, strict=True))
+            )
+        )
+    return "\n".join(out)
+
+
+def _fmt(value: object) -> str:
+    if isinstance(value, float):
+        if value != value:
+            return "nan"
+        if abs(value) >= 1000:
+            return f"{value:.0f}"
+        return f"{value:.3f}"
+    return str(value)
