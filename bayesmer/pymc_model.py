@@ -4,12 +4,15 @@ The parametrization is chosen for the sampler, the reported quantities are the u
 
 - Non-intercept predictors are centred (at their mean over the data rows) so the intercept and
   the slopes are nearly uncorrelated; the reported ``(Intercept)`` is shifted back.
-- Hierarchical centring: the most informative grouping factor (if its groups carry enough
-  information, see :data:`bayesmer.spec.CENTRED_MIN_INFORMATION`) carries the intercept,
-  ``mu_g ~ Normal(Intercept, sd_g)`` with linear predictor ``mu_g[group] + Xc @ b``. This
-  removes the intercept/group-mean ridge that makes the usual forms mix slowly.
-- Other grouping factors are centred at zero when informative, non-centred
-  (``u_g = sd_g * z_g``) when their groups carry little information.
+- Hierarchical centring: the grouping factor with the most informative levels carries the
+  intercept, ``m_g ~ Normal(Intercept + W_g @ b_between, sd_g)`` with linear predictor
+  ``m_g[group] + Xc_within @ b_within``, where the ``W`` columns are the predictors constant
+  within every group (group-level predictors, such as a year that each brood belongs to).
+  This removes the intercept/group-mean ridge that makes the usual forms mix slowly.
+- Per level, the choice between centred (``m ~ Normal(centre, sd)``) and non-centred
+  (``m = centre + sd * z``) follows how much information the level's own data carry (see
+  :data:`bayesmer.spec.CENTRED_MIN_INFORMATION`): informative levels centred, weakly informed
+  levels non-centred. Other grouping factors are treated the same way around zero.
 
 Whatever the parametrization, the posterior holds the same reported variables:
 ``b`` (dims ``term``: every fixed coefficient, ``(Intercept)`` included, on the scale of the
@@ -30,13 +33,17 @@ OBSERVED = "y"
 
 
 def carrier(spec: ModelSpec) -> GroupSpec | None:
-    """The grouping factor whose group means carry the intercept, if any."""
+    """The grouping factor whose group means carry the intercept, if any.
+
+    The factor with the most centred levels; none when no level of any factor is informative
+    enough to be centred.
+    """
     if not spec.has_intercept:
         return None
-    centred = [g for g in spec.groups if g.parametrization == "centered"]
-    if not centred:
+    candidates = [g for g in spec.groups if g.centred.any()]
+    if not candidates:
         return None
-    return max(centred, key=lambda g: float(np.median(g.information)))
+    return max(candidates, key=lambda g: (int(g.centred.sum()), float(g.information.sum())))
 
 
 def coords(spec: ModelSpec) -> dict[str, list[str]]:
@@ -90,21 +97,15 @@ def build_model(spec: ModelSpec, prior_only: bool = False) -> pm.Model:
                 eta = eta + alpha
         for g in spec.groups:
             sd = spec.priors[f"1|{g.name}"].make(g.sd_name)
+            centre = 0.0
             if g is top:
                 centre = alpha
                 if between.any():
                     W = _group_rows(Xc[:, between], g.index, len(g.levels))
                     centre = alpha + pt.dot(W, beta[np.flatnonzero(between)])
-                mu = pm.Normal(f"mu_{g.name}", centre, sd, dims=g.dim)
-                u = mu - centre
-                eta = eta + mu[g.index]
-            elif g.parametrization == "centered":
-                u = pm.Normal(f"c_{g.name}", 0.0, sd, dims=g.dim)
-                eta = eta + u[g.index]
-            else:
-                z = pm.Normal(f"z_{g.name}", 0.0, 1.0, dims=g.dim)
-                u = z * sd
-                eta = eta + u[g.index]
+            level_mean = _group_means(g, centre, sd)
+            u = level_mean - centre
+            eta = eta + level_mean[g.index]
             pm.Deterministic(g.effect_name, u, dims=g.dim)
         b = pt.zeros(len(spec.terms))
         if slopes:
@@ -138,12 +139,20 @@ def build_model(spec: ModelSpec, prior_only: bool = False) -> pm.Model:
 
 
 def _slope_vector(spec: ModelSpec, slopes: list[str]):
-    """One vector of slope coefficients; plain Normal priors stay vectorised."""
+    """One vector of slope coefficients.
+
+    With Normal priors (the default) the slopes are sampled standardised,
+    ``b = mu + sigma * z`` with ``z ~ Normal(0, 1)``: with autoscaled priors this is the same
+    as sampling the effect of one sd of each predictor, so every parameter the sampler sees has
+    unit scale and a jittered starting point cannot overflow the likelihood (a predictor in
+    metres with a coefficient of 1 would). Other priors are sampled as given.
+    """
     priors = [spec.priors[t] for t in slopes]
     if all(p.dist == "Normal" for p in priors):
         mu = np.array([p.params.get("mu", 0.0) for p in priors], dtype=float)
         sigma = np.array([p.params["sigma"] for p in priors], dtype=float)
-        return pm.Normal("b_c", mu, sigma, dims="slope")
+        z = pm.Normal("b_z", 0.0, 1.0, dims="slope")
+        return mu + sigma * z
     parts = [p.make(f"b_c[{t}]") for t, p in zip(slopes, priors, strict=True)]
     return pt.stack(parts)
 
@@ -164,3 +173,25 @@ def _group_rows(W: np.ndarray, index: np.ndarray, n_levels: int) -> np.ndarray:
     out = np.zeros((n_levels, W.shape[1]))
     out[index] = W
     return out
+
+
+def _group_means(g: GroupSpec, centre, sd):
+    """Group means ``centre + u_g``, centred for informative levels, non-centred for the rest.
+
+    Informative levels get ``m ~ Normal(centre, sd)`` (their data pin ``m`` down, so the
+    sampler sees a well-conditioned variable); weakly informed levels get
+    ``m = centre + sd * z`` with ``z ~ Normal(0, 1)`` (no funnel between ``sd`` and ``m``).
+    """
+    n = len(g.levels)
+    strong = np.flatnonzero(g.centred)
+    weak = np.flatnonzero(~g.centred)
+    centre = pt.as_tensor_variable(centre)
+    centre_v = pt.broadcast_to(centre, (n,)) if centre.ndim == 0 else centre
+    m = pt.zeros(n)
+    if len(strong):
+        g_s = pm.Normal(f"m_{g.name}", centre_v[strong], sd, shape=len(strong))
+        m = pt.set_subtensor(m[strong], g_s)
+    if len(weak):
+        z = pm.Normal(f"z_{g.name}", 0.0, 1.0, shape=len(weak))
+        m = pt.set_subtensor(m[weak], centre_v[weak] + sd * z)
+    return m

@@ -22,9 +22,9 @@ from .families import Family
 from .formula import ParsedFormula
 from .priors import Prior, resolve_priors
 
-#: Information (expected Fisher information of a group's mean on the link scale) above which a
-#: group factor is sampled centred; below it non-centred.
-CENTRED_MIN_INFORMATION = 10.0
+#: Information (approximate Fisher information about a group's mean on the link scale, from the
+#: observed data) at or above which a group's effect is sampled centred; below it non-centred.
+CENTRED_MIN_INFORMATION = 5.0
 
 
 @dataclass(frozen=True)
@@ -40,17 +40,29 @@ class GroupSpec:
     index : np.ndarray
         Level index of each cell.
     information : np.ndarray
-        Rough Fisher information about each level's mean on the link scale (trials * p(1-p)
-        for binomial, expected count for Poisson, at the overall mean).
-    parametrization : {'centered', 'noncentered'}
-        How the sampler sees the group effects (see :mod:`bayesmer.pymc_model`).
+        Approximate Fisher information about each level's mean on the link scale, from the
+        observed data: s * f / n (successes, failures, trials) for binomial, the summed count
+        for Poisson (each with +0.5 continuity corrections).
+    centred : np.ndarray of bool
+        Per level, whether its effect is sampled centred (informative level) or non-centred
+        (see :mod:`bayesmer.pymc_model`).
     """
 
     name: str
     levels: list[str]
     index: np.ndarray
     information: np.ndarray
-    parametrization: str
+    centred: np.ndarray
+
+    @property
+    def parametrization(self) -> str:
+        """``'centered'``, ``'noncentered'`` or ``'mixed (k of n centred)'``."""
+        k = int(self.centred.sum())
+        if k == len(self.levels):
+            return "centered"
+        if k == 0:
+            return "noncentered"
+        return f"mixed ({k} of {len(self.levels)} centred)"
 
     @property
     def sd_name(self) -> str:
@@ -551,16 +563,15 @@ def _group_specs(
     y = cells[Y].to_numpy().astype(float)
     size_col = TRIALS if family.name == "binomial" else EXPOSURE
     size = cells[size_col].to_numpy().astype(float)
-    if family.name == "binomial":
-        p = np.clip(y.sum() / size.sum(), 0.02, 0.98)
-        info_cell = size * p * (1 - p)
-    else:
-        info_cell = size * (y.sum() / size.sum())
     out: list[GroupSpec] = []
     for g in groups:
         lv = levels[g]
         index = cells[g].cast(pl.Enum(lv)).to_physical().to_numpy().astype(np.int64)
-        info = np.bincount(index, weights=info_cell, minlength=len(lv))
-        param = "centered" if np.median(info) >= CENTRED_MIN_INFORMATION else "noncentered"
-        out.append(GroupSpec(g, lv, index, info, param))
+        ys = np.bincount(index, weights=y, minlength=len(lv))
+        if family.name == "binomial":
+            ns = np.bincount(index, weights=size, minlength=len(lv))
+            info = (ys + 0.5) * (ns - ys + 0.5) / (ns + 1.0)
+        else:
+            info = ys + 0.5
+        out.append(GroupSpec(g, lv, index, info, info >= CENTRED_MIN_INFORMATION))
     return out
