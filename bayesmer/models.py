@@ -74,6 +74,7 @@ class Model:
                 f"got {type(data).__name__}."
             )
         self.data = data
+        self._check_columns()
         if priors is not None and not isinstance(priors, dict):
             raise TypeError(f"priors must be a dict keyed by term, got {type(priors).__name__}.")
         self.priors = dict(priors or {})
@@ -99,6 +100,18 @@ class Model:
             raise ValueError(
                 f"glm does not take random effects ({', '.join(self._parsed.groups)} in "
                 f"{self.formula!r}); use glmer."
+            )
+
+    def _check_columns(self) -> None:
+        if isinstance(self.data, pl.LazyFrame):
+            available = list(self.data.collect_schema())
+        else:
+            available = [str(c) for c in self.data.columns]
+        missing = [c for c in self._parsed.columns if c not in available]
+        if missing:
+            raise ValueError(
+                f"Column(s) {missing} in the formula {self.formula!r} are not in the data; "
+                f"available columns: {available}."
             )
 
     @property

@@ -183,7 +183,7 @@ class ModelSpec:
         for col in self.formula.fixed_variables:
             if col in self.factors:
                 values = frame[col].cast(pl.String).to_list()
-                out[col] = pd.Categorical(values, categories=self.factors[col])
+                out[col] = pd.Categorical(values, categories=self.factors[col], ordered=True)
             else:
                 out[col] = frame[col].cast(pl.Float64).to_numpy()
         return pd.DataFrame(out, index=pd.RangeIndex(len(frame)))
@@ -537,7 +537,9 @@ def _cells_to_pandas(
     out = {}
     for col in variables:
         if col in factor_levels:
-            out[col] = pd.Categorical(cells[col].to_list(), categories=factor_levels[col])
+            out[col] = pd.Categorical(
+                cells[col].to_list(), categories=factor_levels[col], ordered=True
+            )
         else:
             out[col] = cells[col].to_numpy()
     if not out:

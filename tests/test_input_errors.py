@@ -1,0 +1,180 @@
+"""Bad input gets a clear error naming the culprit, before any compilation or sampling."""
+
+import numpy as np
+import pandas as pd
+import polars as pl
+import pytest
+
+from bayesmer import NotFittedError, glm, glmer
+
+
+@pytest.fixture
+def small():
+    rng = np.random.default_rng(0)
+    n = 60
+    return pl.DataFrame(
+        {
+            "y": rng.integers(0, 2, n),
+            "count": rng.poisson(3, n),
+            "x": rng.normal(size=n),
+            "sex": rng.choice(["female", "male"], n),
+            "g": rng.choice(["a", "b", "c"], n),
+            "one": ["only"] * n,
+            "s": rng.integers(0, 5, n),
+            "f": rng.integers(0, 5, n),
+        }
+    )
+
+
+def test_unknown_column_is_named_at_construction(small):
+    with pytest.raises(ValueError, match=r"\['age'\] in the formula .* not in the data"):
+        glm("y ~ age", small)
+
+
+def test_unknown_family_and_link(small):
+    with pytest.raises(ValueError, match="Unknown family 'gaussian'"):
+        glm("y ~ x", small, family="gaussian")
+    with pytest.raises(ValueError, match="Unknown link 'log' for the binomial family"):
+        glm("y ~ x", small, link="log")
+    with pytest.raises(ValueError, match="Unknown link 'logit' for the poisson family"):
+        glm("count ~ x", small, family="poisson", link="logit")
+
+
+def test_random_effects_in_glm_and_none_in_glmer(small):
+    with pytest.raises(ValueError, match="glm does not take random effects.*use glmer"):
+        glm("y ~ x + (1|g)", small)
+    with pytest.raises(ValueError, match="glmer needs at least one random intercept"):
+        glmer("y ~ x", small)
+
+
+def test_random_slopes_are_not_supported_yet(small):
+    with pytest.raises(ValueError, match="random slopes are not supported yet"):
+        glmer("y ~ x + (x|g)", small)
+
+
+def test_binomial_outcome_must_be_binary(small):
+    with pytest.raises(ValueError, match=r"Binomial outcome 'count' must be 0/1.*cbind"):
+        glm("count ~ x", small).fit()
+    with pytest.raises(ValueError, match="Binomial outcome 'g' must have exactly two levels"):
+        glm("g ~ x", small).fit()
+
+
+def test_two_level_string_outcome_is_accepted(small):
+    spec = glm("sex ~ x", small).spec
+    assert spec.response_levels == ("female", "male")
+    assert spec.y.sum() == (small["sex"] == "male").sum()
+
+
+def test_cbind_counts_are_checked(small):
+    neg = small.with_columns(pl.when(pl.int_range(pl.len()) == 3).then(-1).otherwise("f").alias("f"))
+    with pytest.raises(ValueError, match=r"cbind\(\) column 'f' has negative counts"):
+        glm("cbind(s, f) ~ x", neg).fit()
+    with pytest.raises(ValueError, match=r"Successes 's' exceed trials 'f' in \d+ row"):
+        glm("cbind(s, f - s) ~ x", small).fit()
+
+
+def test_poisson_outcome_checked(small):
+    neg = small.with_columns((pl.col("count") - 5).alias("count"))
+    with pytest.raises(ValueError, match="Poisson outcome 'count' has negative values"):
+        glm("count ~ x", neg, family="poisson").fit()
+    frac = small.with_columns((pl.col("count") + 0.5).alias("count"))
+    with pytest.raises(ValueError, match="Poisson outcome 'count' has values that are not whole"):
+        glm("count ~ x", frac, family="poisson").fit()
+    with pytest.raises(ValueError, match="Poisson outcome 'sex' must hold non-negative whole"):
+        glm("sex ~ x", small, family="poisson").fit()
+
+
+def test_single_level_grouping_column(small):
+    with pytest.raises(ValueError, match=r"Grouping column 'one' has a single level"):
+        glmer("y ~ x + (1|one)", small).fit()
+
+
+def test_missing_values_dropped_with_a_warning(small):
+    holes = small.with_columns(
+        pl.when(pl.int_range(pl.len()) < 5).then(None).otherwise(pl.col("x")).alias("x")
+    )
+    model = glm("y ~ x", holes)
+    with pytest.warns(UserWarning, match="Dropped 5 of 60 rows with missing values"):
+        spec = model.spec
+    assert spec.n_obs == 55 and spec.n_dropped == 5
+
+
+def test_all_rows_missing_raises(small):
+    empty = small.with_columns(pl.lit(None, dtype=pl.Float64).alias("x"))
+    with pytest.raises(ValueError, match="Every row has a missing value"):
+        glm("y ~ x", empty).fit()
+
+
+def test_nan_in_pandas_counts_as_missing(small):
+    pdf = small.to_pandas()
+    pdf.loc[[0, 1], "x"] = np.nan
+    with pytest.warns(UserWarning, match="Dropped 2 of 60 rows"):
+        assert glm("y ~ x", pdf).spec.n_obs == 58
+
+
+def test_results_before_fit(small):
+    model = glmer("y ~ x + (1|g)", small)
+    for attr in ("params", "result_fit", "ranef", "fixef", "ranef_var", "diagnostics"):
+        with pytest.raises(NotFittedError, match=f"call fit\\(\\) before {attr}"):
+            getattr(model, attr)
+    with pytest.raises(ValueError, match="call fit\\(\\) before summary"):
+        model.summary()
+
+
+def test_set_factors_errors(small):
+    model = glm("y ~ sex", small)
+    with pytest.raises(TypeError, match="set_factors takes a column name"):
+        model.set_factors(3)
+    model.set_factors({"sex": ["male", "female", "other"]})
+    with pytest.raises(ValueError, match=r"levels \['other'\] for 'sex' that do not occur"):
+        model.fit()
+    model.unset_factors()
+    model.set_factors({"sex": ["male"]})
+    with pytest.raises(ValueError, match=r"levels \['female'\] that the level order"):
+        model.fit()
+    model.unset_factors()
+    model.set_factors("nonexistent")
+    with pytest.raises(ValueError, match=r"set_factors names column\(s\) \['nonexistent'\]"):
+        model.fit()
+
+
+def test_set_factors_reorders_reference_level(small):
+    model = glm("y ~ sex", small)
+    assert model.spec.terms == ["(Intercept)", "sexmale"]
+    model.set_factors({"sex": ["male", "female"]})
+    assert model.spec.terms == ["(Intercept)", "sexfemale"]
+
+
+def test_pandas_categorical_order_is_respected(small):
+    pdf = small.to_pandas()
+    pdf["sex"] = pd.Categorical(pdf["sex"], categories=["male", "female"])
+    assert glm("y ~ sex", pdf).spec.terms == ["(Intercept)", "sexfemale"]
+
+
+def test_bad_fit_arguments(small):
+    model = glm("y ~ x", small)
+    with pytest.raises(ValueError, match="ci must be between 0 and 1"):
+        model.fit(ci=95)
+    with pytest.raises(ValueError, match="draws must be a positive integer"):
+        model.fit(draws=0)
+    with pytest.raises(ValueError, match="exponentiate=True needs a logit or log link"):
+        glm("y ~ x", small, link="probit").fit(exponentiate=True)
+
+
+def test_bad_data_and_priors_types(small):
+    with pytest.raises(TypeError, match="data must be a polars DataFrame"):
+        glm("y ~ x", {"y": [0, 1]})
+    with pytest.raises(TypeError, match="priors must be a dict"):
+        glm("y ~ x", small, priors=[("normal", 0, 1)])
+    with pytest.raises(ValueError, match=r"priors given for \['age'\]"):
+        glm("y ~ x", small, priors={"age": ("normal", 0, 1)}).fit()
+    with pytest.raises(ValueError, match="needs a positive distribution"):
+        glmer("y ~ x + (1|g)", small, priors={"1|g": ("normal", 0, 1)}).fit()
+    with pytest.raises(ValueError, match="takes 2 parameter"):
+        glm("y ~ x", small, priors={"x": ("normal", 0)}).fit()
+
+
+def test_unidentifiable_design(small):
+    dup = small.with_columns(pl.col("x").alias("x2"))
+    with pytest.raises(ValueError, match="rank deficient"):
+        glm("y ~ x + x2", dup).fit()
