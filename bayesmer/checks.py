@@ -1,0 +1,1042 @@
+"""Checking a fitted model: PSIS-LOO, model comparison, posterior predictive checks, simulation
+and prediction.
+
+Everything here is computed from the posterior draws and the model specification. The fit runs
+on collapsed cells (see :mod:`bayesmer.collapse`), but cross-validation and predictive checks
+are about the *original* observations, so this module maps every row of the data back to its
+cell and works per row:
+
+- :func:`loo` computes the log-likelihood of each *distinct* original observation (a cell's
+  predictors together with one row's outcome and trials or exposure), runs PSIS once per
+  distinct observation and counts it as often as it occurs in the data. Identical rows have
+  identical leave-one-out values, so this is exactly the per-row PSIS-LOO of the uncollapsed
+  model, at the cost of the collapsed one.
+- :func:`ppc` and :func:`simulate` draw replicated outcomes per original row (a Bernoulli row
+  is replicated as a Bernoulli, not as part of its cell's binomial), so row-level statistics
+  such as the share of zeros or the variance of the counts are right.
+
+Rows are numbered from 0 in the data given to the model (``row``), counting the rows dropped for
+missing values, so ``row`` indexes the user's own data frame.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import polars as pl
+import xarray as xr
+from arviz_stats.base import array_stats
+from scipy import special
+
+from .collapse import CELL, EXPOSURE, ROWS, TRIALS, WEIGHT, Y
+from .draws import fixed, group_effects, group_sd, hdi
+from .spec import ModelSpec, _as_level_expr, _to_lazy
+
+if TYPE_CHECKING:
+    from .models import Model
+
+#: Pareto k above which a PSIS estimate is unreliable ("bad"), and above which it is useless
+#: ("very bad"); the bins of :attr:`LooResult.pareto_k_counts`.
+GOOD_K = 0.7
+BAD_K = 1.0
+
+#: Largest number of floats held at once in a (draws x observations) block.
+BLOCK_VALUES = 2_000_000
+
+#: Gauss-Hermite nodes used to average the inverse link over the group effects.
+QUADRATURE_NODES = 40
+
+_ROW, _OBS = "_row", "_obs"
+_TYPES = ("response", "link")
+_RE = ("zero", "marginal", "include")
+
+
+# ---------------------------------------------------------------------------------------------
+# Rows of the data, mapped to the fitted cells
+
+
+def _size_name(spec: ModelSpec) -> str:
+    return "trials" if spec.family.name == "binomial" else "exposure"
+
+
+def _outcome_exprs(spec: ModelSpec, schema: dict[str, pl.DataType]) -> tuple[pl.Expr, pl.Expr]:
+    """Expressions giving each row's outcome (``_y``) and trials or exposure, as the fit did."""
+    parsed = spec.formula
+    resp = parsed.response
+    col = resp.column
+    if spec.family.name == "poisson":
+        if parsed.exposure is not None:
+            size = pl.col(parsed.exposure).cast(pl.Float64)
+        elif parsed.offset is not None:
+            size = pl.col(parsed.offset).cast(pl.Float64).exp()
+        else:
+            size = pl.lit(1.0, dtype=pl.Float64)
+        return pl.col(col).cast(pl.Int64).alias(Y), size.alias(EXPOSURE)
+    if resp.kind == "cbind_trials":
+        return pl.col(col).cast(pl.Int64).alias(Y), pl.col(resp.second).cast(pl.Int64).alias(TRIALS)
+    if resp.kind == "cbind_failures":
+        trials = (pl.col(col) + pl.col(resp.second)).cast(pl.Int64)
+        return pl.col(col).cast(pl.Int64).alias(Y), trials.alias(TRIALS)
+    one = pl.lit(1, dtype=pl.Int64).alias(TRIALS)
+    dtype = schema[col]
+    if dtype == pl.Boolean or dtype.is_numeric():
+        return pl.col(col).cast(pl.Int64).alias(Y), one
+    success = spec.response_levels[1]
+    return (pl.col(col).cast(pl.String) == success).cast(pl.Int64).alias(Y), one
+
+
+def _predictor_exprs(
+    spec: ModelSpec, schema: dict[str, pl.DataType], columns: Sequence[str]
+) -> list[pl.Expr]:
+    """Factor and group columns as their level labels, numeric predictors as Float64."""
+    level_cols = {*spec.factors, *(g.name for g in spec.groups)}
+    exprs = []
+    for c in columns:
+        if c in level_cols:
+            exprs.append(_as_level_expr(c, schema[c]))
+        else:
+            exprs.append(pl.col(c).cast(pl.Float64))
+    return exprs
+
+
+def _keys(spec: ModelSpec) -> list[str]:
+    """Columns that define a cell (as in :func:`bayesmer.spec.build_spec`)."""
+    return list(dict.fromkeys([*spec.formula.fixed_variables, *spec.formula.groups]))
+
+
+def _not_missing(columns: Sequence[str], schema: dict[str, pl.DataType]) -> pl.Expr:
+    conds = [pl.col(c).is_not_null() for c in columns]
+    conds += [pl.col(c).is_not_nan() for c in columns if schema[c].is_float()]
+    return pl.all_horizontal(conds)
+
+
+def row_table(model: Model) -> pl.DataFrame:
+    """Every row used by the fit, in data order, with its cell and distinct observation.
+
+    Parameters
+    ----------
+    model : Model
+
+    Returns
+    -------
+    pl.DataFrame
+        ``_row`` (0-based row number in ``model.data``), the cell key columns (factor levels as
+        strings), ``_y``, ``_n`` or ``_e``, ``_cell`` (index into ``spec.cells``) and ``_obs``
+        (index into ``spec.obs``).
+
+    Raises
+    ------
+    RuntimeError
+        If the data no longer match the fitted cells (the data frame was changed after the
+        model was built).
+    """
+    spec = model.spec
+    lf, _ = _to_lazy(model.data)
+    schema = dict(lf.collect_schema())
+    cols = spec.formula.columns
+    keys = _keys(spec)
+    size_col = spec.size_col
+    rows = (
+        lf.with_row_index(_ROW)
+        .select(_ROW, *cols)
+        .filter(_not_missing(cols, schema))
+        .select(
+            pl.col(_ROW).cast(pl.Int64),
+            *_predictor_exprs(spec, schema, keys),
+            *_outcome_exprs(spec, schema),
+        )
+        .collect(engine="streaming")
+    )
+    cell_dtype = spec.cells.schema[CELL]
+    if not spec.collapsed:
+        rows = rows.with_columns(pl.int_range(pl.len(), dtype=cell_dtype).alias(CELL))
+    elif keys:
+        rows = rows.join(spec.cells.select(*keys, CELL), on=keys, how="left", maintain_order="left")
+    else:
+        rows = rows.with_columns(pl.lit(0, dtype=cell_dtype).alias(CELL))
+    obs = spec.obs.with_row_index(_OBS).select(_OBS, CELL, Y, size_col)
+    rows = rows.join(obs, on=[CELL, Y, size_col], how="left", maintain_order="left")
+    check = rows.group_by(CELL).agg(pl.len().alias(ROWS), pl.col(Y).sum()).sort(CELL)
+    expected = spec.cells.select(CELL, ROWS, Y).sort(CELL)
+    if (
+        rows[_OBS].null_count()
+        or len(check) != len(expected)
+        or not (check[ROWS].to_numpy() == expected[ROWS].to_numpy()).all()
+        or not (check[Y].to_numpy() == expected[Y].to_numpy()).all()
+    ):
+        raise RuntimeError(
+            "The model's data no longer match the cells it was fitted to (was the data frame "
+            "changed after the model was built?); refit the model."
+        )
+    return rows
+
+
+def _public_rows(spec: ModelSpec, rows: pl.DataFrame) -> pl.DataFrame:
+    """Rename the internal columns of :func:`row_table` for users and drop the indices."""
+    keys = _keys(spec)
+    taken = set(keys)
+    row_name = _free_name("row", taken)
+    y_name = _free_name(spec.formula.response.column, taken)
+    size_name = _free_name(_size_name(spec), taken)
+    return rows.select(
+        pl.col(_ROW).alias(row_name),
+        *keys,
+        pl.col(Y).alias(y_name),
+        pl.col(spec.size_col).alias(size_name),
+    )
+
+
+def _free_name(name: str, taken: set[str]) -> str:
+    while name in taken:
+        name = "." + name
+    taken.add(name)
+    return name
+
+
+# ---------------------------------------------------------------------------------------------
+# Draws -> linear predictor and log-likelihood
+
+
+@dataclass(frozen=True)
+class _Draws:
+    """The draws needed for the linear predictor, read once: (S, p) and (S, levels) arrays."""
+
+    b: np.ndarray
+    u: dict[str, np.ndarray]
+    sd: dict[str, np.ndarray]
+    n_chains: int
+
+    @classmethod
+    def read(cls, spec: ModelSpec, trace: xr.DataTree) -> _Draws:
+        n_chains = trace["posterior"].sizes["chain"]
+        u = {g.name: group_effects(trace, g) for g in spec.groups}
+        sd = {g.name: group_sd(trace, g) for g in spec.groups}
+        return cls(fixed(trace), u, sd, n_chains)
+
+    @property
+    def n(self) -> int:
+        return self.b.shape[0]
+
+    def eta(
+        self,
+        X: np.ndarray,
+        group_index: dict[str, np.ndarray] | None = None,
+        draws: slice | np.ndarray = slice(None),
+    ) -> np.ndarray:
+        """Linear predictor (without offset), shape (draws, rows)."""
+        eta = self.b[draws] @ X.T
+        for name, index in (group_index or {}).items():
+            eta = eta + self.u[name][draws][:, index]
+        return eta
+
+
+def _blocks(n: int, width: int) -> Iterator[slice]:
+    """Slices of ``range(n)`` such that a block times ``width`` stays under BLOCK_VALUES."""
+    step = max(1, BLOCK_VALUES // max(1, width))
+    for start in range(0, n, step):
+        yield slice(start, min(n, start + step))
+
+
+def _log_p(link: str, eta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """log(p) and log(1 - p) for a binomial link, computed stably."""
+    if link == "logit":
+        return special.log_expit(eta), special.log_expit(-eta)
+    if link == "probit":
+        return special.log_ndtr(eta), special.log_ndtr(-eta)
+    rate = np.exp(eta)  # cloglog: p = 1 - exp(-exp(eta))
+    with np.errstate(divide="ignore"):
+        return np.log(-np.expm1(-rate)), -rate
+
+
+def _log_likelihood(
+    spec: ModelSpec, eta: np.ndarray, y: np.ndarray, size: np.ndarray
+) -> np.ndarray:
+    """Log-likelihood of outcomes ``y`` with trials/exposure ``size`` given ``eta`` (no offset).
+
+    ``eta`` has shape (draws, k); ``y`` and ``size`` shape (k,). Binomial terms include the
+    binomial coefficient (zero for 0/1 rows) so the values are proper log probabilities.
+    """
+    y = y.astype(float)
+    if spec.family.name == "binomial":
+        n = size.astype(float)
+        log_p, log_q = _log_p(spec.family.link, eta)
+        const = special.gammaln(n + 1) - special.gammaln(y + 1) - special.gammaln(n - y + 1)
+        succ = np.where(y > 0, y * log_p, 0.0)
+        fail = np.where(n - y > 0, (n - y) * log_q, 0.0)
+        return const + succ + fail
+    log_mu = eta + np.log(size)
+    return y * log_mu - np.exp(log_mu) - special.gammaln(y + 1)
+
+
+def _relative_eff(trace: xr.DataTree, n_samples: int) -> float:
+    """Relative efficiency for PSIS, as :func:`arviz_stats.loo` computes it.
+
+    The mean-ESS of every posterior variable, averaged, over the number of draws (1 for a
+    single chain).
+    """
+    posterior = trace["posterior"].to_dataset()
+    if posterior.sizes["chain"] == 1:
+        return 1.0
+    ess = posterior.azstats.ess(method="mean")
+    values = np.hstack([ess[v].values.ravel() for v in ess.data_vars])
+    return float(np.mean(values) / n_samples)
+
+
+# ---------------------------------------------------------------------------------------------
+# LOO
+
+
+@dataclass(frozen=True)
+class LooResult:
+    """PSIS-LOO estimate of a model's expected log predictive density.
+
+    Attributes
+    ----------
+    elpd : float
+        ELPD-LOO summed over the original observations.
+    se : float
+        Its standard error, ``sqrt(n * var(elpd_i))`` over the original observations.
+    p_loo : float
+        Effective number of parameters.
+    n_obs : int
+        Original observations (data rows used by the fit).
+    pareto_k_counts : pl.DataFrame
+        ``range, label, count, share``: observations per Pareto k bin (good ``k <= 0.7``,
+        bad ``0.7 < k <= 1``, very bad ``k > 1``).
+    pointwise : pl.DataFrame
+        One row per original observation, in data order: ``row`` (0-based row number in the
+        model's data), the predictor and group columns, the outcome, ``trials`` or
+        ``exposure``, ``elpd_loo``, ``p_loo`` and ``pareto_k``.
+    n_draws : int
+        Posterior draws used.
+    r_eff : float
+        Relative efficiency of the draws used by PSIS.
+    """
+
+    elpd: float
+    se: float
+    p_loo: float
+    n_obs: int
+    pareto_k_counts: pl.DataFrame
+    pointwise: pl.DataFrame
+    n_draws: int
+    r_eff: float
+
+    @property
+    def looic(self) -> float:
+        """LOO information criterion, ``-2 * elpd``."""
+        return -2.0 * self.elpd
+
+    def __str__(self) -> str:
+        lines = [
+            f"PSIS-LOO over {self.n_obs} observations, {self.n_draws} posterior draws",
+            f"  elpd_loo {self.elpd:10.1f}  (SE {self.se:.1f})",
+            f"  p_loo    {self.p_loo:10.1f}",
+            f"  looic    {self.looic:10.1f}",
+            "Pareto k diagnostic:",
+        ]
+        for rng_, label, count, share in self.pareto_k_counts.iter_rows():
+            lines.append(f"  {rng_:<11} {label:<9} {count:6d}  {share:6.1%}")
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return (
+            f"LooResult(elpd={self.elpd:.2f}, se={self.se:.2f}, p_loo={self.p_loo:.2f}, "
+            f"n_obs={self.n_obs})"
+        )
+
+
+def _weighted_summary(
+    elpd_i: np.ndarray, p_i: np.ndarray, weight: np.ndarray
+) -> tuple[float, float, float]:
+    """Sum, SE and p_loo of pointwise values each occurring ``weight`` times."""
+    n = weight.sum()
+    elpd = float(np.sum(weight * elpd_i))
+    mean = elpd / n
+    var = float(np.sum(weight * (elpd_i - mean) ** 2) / (n - 1)) if n > 1 else 0.0
+    return elpd, float(np.sqrt(n * var)), float(np.sum(weight * p_i))
+
+
+def _k_counts(k: np.ndarray, weight: np.ndarray) -> pl.DataFrame:
+    n = weight.sum()
+    bins = [
+        ("(-Inf, 0.7]", "good", k <= GOOD_K),
+        ("(0.7, 1]", "bad", (k > GOOD_K) & (k <= BAD_K)),
+        ("(1, Inf)", "very bad", k > BAD_K),
+    ]
+    counts = [int(weight[mask].sum()) for _, _, mask in bins]
+    return pl.DataFrame(
+        {
+            "range": [b[0] for b in bins],
+            "label": [b[1] for b in bins],
+            "count": counts,
+            "share": [c / n for c in counts],
+        },
+        schema={"range": pl.String, "label": pl.String, "count": pl.Int64, "share": pl.Float64},
+    )
+
+
+def loo(model: Model) -> LooResult:
+    """PSIS leave-one-out cross-validation per original observation.
+
+    The model is fitted on collapsed cells, but each original data row is left out in turn:
+    the pointwise log-likelihood is computed for every *distinct* observation (a cell together
+    with one row's outcome and trials or exposure; for a Poisson model with an offset, at the
+    row's own exposure), Pareto-smoothed importance sampling (``arviz_stats``) runs once per
+    distinct observation, and each result is counted as many times as that observation occurs
+    in the data. The sums, the SE (``sqrt(n * var)`` over the n rows) and p_loo are therefore
+    exactly those of PSIS-LOO on the uncollapsed data. The relative efficiency used for the
+    Pareto smoothing is the one :func:`arviz_stats.loo` computes from the posterior.
+
+    Parameters
+    ----------
+    model : Model
+        A fitted model.
+
+    Returns
+    -------
+    LooResult
+
+    Warns
+    -----
+    UserWarning
+        When some observations have Pareto k > 0.7, naming them (row numbers and values); their
+        LOO values are unreliable.
+    """
+    model._require_fit("loo")
+    spec = model.spec
+    trace = model.posterior
+    draws = _Draws.read(spec, trace)
+    S = draws.n
+    n_draws_chain = S // draws.n_chains
+    r_eff = _relative_eff(trace, S)
+
+    obs = spec.obs
+    cells = obs[CELL].to_numpy().astype(np.int64)
+    y = obs[Y].to_numpy()
+    size = obs[spec.size_col].to_numpy().astype(float)
+    weight = obs[WEIGHT].to_numpy().astype(float)
+    m = len(obs)
+    elpd_i = np.empty(m)
+    p_i = np.empty(m)
+    k_i = np.empty(m)
+    for block in _blocks(m, S):
+        c = cells[block]
+        gi = {g.name: g.index[c] for g in spec.groups}
+        ll = _log_likelihood(spec, draws.eta(spec.X[c], gi), y[block], size[block])
+        ll = ll.T.reshape(-1, draws.n_chains, n_draws_chain)
+        e, k, p = array_stats.loo(ll, chain_axis=-2, draw_axis=-1, r_eff=r_eff)
+        elpd_i[block], k_i[block], p_i[block] = e, k, p
+
+    elpd, se, p_loo = _weighted_summary(elpd_i, p_i, weight)
+    rows = row_table(model)
+    idx = rows[_OBS].to_numpy()
+    pointwise = _public_rows(spec, rows).with_columns(
+        pl.Series("elpd_loo", elpd_i[idx]),
+        pl.Series("p_loo", p_i[idx]),
+        pl.Series("pareto_k", k_i[idx]),
+    )
+    result = LooResult(
+        elpd=elpd,
+        se=se,
+        p_loo=p_loo,
+        n_obs=int(weight.sum()),
+        pareto_k_counts=_k_counts(k_i, weight),
+        pointwise=pointwise,
+        n_draws=S,
+        r_eff=r_eff,
+    )
+    if (k_i > GOOD_K).any():
+        warnings.warn(_high_k_message(spec, pointwise), UserWarning, stacklevel=2)
+    return result
+
+
+def _high_k_message(spec: ModelSpec, pointwise: pl.DataFrame, shown: int = 5) -> str:
+    """Name the observations with Pareto k > 0.7: their values and row numbers."""
+    row_col = pointwise.columns[0]
+    value_cols = pointwise.columns[1:-3]
+    bad = pointwise.filter(pl.col("pareto_k") > GOOD_K)
+    groups = (
+        bad.group_by(value_cols, maintain_order=True)
+        .agg(pl.col(row_col), pl.col("pareto_k").first())
+        .sort("pareto_k", descending=True)
+    )
+    parts = []
+    for rec in groups.head(shown).iter_rows(named=True):
+        values = ", ".join(f"{c}={_fmt_value(rec[c])}" for c in value_cols)
+        rows = rec[row_col]
+        listed = ", ".join(str(r) for r in rows[:8]) + (", ..." if len(rows) > 8 else "")
+        parts.append(f"{values} (k={rec['pareto_k']:.2f}; {len(rows)} row(s): {listed})")
+    more = f"; and {len(groups) - shown} more" if len(groups) > shown else ""
+    return (
+        f"PSIS-LOO: Pareto k > {GOOD_K} for {len(bad)} of {len(pointwise)} observations, whose "
+        f"leave-one-out estimates are unreliable: {'; '.join(parts)}{more}. Row numbers count "
+        "from 0 in the model's data. Influential observations like these often point to a "
+        "misspecified model (for counts, overdispersion)."
+    )
+
+
+def _fmt_value(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+# ---------------------------------------------------------------------------------------------
+# compare
+
+
+def compare(*models: Model, names: Sequence[str] | None = None) -> pl.DataFrame:
+    """Rank models by their PSIS-LOO expected log predictive density, as ``loo_compare`` does.
+
+    Parameters
+    ----------
+    *models : Model
+        Two or more fitted models of the same observations (same data rows and outcomes).
+    names : sequence of str, optional
+        Labels for the ``model`` column; by default ``glm(formula)`` / ``glmer(formula)``.
+
+    Returns
+    -------
+    pl.DataFrame
+        Best model first: ``model, elpd_loo, se, elpd_diff, se_diff, p_loo, n_bad_k``.
+        ``elpd_diff`` is the model's ELPD minus the best model's (0 for the best), ``se_diff``
+        the SE of that difference from the paired pointwise differences
+        (``sqrt(n * var(elpd_i - elpd_best_i))``), ``n_bad_k`` the observations with Pareto
+        k > 0.7.
+
+    Raises
+    ------
+    ValueError
+        With fewer than two models, when ``names`` does not match them, or when the models are
+        not fitted to the same observations.
+    """
+    if len(models) == 1 and isinstance(models[0], list | tuple):
+        models = tuple(models[0])
+    if len(models) < 2:
+        raise ValueError(f"compare() needs at least two models, got {len(models)}.")
+    if names is None:
+        labels = [f"{m._kind}({m.formula})" for m in models]
+        labels = [
+            lab if labels.count(lab) == 1 else f"{lab} #{labels[: i + 1].count(lab)}"
+            for i, lab in enumerate(labels)
+        ]
+    else:
+        labels = [str(n) for n in names]
+        if len(labels) != len(models) or len(set(labels)) != len(labels):
+            raise ValueError(
+                f"names must give one distinct label per model: {len(models)} models, "
+                f"names {labels}."
+            )
+    results = [loo(m) for m in models]
+    ref = results[0].pointwise
+    y_col, size_col = ref.columns[-5], ref.columns[-4]
+    for label, res in zip(labels[1:], results[1:], strict=True):
+        pw = res.pointwise
+        if res.n_obs != results[0].n_obs:
+            raise ValueError(
+                f"compare() needs models of the same observations: {labels[0]!r} uses "
+                f"{results[0].n_obs} rows, {label!r} uses {res.n_obs} (different data or "
+                "different rows dropped for missing values)."
+            )
+        same_rows = (pw[:, 0].to_numpy() == ref[:, 0].to_numpy()).all()
+        same_y = (pw[pw.columns[-5]].to_numpy() == ref[y_col].to_numpy()).all()
+        same_size = np.allclose(pw[pw.columns[-4]].to_numpy(), ref[size_col].to_numpy())
+        if not (same_rows and same_y and same_size):
+            raise ValueError(
+                f"compare() needs models of the same observations: {labels[0]!r} and "
+                f"{label!r} differ in which rows they use or in their outcomes."
+            )
+    elpd_rows = np.column_stack([r.pointwise["elpd_loo"].to_numpy() for r in results])
+    order = np.argsort([-r.elpd for r in results], kind="stable")
+    best = order[0]
+    n = elpd_rows.shape[0]
+    out = []
+    for i in order:
+        diff = elpd_rows[:, i] - elpd_rows[:, best]
+        se_diff = float(np.sqrt(n * np.var(diff, ddof=1))) if n > 1 else 0.0
+        out.append(
+            {
+                "model": labels[i],
+                "elpd_loo": results[i].elpd,
+                "se": results[i].se,
+                "elpd_diff": float(diff.sum()),
+                "se_diff": se_diff,
+                "p_loo": results[i].p_loo,
+                "n_bad_k": int((results[i].pointwise["pareto_k"] > GOOD_K).sum()),
+            }
+        )
+    return pl.DataFrame(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Replicated data
+
+
+def _row_means(
+    spec: ModelSpec, draws: _Draws, cells: np.ndarray, sel: slice | np.ndarray
+) -> np.ndarray:
+    """Success probability (binomial) or rate per unit exposure (Poisson) per cell and draw."""
+    gi = {g.name: g.index[cells] for g in spec.groups}
+    return spec.family.inverse_link(draws.eta(spec.X[cells], gi, sel))
+
+
+def _replicate(
+    spec: ModelSpec,
+    draws: _Draws,
+    rows: pl.DataFrame,
+    sel: slice | np.ndarray,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """Replicated outcomes of every row for the draws ``sel``: shape (draws, rows)."""
+    cells_used, inverse = np.unique(rows[CELL].to_numpy().astype(np.int64), return_inverse=True)
+    mean = _row_means(spec, draws, cells_used, sel)[:, inverse]
+    size = rows[spec.size_col].to_numpy()
+    if spec.family.name == "binomial":
+        return rng.binomial(size.astype(np.int64), np.clip(mean, 0.0, 1.0))
+    return rng.poisson(mean * size)
+
+
+Statistic = Callable[[np.ndarray, pl.DataFrame], np.ndarray]
+
+_NAMED: dict[str, str] = {
+    "mean": "mean outcome (the proportion of successes for binomial models)",
+    "var": "variance of the outcome across rows",
+    "sd": "standard deviation of the outcome across rows",
+    "zeros": "share of rows with outcome 0",
+    "max": "largest outcome",
+    "min": "smallest outcome",
+}
+
+
+def _named_stat(name: str, spec: ModelSpec) -> Statistic:
+    binomial = spec.family.name == "binomial"
+    if name == "mean":
+        if binomial:
+            return lambda y, d: y.sum(axis=1) / d[TRIALS].sum()
+        return lambda y, d: y.mean(axis=1)
+    if name == "var":
+        return lambda y, d: y.var(axis=1, ddof=1)
+    if name == "sd":
+        return lambda y, d: y.std(axis=1, ddof=1)
+    if name == "zeros":
+        return lambda y, d: (y == 0).mean(axis=1)
+    if name == "max":
+        return lambda y, d: y.max(axis=1).astype(float)
+    return lambda y, d: y.min(axis=1).astype(float)
+
+
+def _by_level(column: str, spec: ModelSpec, rows: pl.DataFrame) -> dict[str, Statistic]:
+    """Mean outcome (proportion of successes, or mean count) per level of ``column``."""
+    levels = (
+        next(g.levels for g in spec.groups if g.name == column)
+        if column in {g.name for g in spec.groups}
+        else spec.factors[column]
+    )
+    values = rows[column].to_numpy()
+    denom_col = TRIALS if spec.family.name == "binomial" else None
+    out: dict[str, Statistic] = {}
+    for level in levels:
+        mask = values == level
+        if not mask.any():
+            continue
+        denom = float(rows[denom_col].to_numpy()[mask].sum()) if denom_col else float(mask.sum())
+        out[f"mean[{column}={level}]"] = lambda y, d, mask=mask, denom=denom: (
+            y[:, mask].sum(axis=1) / denom
+        )
+    return out
+
+
+def _statistics(stat: Any, spec: ModelSpec, rows: pl.DataFrame) -> dict[str, Statistic]:
+    """Resolve ``stat`` into named statistics ``f(y (data sets, rows), data) -> (data sets,)``."""
+    level_cols = [*spec.factors, *(g.name for g in spec.groups)]
+    if stat is None:
+        out = {"mean": _named_stat("mean", spec)}
+        for col in dict.fromkeys(level_cols):
+            out.update(_by_level(col, spec, rows))
+        if spec.family.name == "poisson":
+            out["zeros"] = _named_stat("zeros", spec)
+            out["var"] = _named_stat("var", spec)
+        return out
+    if isinstance(stat, str) or callable(stat):
+        stat = [stat]
+    if isinstance(stat, dict):
+        items = list(stat.items())
+    elif isinstance(stat, list | tuple):
+        items = [
+            (s if isinstance(s, str) else getattr(s, "__name__", f"stat{i}"), s)
+            for i, s in enumerate(stat)
+        ]
+    else:
+        raise TypeError(
+            "stat must be None, a statistic name, a column name, a callable, or a list or dict "
+            f"of these; got {type(stat).__name__}."
+        )
+    out = {}
+    for name, s in items:
+        if callable(s):
+            out[str(name)] = s
+        elif isinstance(s, str) and s in _NAMED:
+            out[s if name == s else str(name)] = _named_stat(s, spec)
+        elif isinstance(s, str) and s in level_cols:
+            out.update(_by_level(s, spec, rows))
+        else:
+            raise ValueError(
+                f"Unknown statistic {s!r}: use one of {sorted(_NAMED)}, a factor or group "
+                f"column of the model ({level_cols}), or a callable f(y, data) returning one "
+                "value per replicated data set."
+            )
+    return out
+
+
+def _check_ci(ci: float | None, model: Model) -> float:
+    ci = model.ci if ci is None else ci
+    if not isinstance(ci, float | int) or not 0 < ci < 1:
+        raise ValueError(f"ci must be between 0 and 1, got {ci!r}.")
+    return float(ci)
+
+
+def ppc(
+    model: Model, stat: Any = None, ci: float | None = None, random_seed: int | None = None
+) -> pl.DataFrame:
+    """Posterior predictive check: observed statistics against replicated data sets.
+
+    One replicated data set is drawn per posterior draw, one outcome per original row
+    (binomial rows as Binomial(trials, p), Poisson rows as Poisson(rate * exposure)), and each
+    statistic is computed on the observed and on every replicated data set.
+
+    Parameters
+    ----------
+    model : Model
+        A fitted model.
+    stat : str, callable, list or dict, optional
+        The statistics. By default: ``mean`` (the proportion of successes for binomial
+        models, the mean count for Poisson ones), ``mean[col=level]`` for every level of every
+        factor and grouping column, and for Poisson models ``zeros`` (share of zero counts) and
+        ``var`` (variance of the counts across rows; above its replicated range in
+        overdispersed data). Names: ``'mean'``, ``'var'``, ``'sd'``, ``'zeros'``, ``'max'``,
+        ``'min'``, or a factor/group column (its per-level means). A callable
+        ``f(y, data)`` gets ``y``, an array (data sets x rows) of outcomes, and ``data``, the
+        rows (see :func:`simulate` for the columns, with ``_y`` and ``_n``/``_e``), and
+        returns one value per data set. A dict maps names to any of these.
+    ci : float, optional
+        Mass of the interval of the replicated statistic (highest density); the model's
+        ``ci`` by default.
+    random_seed : int, optional
+        Seed of the replication.
+
+    Returns
+    -------
+    pl.DataFrame
+        ``statistic, observed, replicated_mean, replicated_low, replicated_high, ppp``, where
+        ``ppp`` (the posterior predictive p-value) is the share of replicated statistics at or
+        above the observed one: values near 0 or 1 flag a feature of the data the model does
+        not reproduce. For discrete statistics ties count as "at or above", so a well fitting
+        model gives values somewhat above 0.5.
+
+    Raises
+    ------
+    ValueError
+        For an unknown statistic name or a ``ci`` outside (0, 1).
+    """
+    model._require_fit("ppc")
+    ci = _check_ci(ci, model)
+    spec = model.spec
+    rows = row_table(model)
+    stats = _statistics(stat, spec, rows)
+    draws = _Draws.read(spec, model.posterior)
+    rng = np.random.default_rng(random_seed)
+    y_obs = rows[Y].to_numpy()
+    observed = {name: float(np.asarray(f(y_obs[None, :], rows))[0]) for name, f in stats.items()}
+    replicated = {name: np.empty(draws.n) for name in stats}
+    for block in _blocks(draws.n, len(rows)):
+        y_rep = _replicate(spec, draws, rows, block, rng)
+        for name, f in stats.items():
+            values = np.asarray(f(y_rep, rows), dtype=float)
+            if values.shape != (block.stop - block.start,):
+                raise ValueError(
+                    f"Statistic {name!r} must return one value per replicated data set; it "
+                    f"returned shape {values.shape} for {block.stop - block.start} data sets."
+                )
+            replicated[name][block] = values
+    out = []
+    for name in stats:
+        rep = replicated[name]
+        lo, hi = hdi(rep[:, None], ci)[0]
+        out.append(
+            {
+                "statistic": name,
+                "observed": observed[name],
+                "replicated_mean": float(rep.mean()),
+                "replicated_low": float(lo),
+                "replicated_high": float(hi),
+                "ppp": float(np.mean(rep >= observed[name])),
+            }
+        )
+    return pl.DataFrame(out)
+
+
+def simulate(model: Model, n: int = 1, random_seed: int | None = None) -> pl.DataFrame:
+    """Replicated data sets drawn from the posterior predictive distribution.
+
+    Each data set uses one posterior draw (picked at random; distinct draws while ``n`` does
+    not exceed the number of draws) and draws one outcome per original row.
+
+    Parameters
+    ----------
+    model : Model
+        A fitted model.
+    n : int, default 1
+        Number of data sets.
+    random_seed : int, optional
+
+    Returns
+    -------
+    pl.DataFrame
+        Wide: one row per original observation in data order, with ``row`` (0-based row
+        number in the model's data), the predictor and group columns (factor levels as
+        strings), the observed outcome (named after the response column; successes for
+        binomial models), ``trials`` or ``exposure``, and ``sim_1`` ... ``sim_n``, the
+        replicated outcomes.
+
+    Raises
+    ------
+    ValueError
+        If ``n`` is not a positive integer.
+    """
+    model._require_fit("simulate")
+    if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1:
+        raise ValueError(f"n must be a positive integer, got {n!r}.")
+    spec = model.spec
+    rows = row_table(model)
+    draws = _Draws.read(spec, model.posterior)
+    rng = np.random.default_rng(random_seed)
+    picked = rng.choice(draws.n, size=n, replace=n > draws.n)
+    sims = np.empty((n, len(rows)), dtype=np.int64)
+    for block in _blocks(n, len(rows)):
+        sims[block] = _replicate(spec, draws, rows, picked[block], rng)
+    out = _public_rows(spec, rows)
+    return out.with_columns([pl.Series(f"sim_{i + 1}", sims[i]) for i in range(n)])
+
+
+# ---------------------------------------------------------------------------------------------
+# predict
+
+
+@dataclass(frozen=True)
+class _Design:
+    """Rows to predict: what to show, design matrix, group indices and log exposure."""
+
+    frame: pl.DataFrame
+    X: np.ndarray
+    group_index: dict[str, np.ndarray]
+    log_exposure: np.ndarray
+
+
+def _fitted_design(model: Model) -> _Design:
+    spec = model.spec
+    rows = row_table(model)
+    cells = rows[CELL].to_numpy().astype(np.int64)
+    log_exposure = np.zeros(len(rows))
+    if spec.family.name == "poisson":
+        log_exposure = np.log(rows[EXPOSURE].to_numpy())
+    return _Design(
+        _public_rows(spec, rows),
+        spec.X[cells],
+        {g.name: g.index[cells] for g in spec.groups},
+        log_exposure,
+    )
+
+
+def _new_design(model: Model, data: Any, re: str) -> _Design:
+    """Validate new data against the model and build its design."""
+    spec = model.spec
+    parsed = spec.formula
+    lf, _ = _to_lazy(data)
+    schema = dict(lf.collect_schema())
+    predictors = list(parsed.fixed_variables)
+    if re == "include":
+        predictors = list(dict.fromkeys([*predictors, *parsed.groups]))
+    offset_col = parsed.exposure or parsed.offset
+    needed = list(dict.fromkeys([*predictors, *([offset_col] if offset_col else [])]))
+    missing = [c for c in needed if c not in schema]
+    if missing:
+        raise ValueError(
+            f"predict() needs the column(s) {missing} in data (used by {parsed.formula!r}"
+            + (", with re='include'" if set(missing) & set(parsed.groups) else "")
+            + f"); the data has {list(schema)}."
+        )
+    raw = lf.select(needed).collect()
+    if len(raw) == 0:
+        raise ValueError("predict() got data with no rows.")
+    has_missing = [
+        c
+        for c in needed
+        if raw[c].null_count() or (schema[c].is_float() and bool(raw[c].is_nan().any()))
+    ]
+    if has_missing:
+        raise ValueError(f"predict() data has missing values in the column(s) {has_missing}.")
+    converted = raw.select(_predictor_exprs(spec, schema, predictors))
+    for col, levels in spec.factors.items():
+        unknown = sorted(set(converted[col].to_list()) - set(levels))
+        if unknown:
+            raise ValueError(
+                f"predict() data has level(s) {unknown} of {col!r} that the model was not "
+                f"fitted with; its levels are {levels}."
+            )
+    group_index: dict[str, np.ndarray] = {}
+    if re == "include":
+        for g in spec.groups:
+            values = converted[g.name].to_list()
+            unknown = sorted(set(values) - set(g.levels))
+            if unknown:
+                shown = ", ".join(unknown[:10]) + (" ..." if len(unknown) > 10 else "")
+                raise ValueError(
+                    f"re='include' uses the fitted group effects, but {g.name!r} has level(s) "
+                    f"not in the fit: {shown}. Use re='marginal' (average over the groups) or "
+                    "re='zero' (a typical group) for new groups."
+                )
+            lookup = {lv: i for i, lv in enumerate(g.levels)}
+            group_index[g.name] = np.array([lookup[v] for v in values], dtype=np.int64)
+    X = _design_matrix(spec, converted) if parsed.fixed_variables else np.ones((len(raw), 1))
+    log_exposure = np.zeros(len(raw))
+    if parsed.exposure is not None:
+        e = raw[parsed.exposure].cast(pl.Float64).to_numpy()
+        if (e <= 0).any():
+            raise ValueError(f"Exposure column {parsed.exposure!r} must be > 0 in data.")
+        log_exposure = np.log(e)
+    elif parsed.offset is not None:
+        log_exposure = raw[parsed.offset].cast(pl.Float64).to_numpy()
+    row_name = _free_name("row", set(needed))
+    frame = raw.with_row_index(row_name).with_columns(pl.col(row_name).cast(pl.Int64))
+    return _Design(frame, X, group_index, log_exposure)
+
+
+def _design_matrix(spec: ModelSpec, frame: pl.DataFrame) -> np.ndarray:
+    """Fixed-effects design of new rows, coded as in the fit (formulae's stateful design)."""
+    evaluated = spec._design.evaluate_new_data(spec.to_pandas(frame))
+    return np.asarray(evaluated.design_matrix, dtype=float)
+
+
+def _link(link: str, mean: np.ndarray) -> np.ndarray:
+    """The link function (inverse of :meth:`Family.inverse_link`)."""
+    if link == "logit":
+        return special.logit(mean)
+    if link == "probit":
+        return special.ndtri(mean)
+    if link == "cloglog":
+        return np.log(-np.log1p(-mean))
+    return np.log(mean)
+
+
+def _marginal_mean(spec: ModelSpec, eta: np.ndarray, sigma: np.ndarray) -> np.ndarray:
+    """E[inverse_link(eta + sigma * Z)], Z ~ N(0, 1), per draw (rows of ``eta``)."""
+    if spec.family.link == "log":
+        return np.exp(eta + 0.5 * sigma[:, None] ** 2)
+    nodes, weights = np.polynomial.hermite.hermgauss(QUADRATURE_NODES)
+    shifted = eta[..., None] + np.sqrt(2.0) * sigma[:, None, None] * nodes
+    return spec.family.inverse_link(shifted) @ (weights / np.sqrt(np.pi))
+
+
+def predict(
+    model: Model,
+    data: Any = None,
+    type: str = "response",
+    re: str = "zero",
+    summary: bool = True,
+    ci: float | None = None,
+) -> pl.DataFrame:
+    """Predictions per row of new data (or of the data the model was fitted to), per draw.
+
+    Parameters
+    ----------
+    model : Model
+        A fitted model.
+    data : polars or pandas DataFrame, optional
+        Rows to predict, holding the predictor columns (and the exposure or offset column of a
+        Poisson model with an offset; the grouping columns with ``re='include'``). By default
+        the rows the model was fitted to, in data order.
+    type : {'response', 'link'}, default 'response'
+        ``'response'``: the probability (binomial) or the expected count at the row's exposure
+        (Poisson; the rate when the model has no offset). ``'link'``: the linear predictor,
+        offset included.
+    re : {'zero', 'marginal', 'include'}, default 'zero'
+        Group effects: ``'zero'`` predicts for a typical group (effects at 0); ``'marginal'``
+        averages the response over the fitted normal distribution of the group effects
+        (Gauss-Hermite quadrature per draw, over the summed variance of every grouping
+        factor), a population-averaged prediction; with ``type='link'`` it returns the link of
+        that average. ``'include'`` adds each row's fitted group effects (its group must be
+        one of the fit). Models without groups give the same for all three.
+    summary : bool, default True
+        Summarise the draws per row, or return every draw.
+    ci : float, optional
+        Mass of the highest-density interval; the model's ``ci`` by default.
+
+    Returns
+    -------
+    pl.DataFrame
+        With ``summary=True``: the rows (``row``, 0-based, and the columns used; for the
+        fitted data also the outcome and ``trials``/``exposure``) with ``estimate`` (posterior
+        median), ``sd``, ``conf_low`` and ``conf_high``. With ``summary=False``: long form,
+        ``row, .draw, prediction``, one line per row and posterior draw (chains stacked);
+        join on ``row`` for the predictors.
+
+    Raises
+    ------
+    ValueError
+        For an unknown ``type`` or ``re``, a ``ci`` outside (0, 1), missing columns or values
+        in ``data``, factor levels the model was not fitted with, or (``re='include'``) groups
+        not in the fit.
+    """
+    model._require_fit("predict")
+    if type not in _TYPES:
+        raise ValueError(f"type must be one of {_TYPES}, got {type!r}.")
+    if re not in _RE:
+        raise ValueError(f"re must be one of {_RE}, got {re!r}.")
+    ci = _check_ci(ci, model)
+    spec = model.spec
+    design = _fitted_design(model) if data is None else _new_design(model, data, re)
+    draws = _Draws.read(spec, model.posterior)
+    group_index = design.group_index if re == "include" else {}
+    sigma = None
+    if re == "marginal" and spec.groups:
+        sigma = np.sqrt(sum(draws.sd[g.name] ** 2 for g in spec.groups))
+    n_rows = design.X.shape[0]
+    width = draws.n * (QUADRATURE_NODES if sigma is not None else 1)
+    values = np.empty((draws.n, n_rows)) if not summary else None
+    stats = {k: np.empty(n_rows) for k in ("estimate", "sd", "conf_low", "conf_high")}
+    for block in _blocks(n_rows, width):
+        gi = {name: index[block] for name, index in group_index.items()}
+        eta = draws.eta(design.X[block], gi)
+        offset = design.log_exposure[block]
+        if sigma is None:
+            # offset is 0 for binomial models
+            v = eta + offset if type == "link" else spec.family.inverse_link(eta + offset)
+        else:
+            mean = _marginal_mean(spec, eta, sigma)
+            if spec.family.name == "poisson":
+                mean = mean * np.exp(offset)
+            v = _link(spec.family.link, mean) if type == "link" else mean
+        if summary:
+            bounds = hdi(v, ci)
+            stats["estimate"][block] = np.median(v, axis=0)
+            stats["sd"][block] = v.std(axis=0, ddof=1)
+            stats["conf_low"][block] = bounds[:, 0]
+            stats["conf_high"][block] = bounds[:, 1]
+        else:
+            values[:, block] = v
+    row_name = design.frame.columns[0]
+    if summary:
+        return design.frame.with_columns([pl.Series(k, v) for k, v in stats.items()])
+    rows = design.frame[row_name].to_numpy()
+    return pl.DataFrame(
+        {
+            row_name: np.tile(rows, draws.n),
+            ".draw": np.repeat(np.arange(draws.n, dtype=np.int64), n_rows),
+            "prediction": values.ravel(),
+        }
+    )
