@@ -1,0 +1,316 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#   kernelspec:
+#     display_name: Python 3
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # Multilevel logistic regression
+#
+# Titanic passengers travelled in three classes, and survival differed sharply between them.
+# This tutorial adds class to the survival model of tutorial 1 as a **random intercept**: each
+# class gets its own baseline log-odds of survival, and those baselines are treated as draws
+# from a common distribution whose spread (the group standard deviation) is estimated too.
+#
+# It covers the per-class estimates on the odds scale (`ranef`, `fixef`), three different
+# questions a "probability of survival" can answer in a multilevel model (`re='zero'`,
+# `re='marginal'`, `re='groups'`), why three groups tell us little about the group standard
+# deviation, and how to read the convergence diagnostics, including what to do when they
+# complain.
+
+# %%
+import matplotlib.pyplot as plt
+import numpy as np
+import polars as pl
+from scipy import stats
+
+from bayesmer import glmer, load_dataset
+
+pl.Config.set_tbl_cols(-1)
+pl.Config.set_tbl_width_chars(140)
+pl.Config.set_float_precision(3)
+
+SEED = 2026
+
+# %% [markdown]
+# ## Survival by class and sex
+
+# %%
+titanic = load_dataset("titanic")
+shares = (
+    titanic.group_by("pclass", "sex")
+    .agg(passengers=pl.len(), share_survived=pl.col("survived").mean())
+    .sort("pclass", "sex")
+)
+print(shares)
+
+# %%
+fig, ax = plt.subplots(figsize=(5.5, 3))
+width = 0.38
+for k, sex in enumerate(("female", "male")):
+    rows = shares.filter(pl.col("sex") == sex)
+    ax.bar(rows["pclass"] + (k - 0.5) * width, rows["share_survived"], width, label=sex)
+ax.set_xticks([1, 2, 3], ["1st class", "2nd class", "3rd class"])
+ax.set(ylabel="share survived", ylim=(0, 1), title="Survival by class and sex")
+ax.legend(frameon=False)
+ax.spines[["top", "right"]].set_visible(False)
+fig.tight_layout()
+
+# %% [markdown]
+# In every class women survived far more often than men, and in both sexes survival fell from
+# first to third class. A single intercept, as in tutorial 1, averages over those classes.
+#
+# ## The model
+#
+# `glmer` accepts lme4's random-effects syntax: `(1|pclass)` gives each class its own
+# intercept, drawn from a normal distribution centred on the overall intercept with a standard
+# deviation that the model also estimates. The class labels are numbers in the data, so we
+# declare `pclass` a factor.
+#
+# `fit(summary=True)` returns the summary, and `exponentiate=True` reports the fixed effects as
+# odds (the intercept) and odds ratios (`sexmale`).
+
+# %%
+model = glmer("survived ~ sex + (1|pclass)", data=titanic, family="binomial")
+model.set_factors("pclass")
+print(model.fit(exponentiate=True, summary=True, random_seed=SEED, progressbar=False))
+
+# %% [markdown]
+# The odds ratio for men against women is close to tutorial 1's, a little further from 1,
+# because comparing men and women *within* a class removes the part of the gap that came from
+# women being more often in first class. The intercept, the odds of survival for a woman in a
+# typical class, is very uncertain: its interval spans a factor of ten or more. We come back
+# to why below.
+#
+# ## The classes on the odds scale
+#
+# `ranef` gives each class's deviation from the overall intercept. With `exponentiate=True`
+# these are multipliers of the odds: a first-class passenger's odds of survival were about
+# twice those of a typical class, a third-class passenger's about a third.
+
+# %%
+print(model.ranef)
+
+# %% [markdown]
+# `fixef` combines the fixed effects with each class's deviation (lme4's `coef()`): the
+# intercept column is now the odds of survival for a woman in each class. `sexmale` is the
+# same in every class, because the model gives each class its own intercept but a common sex
+# effect.
+
+# %%
+print(model.fixef)
+
+# %% [markdown]
+# `plot_ranef` shows the class effects with their credible intervals.
+
+# %%
+fig = model.plot_ranef()
+
+# %% [markdown]
+# ## Three groups leave the group standard deviation uncertain
+#
+# `ranef_var` reports the standard deviation of the class intercepts on the log-odds scale,
+# with its credible interval.
+
+# %%
+print(model.ranef_var)
+
+# %% [markdown]
+# The interval is wide. This is not a flaw of the sampler: the spread of a population is
+# estimated from the members we observe, and here we observe three classes. Three values tell
+# us roughly where a standard deviation lies, but not much more, however many passengers each
+# class holds. (lme4 reports a single number for this standard deviation, about 0.77, with no
+# uncertainty attached.)
+#
+# Plotting the posterior draws of the standard deviation against the default prior, a
+# half-normal with scale 2.5, shows how much the data taught us: the posterior has moved away
+# from zero and its long right tail is still shaped by the prior.
+
+# %%
+sd_draws = model.posterior["posterior"]["sd_pclass"].values.ravel()
+grid = np.linspace(0, 8, 400)
+
+fig, ax = plt.subplots(figsize=(6, 3))
+ax.hist(sd_draws, bins=80, density=True, alpha=0.6, label="posterior")
+ax.plot(grid, stats.halfnorm(scale=2.5).pdf(grid), color="black", label="prior HalfNormal(2.5)")
+ax.set(xlabel="sd of class intercepts (log-odds)", ylabel="density", xlim=(0, 8))
+ax.set_title("Three classes: the data narrow the group sd only a little")
+ax.legend(frameon=False)
+ax.spines[["top", "right"]].set_visible(False)
+fig.tight_layout()
+
+print(f"P(sd > 2) = {np.mean(sd_draws > 2):.2f}")
+
+# %% [markdown]
+# Because the data say little about the standard deviation, the prior matters. With a tighter
+# prior, a half-normal of scale 1 (`priors={'1|pclass': ('halfnormal', 1)}`), the estimate of
+# the standard deviation shrinks, while the sex effect, which 891 passengers pin down, hardly
+# moves. When a conclusion depends on the group standard deviation and there are few groups,
+# report how it changes under a reasonable alternative prior.
+
+# %%
+tight = glmer(
+    "survived ~ sex + (1|pclass)",
+    data=titanic,
+    family="binomial",
+    priors={"1|pclass": ("halfnormal", 1)},
+)
+tight.set_factors("pclass")
+tight.fit(exponentiate=True, random_seed=SEED, progressbar=False)
+print(
+    pl.concat(
+        [
+            model.ranef_var.with_columns(prior=pl.lit("HalfNormal(2.5), default")),
+            tight.ranef_var.with_columns(prior=pl.lit("HalfNormal(1)")),
+        ]
+    )
+)
+print(
+    pl.concat(
+        [
+            model.result_fit.with_columns(prior=pl.lit("HalfNormal(2.5), default")),
+            tight.result_fit.with_columns(prior=pl.lit("HalfNormal(1)")),
+        ]
+    )
+    .filter(pl.col("term") == "sexmale")
+    .select("prior", "term", "estimate", "conf_low", "conf_high")
+)
+
+# %% [markdown]
+# ## Which probability of survival?
+#
+# In a model with random intercepts "the probability that a woman survived" can mean three
+# different things, and `emmeans` answers each one when asked with `re=`:
+#
+# - `re='zero'` (the default, as in lme4 and R's emmeans): the class effect set to zero, that
+#   is, a woman in a **typical class**, one sitting exactly at the centre of the distribution of
+#   classes.
+# - `re='marginal'`: averaged over the whole distribution of class effects, that is, a woman in
+#   a **new class drawn from the population** of classes (a population-averaged probability).
+#   Because the logistic curve bends, averaging over classes pulls probabilities towards 0.5.
+# - `re='groups'`: averaged over the **three classes we observed**, here weighted by how many
+#   passengers each class had (`weights='cells'`), which reproduces the mix of the data.
+#
+# None of them is the right one in general; they answer different questions.
+
+# %%
+by_re = pl.concat(
+    [
+        model.emmeans("sex", re="zero").with_columns(re=pl.lit("zero")),
+        model.emmeans("sex", re="marginal").with_columns(re=pl.lit("marginal")),
+        model.emmeans("sex", re="groups", weights="cells").with_columns(re=pl.lit("groups")),
+    ]
+)
+print(by_re.select("re", "sex", "prob", "lower_HPD", "upper_HPD"))
+print(titanic.group_by("sex").agg(observed=pl.col("survived").mean()).sort("sex"))
+
+# %%
+fig, ax = plt.subplots(figsize=(6, 3))
+for k, (re, color) in enumerate((("zero", "C0"), ("marginal", "C1"), ("groups", "C2"))):
+    rows = by_re.filter(pl.col("re") == re)
+    x = np.arange(rows.height) + (k - 1) * 0.2
+    ax.errorbar(
+        x,
+        rows["prob"],
+        yerr=[rows["prob"] - rows["lower_HPD"], rows["upper_HPD"] - rows["prob"]],
+        fmt="o",
+        color=color,
+        capsize=3,
+        label=f"re='{re}'",
+    )
+ax.set_xticks([0, 1], ["female", "male"])
+ax.set(ylabel="probability of survival", ylim=(0, 1))
+ax.set_title("Three questions, three answers (95% intervals)")
+ax.legend(frameon=False)
+ax.spines[["top", "right"]].set_visible(False)
+fig.tight_layout()
+
+# %% [markdown]
+# The typical-class probabilities (`re='zero'`) are the most extreme, because they are read at
+# the centre of the logistic curve's input for one class. Averaging over new classes
+# (`re='marginal'`) pulls both towards 0.5 and widens the intervals: a new class could be as
+# good as first class or as bad as third, and we are unsure how different classes can be.
+# Averaging over the observed classes with their passenger counts (`re='groups'`) lands close
+# to the observed survival shares.
+#
+# The odds ratio between the sexes, by contrast, is one number in this model whichever class
+# we pick, because the sex effect is shared by all classes.
+
+# %%
+print(model.emmeans("sex", contrasts={"male_vs_female": [-1, 1]}))
+
+# %% [markdown]
+# ## Diagnostics, and what to do when they complain
+#
+# Every fit passes through a convergence check. The numbers behind it are available:
+# `diagnostics` has one row per parameter (R-hat should be below 1.01, and the effective sample
+# sizes `ess_bulk` and `ess_tail` comfortably above 100 per chain), and `chain_diagnostics` one
+# row per chain (no divergent transitions, E-BFMI above 0.3). `convergence_problems` lists what
+# went wrong, in words; it is empty for the fit above.
+
+# %%
+print(model.diagnostics)
+print(model.chain_diagnostics)
+print(model.convergence_problems)
+
+# %% [markdown]
+# Trace plots show each chain's draws; chains that agree look like overlapping, fuzzy bands.
+
+# %%
+fig = model.plot_trace()
+
+# %% [markdown]
+# A posterior with three groups has a difficult shape: when the group sd is small the class
+# effects are squeezed together in a narrow funnel, and a sampler taking large steps misses
+# it. bayesmer therefore sets nutpie's `target_accept` (the step size is tuned to reach this
+# acceptance rate: higher means smaller, more careful steps) to 0.95 for models with fewer than
+# ten groups. Overriding that with the more usual 0.8 shows what a complaint looks like: the fit
+# still returns, but it raises a `ConvergenceWarning` that names the problem and suggests a fix.
+
+# %% tags=["expect-convergence-warning"]
+model.fit(exponentiate=True, random_seed=SEED, progressbar=False, target_accept=0.8)
+print(model.chain_diagnostics)
+for problem in model.convergence_problems:
+    print("-", problem)
+
+# %% [markdown]
+# Divergent transitions mean the sampler failed to explore part of the posterior, so the draws
+# may be biased, typically against small group standard deviations. Do not report such a fit.
+# In order of preference:
+#
+# 1. **Take smaller steps**: raise `target_accept` (0.95, 0.99). This costs only time.
+# 2. **Use a more informative prior** on the group sd when the data cannot pin it down (few
+#    groups), as with the half-normal of scale 1 above, and say so in the report.
+# 3. **Rethink the model** when divergences persist: with two or three groups a fixed effect
+#    (`survived ~ sex + pclass` with `pclass` as a factor) is often the more honest choice.
+#
+# For other complaints: R-hat above 1.01 or a low effective sample size means the chains have
+# not mixed; run more `tune` and `draws`. A low E-BFMI often points to a group sd near zero.
+#
+# Here smaller steps are enough:
+
+# %%
+model.fit(exponentiate=True, random_seed=SEED, progressbar=False, target_accept=0.99)
+print(model.chain_diagnostics)
+print("problems:", model.convergence_problems)
+
+# %% [markdown]
+# ## What we learned
+#
+# - `glmer('survived ~ sex + (1|pclass)')` gives each class its own intercept; `ranef` shows
+#   the class effects as odds multipliers, `fixef` the resulting per-class odds, with the sex
+#   odds ratio shared by all classes.
+# - With three groups the group standard deviation (`ranef_var`) stays uncertain and its prior
+#   matters; check how conclusions change under a reasonable alternative prior.
+# - A "probability of survival" in a multilevel model answers one of three questions: a
+#   typical group (`re='zero'`), a new group from the population (`re='marginal'`), or the
+#   observed groups (`re='groups'`). Say which one you report.
+# - Read `diagnostics`, `chain_diagnostics` and `convergence_problems`; when the check
+#   complains, take smaller steps, use a more informative prior, or simplify the model, and do
+#   not report the fit until it is clean.
