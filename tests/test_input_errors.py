@@ -66,7 +66,9 @@ def test_two_level_string_outcome_is_accepted(small):
 
 
 def test_cbind_counts_are_checked(small):
-    neg = small.with_columns(pl.when(pl.int_range(pl.len()) == 3).then(-1).otherwise("f").alias("f"))
+    neg = small.with_columns(
+        pl.when(pl.int_range(pl.len()) == 3).then(-1).otherwise("f").alias("f")
+    )
     with pytest.raises(ValueError, match=r"cbind\(\) column 'f' has negative counts"):
         glm("cbind(s, f) ~ x", neg).fit()
     with pytest.raises(ValueError, match=r"Successes 's' exceed trials 'f' in \d+ row"):
