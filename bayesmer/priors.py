@@ -15,9 +15,15 @@ Users override any of them with ``priors={'sexmale': ('normal', 0, 1), '1|pclass
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
+import polars as pl
 import pymc as pm
+import xarray as xr
+
+if TYPE_CHECKING:
+    from .spec import ModelSpec
 
 #: Plain-tuple prior names -> (PyMC distribution, ordered parameter names).
 _TUPLE_PRIORS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -75,6 +81,8 @@ class Prior:
 
 
 def _fmt(value: Any) -> str:
+    if (isinstance(value, np.ndarray) and value.ndim == 0) or isinstance(value, np.generic):
+        value = value.item()
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
@@ -185,3 +193,129 @@ def resolve_priors(
         else:
             out[key] = Prior("HalfNormal", {"sigma": DEFAULT_SCALE})
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Reporting the priors, and drawing from them
+
+
+def _design_sd(spec: ModelSpec) -> dict[str, float]:
+    """sd of each non-intercept design column over the data rows (as autoscaling used)."""
+    rows = spec.rows.astype(float)
+    out: dict[str, float] = {}
+    for j, term in enumerate(spec.terms):
+        if term != "(Intercept)":
+            x = spec.X[:, j]
+            mean = np.average(x, weights=rows)
+            out[term] = float(np.sqrt(np.average((x - mean) ** 2, weights=rows)))
+    return out
+
+
+def _kind(key: str) -> str:
+    if key == "(Intercept)":
+        return "intercept"
+    if key.startswith("1|"):
+        return "group sd"
+    return "coefficient"
+
+
+def _note(key: str, prior: Prior, x_sd: dict[str, float]) -> str:
+    kind = _kind(key)
+    if kind == "intercept":
+        return (
+            "on the intercept with every predictor centred at its mean (the linear predictor "
+            "of an average row); the reported (Intercept) is shifted back to the data scale"
+        )
+    if kind == "group sd":
+        group = key[2:]
+        return f"sd of the random intercepts of {group!r}, on the link scale"
+    sd = x_sd.get(key, 0.0)
+    if prior.source == "user":
+        return "as given (user priors are not autoscaled)"
+    if sd > 0:
+        return (
+            f"autoscaled: sigma = {DEFAULT_SCALE:g} / sd({key}) = {DEFAULT_SCALE:g} / {sd:.4g}, "
+            "so the prior means the same whatever the unit of the predictor"
+        )
+    return f"predictor {key!r} is constant in the data, so the prior is not autoscaled"
+
+
+def prior_summary(spec: ModelSpec) -> pl.DataFrame:
+    """Every prior in force, the defaults included, in words.
+
+    Parameters
+    ----------
+    spec : ModelSpec
+        The model specification (``model.spec``).
+
+    Returns
+    -------
+    polars.DataFrame
+        One row per parameter, in model order, with columns ``parameter`` (the key to use in
+        ``priors=``: a term such as ``'sexmale'``, ``'(Intercept)'``, or ``'1|g'`` for the sd of
+        group g's intercepts), ``kind`` (``'intercept'``, ``'coefficient'`` or ``'group sd'``),
+        ``prior`` (e.g. ``'Normal(mu=0, sigma=5.24)'``), ``source`` (``'default'`` or
+        ``'user'``) and ``note`` (what the prior is on: the intercept prior is on the
+        centred-predictor intercept, default coefficient priors are autoscaled).
+
+    Examples
+    --------
+    >>> model.prior_summary()  # doctest: +SKIP
+    """
+    x_sd = _design_sd(spec)
+    rows = [
+        {
+            "parameter": key,
+            "kind": _kind(key),
+            "prior": prior.describe(),
+            "source": prior.source,
+            "note": _note(key, prior, x_sd),
+        }
+        for key, prior in spec.priors.items()
+    ]
+    return pl.DataFrame(
+        rows,
+        schema={
+            "parameter": pl.String,
+            "kind": pl.String,
+            "prior": pl.String,
+            "source": pl.String,
+            "note": pl.String,
+        },
+    )
+
+
+def sample_prior(spec: ModelSpec, draws: int = 1000, random_seed: int | None = None) -> xr.DataTree:
+    """Forward draws from the prior of a model (the likelihood left out; no MCMC).
+
+    Parameters
+    ----------
+    spec : ModelSpec
+        The model specification (``model.spec``).
+    draws : int, default 1000
+        Number of draws.
+    random_seed : int, optional
+        Seed; the same seed gives the same draws.
+
+    Returns
+    -------
+    xarray.DataTree
+        One group, ``prior``, with dims ``chain`` (length 1) and ``draw``, holding the reported
+        variables as the posterior does: ``b`` (dim ``term``; the ``(Intercept)`` on the data
+        scale, as reported), and per grouping factor g ``sd_g`` and ``u_g`` (dim
+        ``g_level``).
+
+    Raises
+    ------
+    ValueError
+        If ``draws`` is not a positive integer.
+    """
+    from .pymc_model import build_model
+    from .sampling import sample_prior as _forward
+
+    if isinstance(draws, bool) or not isinstance(draws, int | np.integer) or draws < 1:
+        raise ValueError(f"draws must be a positive integer, got {draws!r}.")
+    names = ["b"] + [n for g in spec.groups for n in (g.sd_name, g.effect_name)]
+    trace = _forward(build_model(spec, prior_only=True), int(draws), random_seed)
+    prior = trace["prior"].to_dataset()[names]
+    return xr.DataTree.from_dict({"prior": prior})
