@@ -459,6 +459,10 @@ def _high_k_message(spec: ModelSpec, pointwise: pl.DataFrame, shown: int = 5) ->
     """Name the observations with Pareto k > 0.7: their values and row numbers."""
     row_col = pointwise.columns[0]
     value_cols = pointwise.columns[1:-3]
+    trivial_size = (spec.family.name == "poisson" and not spec.has_offset) or (
+        spec.family.name == "binomial" and spec.formula.response.kind == "column"
+    )
+    shown_cols = value_cols[:-1] if trivial_size else value_cols
     bad = pointwise.filter(pl.col("pareto_k") > GOOD_K)
     groups = (
         bad.group_by(value_cols, maintain_order=True)
@@ -467,7 +471,7 @@ def _high_k_message(spec: ModelSpec, pointwise: pl.DataFrame, shown: int = 5) ->
     )
     parts = []
     for rec in groups.head(shown).iter_rows(named=True):
-        values = ", ".join(f"{c}={_fmt_value(rec[c])}" for c in value_cols)
+        values = ", ".join(f"{c}={_fmt_value(rec[c])}" for c in shown_cols)
         rows = rec[row_col]
         listed = ", ".join(str(r) for r in rows[:8]) + (", ..." if len(rows) > 8 else "")
         parts.append(f"{values} (k={rec['pareto_k']:.2f}; {len(rows)} row(s): {listed})")
@@ -506,8 +510,9 @@ def compare(*models: Model, names: Sequence[str] | None = None) -> pl.DataFrame:
         Best model first: ``model, elpd_loo, se, elpd_diff, se_diff, p_loo, n_bad_k``.
         ``elpd_diff`` is the model's ELPD minus the best model's (0 for the best), ``se_diff``
         the SE of that difference from the paired pointwise differences
-        (``sqrt(n * var(elpd_i - elpd_best_i))``), ``n_bad_k`` the observations with Pareto
-        k > 0.7.
+        (``sqrt(n * var(elpd_i - elpd_best_i))`` with the sample variance, as R's
+        ``loo_compare``; ``arviz_stats.compare`` divides by n instead), ``n_bad_k`` the
+        observations with Pareto k > 0.7.
 
     Raises
     ------
@@ -700,6 +705,17 @@ def _check_ci(ci: float | None, model: Model) -> float:
     return float(ci)
 
 
+def _evaluate(name: str, f: Statistic, y: np.ndarray, rows: pl.DataFrame) -> np.ndarray:
+    """Apply a statistic to data sets ``y`` (data sets x rows), checking its output."""
+    values = np.asarray(f(y, rows), dtype=float)
+    if values.shape != (y.shape[0],):
+        raise ValueError(
+            f"Statistic {name!r} must return one value per replicated data set; it returned "
+            f"shape {values.shape} for {y.shape[0]} data set(s) of shape {y.shape}."
+        )
+    return values
+
+
 def ppc(
     model: Model, stat: Any = None, ci: float | None = None, random_seed: int | None = None
 ) -> pl.DataFrame:
@@ -751,18 +767,14 @@ def ppc(
     draws = _Draws.read(spec, model.posterior)
     rng = np.random.default_rng(random_seed)
     y_obs = rows[Y].to_numpy()
-    observed = {name: float(np.asarray(f(y_obs[None, :], rows))[0]) for name, f in stats.items()}
+    observed = {
+        name: float(_evaluate(name, f, y_obs[None, :], rows)[0]) for name, f in stats.items()
+    }
     replicated = {name: np.empty(draws.n) for name in stats}
     for block in _blocks(draws.n, len(rows)):
         y_rep = _replicate(spec, draws, rows, block, rng)
         for name, f in stats.items():
-            values = np.asarray(f(y_rep, rows), dtype=float)
-            if values.shape != (block.stop - block.start,):
-                raise ValueError(
-                    f"Statistic {name!r} must return one value per replicated data set; it "
-                    f"returned shape {values.shape} for {block.stop - block.start} data sets."
-                )
-            replicated[name][block] = values
+            replicated[name][block] = _evaluate(name, f, y_rep, rows)
     out = []
     for name in stats:
         rep = replicated[name]
