@@ -1,0 +1,730 @@
+"""Pictures of a fitted model, each returned as a :class:`matplotlib.figure.Figure`.
+
+The figures are built without pyplot, so a notebook shows each one exactly once (as the
+result of the cell) and nothing accumulates in pyplot's figure list; save one with
+``fig.savefig('name.png', dpi=150)``.
+
+- :func:`plot_emmeans`: marginal means, point and interval per level, optionally with the
+  density of the per-draw values.
+- :func:`plot_contrasts`: contrasts as a forest plot with the null line (1 for odds and rate
+  ratios, 0 on the link scale).
+- :func:`plot_ranef`: caterpillar plot of the group deviations, one panel per grouping factor.
+- :func:`plot_trace`: trace and rank plots of every chain, one row per parameter.
+- :func:`plot_ppc`: the posterior predictive check table of ``model.ppc()``.
+- :func:`plot_prior_posterior`: prior against posterior density of the fixed effects and the
+  group sds.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import polars as pl
+from arviz_stats.base import array_stats
+from matplotlib import ticker
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.transforms import blended_transform_factory
+from scipy.stats import rankdata
+
+from .draws import group_effects, group_sd, hdi, stacked
+
+if TYPE_CHECKING:
+    from .models import Model
+
+#: Estimate columns of emmeans tables, and their axis labels.
+_MEAN_COLUMNS = {
+    "prob": "Probability",
+    "rate": "Rate",
+    "emmean": "Marginal mean (link scale)",
+}
+_CONTRAST_COLUMNS = {
+    "odds_ratio": "Odds ratio",
+    "ratio": "Ratio",
+    "estimate": "Difference (link scale)",
+}
+#: Columns of the posterior predictive check table.
+_PPC_COLUMNS = (
+    "statistic",
+    "observed",
+    "replicated_mean",
+    "replicated_low",
+    "replicated_high",
+    "ppp",
+)
+
+_POINT = "#1f4e79"
+_OBSERVED = "#c0392b"
+_PRIOR = "#9e9e9e"
+_CHAIN_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b")
+
+
+# ---------------------------------------------------------------------------------------------
+# Marginal means and contrasts
+
+
+def plot_emmeans(
+    model: Model, marginal_var: str, densities: bool = False, **emmeans_kwargs: Any
+) -> Figure:
+    """Estimated marginal means: point and credible interval per level.
+
+    Parameters
+    ----------
+    model : glm or glmer
+        A fitted model.
+    marginal_var : str
+        The factor (or factors) whose levels are compared, as for ``model.emmeans``.
+    densities : bool, default False
+        Also draw the density of the per-draw means of each level (a violin behind the
+        interval).
+    **emmeans_kwargs
+        Passed to ``model.emmeans`` (``by``, ``type``, ``ci``, ``weights``, ``re``, ``at``).
+        With ``by``, one panel per combination of the ``by`` levels.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Raises
+    ------
+    ValueError
+        If ``contrasts`` or ``draws`` is passed (use :func:`plot_contrasts` for contrasts).
+    """
+    _refuse(emmeans_kwargs, "contrasts", "plot_emmeans draws means; use plot_contrasts.")
+    _refuse(emmeans_kwargs, "draws", "plot_emmeans chooses draws= itself (see densities=).")
+    from .emmeans import emmeans
+
+    draws = emmeans(model, marginal_var, draws=True, **emmeans_kwargs) if densities else None
+    table = emmeans(model, marginal_var, **emmeans_kwargs)
+    ci = emmeans_kwargs.get("ci") or model.ci
+    return emmeans_figure(
+        table,
+        by=emmeans_kwargs.get("by"),
+        ci=ci,
+        draws=draws,
+        title=f"Estimated marginal means of {_names(marginal_var)}",
+    )
+
+
+def plot_contrasts(
+    model: Model, marginal_var: str, contrasts: Any = "pairwise", **emmeans_kwargs: Any
+) -> Figure:
+    """Contrasts between levels as a forest plot, with the line of no difference.
+
+    The null line is at 1 for odds ratios and rate ratios (drawn on a log axis, so that a
+    ratio and its inverse are equally far from it) and at 0 for differences on the link scale.
+    Each row is labelled with its probability of direction (pd).
+
+    Parameters
+    ----------
+    model : glm or glmer
+        A fitted model.
+    marginal_var : str
+        The factor whose levels are contrasted.
+    contrasts : str or dict, default 'pairwise'
+        As for ``model.emmeans`` (``'pairwise'``, ``'trt.vs.ctrl'``, or named weights).
+    **emmeans_kwargs
+        Passed to ``model.emmeans`` (``by``, ``type``, ``ci``, ...). With ``by``, one panel
+        per combination of the ``by`` levels.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Raises
+    ------
+    ValueError
+        If ``contrasts`` is None, or ``draws`` is passed.
+    """
+    if contrasts is None:
+        raise ValueError(
+            "plot_contrasts needs contrasts (e.g. 'pairwise'); for means use plot_emmeans."
+        )
+    _refuse(emmeans_kwargs, "draws", "plot_contrasts draws the summary table.")
+    from .emmeans import emmeans
+
+    table = emmeans(model, marginal_var, contrasts=contrasts, **emmeans_kwargs)
+    ci = emmeans_kwargs.get("ci") or model.ci
+    return contrasts_figure(
+        table,
+        by=emmeans_kwargs.get("by"),
+        ci=ci,
+        title=f"Contrasts of {_names(marginal_var)}",
+    )
+
+
+def _refuse(kwargs: dict[str, Any], key: str, message: str) -> None:
+    if key in kwargs:
+        raise ValueError(f"{key}= is not accepted here: {message}")
+
+
+def _names(value: str | Sequence[str]) -> str:
+    return value if isinstance(value, str) else " x ".join(value)
+
+
+def _estimate_column(table: pl.DataFrame, candidates: dict[str, str], what: str) -> str:
+    found = [c for c in candidates if c in table.columns]
+    if candidates is _MEAN_COLUMNS:
+        found += [c for c in table.columns if c.endswith("_trend")]
+    if not found:
+        raise ValueError(
+            f"Not {what} table: it has none of the columns {list(candidates)} "
+            f"(columns: {table.columns})."
+        )
+    return found[0]
+
+
+def _by_list(by: str | Sequence[str] | None) -> list[str]:
+    if by is None:
+        return []
+    return [by] if isinstance(by, str) else list(by)
+
+
+def _panels(table: pl.DataFrame, by: list[str]) -> list[tuple[str | None, pl.DataFrame]]:
+    """The table split into one frame per combination of the ``by`` columns, in order."""
+    if not by:
+        return [(None, table)]
+    missing = [c for c in by if c not in table.columns]
+    if missing:
+        raise ValueError(f"by column(s) {missing} are not in the table {table.columns}.")
+    keys = table.select(by).unique(maintain_order=True)
+    out = []
+    for row in keys.iter_rows(named=True):
+        part = table.filter(pl.all_horizontal([pl.col(c) == v for c, v in row.items()]))
+        out.append((", ".join(f"{c} = {v}" for c, v in row.items()), part))
+    return out
+
+
+def _row_labels(part: pl.DataFrame, cols: list[str], default: str = "") -> list[str]:
+    if not cols:
+        return [default] * len(part)
+    if len(cols) == 1:
+        return [str(v) for v in part[cols[0]].to_list()]
+    return [
+        ", ".join(f"{c}={v}" for c, v in zip(cols, row, strict=True))
+        for row in part.select(cols).iter_rows()
+    ]
+
+
+def _forest_grid(n_panels: int, n_rows: int, width: float = 7.0) -> tuple[Figure, list[Axes]]:
+    height = max(2.2, 0.42 * n_rows + 1.3)
+    fig = Figure(figsize=(width, height * n_panels), layout="constrained")
+    axes = fig.subplots(n_panels, 1, squeeze=False, sharex=True)[:, 0]
+    return fig, list(axes)
+
+
+def _draw_rows(
+    ax: Axes,
+    est: np.ndarray,
+    low: np.ndarray,
+    high: np.ndarray,
+    labels: list[str],
+) -> None:
+    y = np.arange(len(est))
+    ax.hlines(y, low, high, color=_POINT, linewidth=2.2, zorder=3)
+    ax.plot(est, y, "o", color=_POINT, markersize=7, zorder=4)
+    ax.set_yticks(y, labels)
+    ax.set_ylim(len(est) - 0.4, -0.6)
+    ax.grid(axis="x", alpha=0.3)
+
+
+def emmeans_figure(
+    table: pl.DataFrame,
+    by: str | Sequence[str] | None = None,
+    ci: float = 0.95,
+    draws: pl.DataFrame | None = None,
+    title: str | None = None,
+) -> Figure:
+    """Draw an emmeans means table (the drawing half of :func:`plot_emmeans`).
+
+    Parameters
+    ----------
+    table : polars.DataFrame
+        ``<factor columns>, prob|rate|emmean|<var>_trend, SD, lower_HPD, upper_HPD``.
+    by : str or list of str, optional
+        Columns to split into panels (one per combination).
+    ci : float, default 0.95
+        Interval mass, for the caption.
+    draws : polars.DataFrame, optional
+        The same means per draw (``<factor columns>, .draw, <estimate>``); drawn as violins.
+    title : str, optional
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    est_col = _estimate_column(table, _MEAN_COLUMNS, "an emmeans")
+    label_cols = table.columns[: table.columns.index(est_col)]
+    by_cols = _by_list(by)
+    row_cols = [c for c in label_cols if c not in by_cols] or label_cols
+    panels = _panels(table, by_cols)
+    fig, axes = _forest_grid(len(panels), max(len(p) for _, p in panels))
+    per_draw = _draws_by_row(draws, label_cols, est_col) if draws is not None else None
+    for ax, (name, part) in zip(axes, panels, strict=True):
+        if per_draw is not None:
+            keys = (
+                [tuple(str(v) for v in r) for r in part.select(label_cols).iter_rows()]
+                if label_cols
+                else [()] * len(part)
+            )
+            _violins(ax, [per_draw.get(k) for k in keys])
+        _draw_rows(
+            ax,
+            part[est_col].to_numpy(),
+            part["lower_HPD"].to_numpy(),
+            part["upper_HPD"].to_numpy(),
+            _row_labels(part, row_cols, default=est_col),
+        )
+        if name is not None:
+            ax.set_title(name, fontsize=10)
+    what = _MEAN_COLUMNS.get(est_col, f"Slope ({est_col})")
+    axes[-1].set_xlabel(f"{what}: point = estimate, bar = {ci:.0%} highest-density interval")
+    if est_col == "prob":
+        low = min(0.0, float(table["lower_HPD"].min()))
+        high = max(1.0, float(table["upper_HPD"].max()))
+        if float(table["upper_HPD"].max()) - float(table["lower_HPD"].min()) > 0.5:
+            axes[-1].set_xlim(low - 0.02, high + 0.02)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def _draws_by_row(
+    draws: pl.DataFrame, label_cols: list[str], est_col: str
+) -> dict[tuple[str, ...], np.ndarray]:
+    if est_col not in draws.columns or any(c not in draws.columns for c in label_cols):
+        raise ValueError(
+            f"The per-draw table needs the columns {[*label_cols, est_col]}; it has "
+            f"{draws.columns}."
+        )
+    if not label_cols:
+        return {(): draws[est_col].to_numpy().astype(float)}
+    keyed = (
+        draws.select([pl.col(c).cast(pl.String) for c in label_cols] + [pl.col(est_col)])
+        .group_by(label_cols, maintain_order=True)
+        .agg(pl.col(est_col))
+    )
+    return {tuple(row[:-1]): np.asarray(row[-1], dtype=float) for row in keyed.iter_rows()}
+
+
+def _violins(ax: Axes, samples: list[np.ndarray | None], half_height: float = 0.38) -> None:
+    for i, values in enumerate(samples):
+        if values is None or len(values) < 2 or np.ptp(values) == 0:
+            continue
+        grid, pdf, _ = array_stats.kde(values)
+        pdf = pdf / pdf.max() * half_height
+        ax.fill_between(grid, i - pdf, i + pdf, color=_POINT, alpha=0.18, linewidth=0, zorder=2)
+
+
+def contrasts_figure(
+    table: pl.DataFrame,
+    by: str | Sequence[str] | None = None,
+    ci: float = 0.95,
+    title: str | None = None,
+) -> Figure:
+    """Draw an emmeans contrasts table as a forest plot (the drawing half of plot_contrasts).
+
+    Parameters
+    ----------
+    table : polars.DataFrame
+        ``contrast, [by columns], odds_ratio|ratio|estimate, SD, lower_HPD, upper_HPD, pd,
+        prob_gt_null``.
+    by : str or list of str, optional
+        Columns to split into panels (one per combination).
+    ci : float, default 0.95
+        Interval mass, for the caption.
+    title : str, optional
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    est_col = _estimate_column(table, _CONTRAST_COLUMNS, "an emmeans contrasts")
+    if "contrast" not in table.columns:
+        raise ValueError(f"Not a contrasts table: no 'contrast' column ({table.columns}).")
+    ratio = est_col != "estimate"
+    null = 1.0 if ratio else 0.0
+    panels = _panels(table, _by_list(by))
+    fig, axes = _forest_grid(len(panels), max(len(p) for _, p in panels), width=7.5)
+    for ax, (name, part) in zip(axes, panels, strict=True):
+        ax.axvline(null, color="black", linestyle="--", linewidth=1, zorder=1)
+        _draw_rows(
+            ax,
+            part[est_col].to_numpy(),
+            part["lower_HPD"].to_numpy(),
+            part["upper_HPD"].to_numpy(),
+            _row_labels(part, ["contrast"]),
+        )
+        if "pd" in part.columns:
+            right = blended_transform_factory(ax.transAxes, ax.transData)
+            for i, pd_ in enumerate(part["pd"].to_list()):
+                ax.text(1.02, i, f"pd {pd_:.3f}", transform=right, va="center", fontsize=9)
+        if name is not None:
+            ax.set_title(name, fontsize=10)
+    if ratio:
+        axes[-1].set_xscale("log")
+        axes[-1].xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+        axes[-1].xaxis.set_minor_formatter(ticker.NullFormatter())
+    axes[-1].set_xlabel(
+        f"{_CONTRAST_COLUMNS[est_col]}: point = estimate, bar = {ci:.0%} highest-density "
+        f"interval, dashed = no difference ({null:g})"
+    )
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# Group effects
+
+
+def plot_ranef(model: Model, ci: float | None = None, exponentiate: bool | None = None) -> Figure:
+    """Caterpillar plot of the group deviations: one panel per grouping factor.
+
+    Each level's deviation from the fixed intercept (lme4's ranef) as posterior median and
+    highest-density interval, levels sorted by the median.
+
+    Parameters
+    ----------
+    model : glmer
+        A fitted mixed model.
+    ci : float, optional
+        Interval mass; the model's ``ci`` by default.
+    exponentiate : bool, optional
+        Show exp() of the deviations (multiplicative effects on the odds or the rate; null
+        line at 1). The model's ``exponentiate`` setting by default.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+
+    Raises
+    ------
+    ValueError
+        If the model has no random effects, or ``ci`` is not in (0, 1).
+    """
+    spec = model.spec
+    if not spec.groups:
+        raise ValueError("plot_ranef needs random effects (a glmer model such as (1|group)).")
+    ci = model.ci if ci is None else ci
+    if not 0 < ci < 1:
+        raise ValueError(f"ci must be between 0 and 1, got {ci}.")
+    exponentiate = model.exponentiate if exponentiate is None else exponentiate
+    if exponentiate and not model._family.exponentiates:
+        raise ValueError(
+            f"exponentiate=True needs a logit or log link; this model uses {model.link}."
+        )
+    n_levels = max(len(g.levels) for g in spec.groups)
+    height = max(2.4, min(0.24 * n_levels + 1.4, 16.0))
+    fig = Figure(figsize=(4.6 * len(spec.groups), height), layout="constrained")
+    axes = fig.subplots(1, len(spec.groups), squeeze=False)[0]
+    for ax, g in zip(axes, spec.groups, strict=True):
+        u = group_effects(model.posterior, g)
+        est = np.median(u, axis=0)
+        bounds = hdi(u, ci)
+        order = np.argsort(-est)  # largest at the top
+        low, high = bounds[order, 0], bounds[order, 1]
+        est = est[order]
+        if exponentiate:
+            est, low, high = np.exp(est), np.exp(low), np.exp(high)
+        ax.axvline(1.0 if exponentiate else 0.0, color="black", linestyle="--", linewidth=1)
+        _draw_rows(ax, est, low, high, [g.levels[i] for i in order])
+        if len(g.levels) > 60:
+            ax.set_yticks([])
+            ax.set_ylabel(f"{len(g.levels)} levels, sorted by estimate")
+        elif len(g.levels) > 25:
+            ax.tick_params(axis="y", labelsize=7)
+        sd = float(np.median(group_sd(model.posterior, g)))
+        ax.set_title(f"(1|{g.name}): sd {sd:.2f}", fontsize=10)
+        if exponentiate:
+            ax.set_xscale("log")
+            ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+            ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+        ax.set_xlabel(
+            ("exp(deviation), multiplicative" if exponentiate else "deviation, link scale")
+            + f"; {ci:.0%} HDI"
+        )
+    fig.suptitle("Group effects (median and interval per level)")
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# Sampler diagnostics
+
+
+def _scalar_series(model: Model, var_names: Sequence[str] | None) -> list[tuple[str, np.ndarray]]:
+    """(label, draws of shape (chain, draw)) for every scalar in the named variables."""
+    spec = model.spec
+    available = ["b"] + [n for g in spec.groups for n in (g.sd_name, g.effect_name)]
+    names = list(var_names) if var_names is not None else ["b"] + [g.sd_name for g in spec.groups]
+    unknown = [n for n in names if n not in available]
+    if unknown or not names:
+        raise ValueError(f"var_names {names!r}: choose among {available}.")
+    posterior = model.posterior["posterior"].to_dataset()
+    out = []
+    for name in names:
+        da = posterior[name]
+        extra = [d for d in da.dims if d not in ("chain", "draw")]
+        if not extra:
+            out.append((name, da.transpose("chain", "draw").values))
+            continue
+        (dim,) = extra
+        values = da.transpose("chain", "draw", dim).values
+        for j, level in enumerate(da[dim].values):
+            out.append((f"{name}[{level}]", values[..., j]))
+    return out
+
+
+def plot_trace(model: Model, var_names: Sequence[str] | None = None, bins: int = 20) -> Figure:
+    """Trace and rank plots, one row per parameter.
+
+    Left: the draws of each chain against the iteration (well-mixed chains look like
+    overlapping noise). Right: the rank plot of Vehtari et al. (2021), a histogram per chain
+    of the ranks of its draws among all draws; well-mixed chains are flat around the dashed
+    line of uniform ranks. Each row's title gives R-hat and the bulk ESS.
+
+    Parameters
+    ----------
+    model : glm or glmer
+        A fitted model.
+    var_names : list of str, optional
+        Among ``'b'`` (every fixed coefficient), ``'sd_<g>'`` and ``'u_<g>'`` (every group
+        deviation of g). By default the fixed coefficients and the group sds.
+    bins : int, default 20
+        Rank histogram bins.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        ``2 * n_parameters`` axes.
+
+    Raises
+    ------
+    ValueError
+        For an unknown variable name or fewer than 2 bins.
+    """
+    if not isinstance(bins, int) or bins < 2:
+        raise ValueError(f"bins must be an integer >= 2, got {bins!r}.")
+    series = _scalar_series(model, var_names)
+    diag = {r["term"]: r for r in model.diagnostics.iter_rows(named=True)}
+    fig = Figure(figsize=(10, 1.9 * len(series) + 0.6), layout="constrained")
+    axes = fig.subplots(len(series), 2, squeeze=False, width_ratios=[2.2, 1])
+    for (label, values), (ax_trace, ax_rank) in zip(series, axes, strict=True):
+        n_chains, n_draws = values.shape
+        colours = [_CHAIN_COLOURS[c % len(_CHAIN_COLOURS)] for c in range(n_chains)]
+        for c in range(n_chains):
+            ax_trace.plot(values[c], color=colours[c], linewidth=0.6, alpha=0.75)
+        info = diag.get(label)
+        stats = f"   R-hat {info['rhat']:.3f}, bulk ESS {info['ess_bulk']:.0f}" if info else ""
+        ax_trace.set_title(f"{label}{stats}", fontsize=10, loc="left")
+        ax_trace.set_xlim(0, n_draws - 1)
+        ranks = rankdata(values.ravel()).reshape(values.shape)
+        edges = np.linspace(0.5, values.size + 0.5, bins + 1)
+        centres = 0.5 * (edges[1:] + edges[:-1])
+        for c in range(n_chains):
+            counts, _ = np.histogram(ranks[c], bins=edges)
+            ax_rank.step(centres, counts, where="mid", color=colours[c], linewidth=1.2)
+        ax_rank.axhline(n_draws / bins, color="black", linestyle="--", linewidth=1)
+        ax_rank.set_ylim(bottom=0)
+        ax_rank.set_yticks([])
+        ax_rank.set_title("rank per chain", fontsize=10, loc="left")
+    axes[-1, 0].set_xlabel("iteration (after tuning)")
+    axes[-1, 1].set_xlabel("rank of the draw among all draws")
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# Posterior predictive check
+
+
+def plot_ppc(model: Model, max_panels: int = 12, **ppc_kwargs: Any) -> Figure:
+    """Posterior predictive check: each observed statistic against its replicated values.
+
+    Parameters
+    ----------
+    model : glm or glmer
+        A fitted model.
+    max_panels : int, default 12
+        Up to this many statistics, one panel each: the replicated mean and interval with the
+        observed value marked and the posterior predictive p-value (ppp) in the title. With
+        more statistics (one per group level, say), one panel of the ppp of every statistic;
+        values near 0 or 1 (shaded) flag what the model does not reproduce.
+    **ppc_kwargs
+        Passed to ``model.ppc`` (``stat``, ``ci``, ``random_seed``).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+    """
+    return ppc_figure(model.ppc(**ppc_kwargs), max_panels=max_panels)
+
+
+def ppc_figure(table: pl.DataFrame, max_panels: int = 12) -> Figure:
+    """Draw a posterior predictive check table (the drawing half of :func:`plot_ppc`).
+
+    Parameters
+    ----------
+    table : polars.DataFrame
+        ``statistic, observed, replicated_mean, replicated_low, replicated_high, ppp``.
+    max_panels : int, default 12
+        See :func:`plot_ppc`.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        One axes per statistic, or one axes in all when there are more than ``max_panels``.
+    """
+    missing = [c for c in _PPC_COLUMNS if c not in table.columns]
+    if missing:
+        raise ValueError(f"Not a ppc table: columns {missing} are missing ({table.columns}).")
+    if not isinstance(max_panels, int) or max_panels < 1:
+        raise ValueError(f"max_panels must be a positive integer, got {max_panels!r}.")
+    if len(table) == 0:
+        raise ValueError("The ppc table has no statistics to plot.")
+    if len(table) > max_panels:
+        return _ppp_overview(table)
+    n = len(table)
+    ncols = min(3, n)
+    nrows = math.ceil(n / ncols)
+    fig = Figure(figsize=(3.6 * ncols, 1.9 * nrows + 0.5), layout="constrained")
+    grid = fig.subplots(nrows, ncols, squeeze=False)
+    flat = list(grid.ravel())
+    for ax in flat[n:]:
+        fig.delaxes(ax)
+    for ax, row in zip(flat, table.iter_rows(named=True), strict=False):
+        ax.hlines(
+            0,
+            row["replicated_low"],
+            row["replicated_high"],
+            color=_POINT,
+            linewidth=6,
+            alpha=0.45,
+            label="replicated interval",
+        )
+        ax.plot(row["replicated_mean"], 0, "o", color=_POINT, markersize=8, label="replicated mean")
+        ax.axvline(row["observed"], color=_OBSERVED, linewidth=2, label="observed")
+        ax.set_yticks([])
+        ax.set_ylim(-1, 1)
+        span = [row["replicated_low"], row["replicated_high"], row["observed"]]
+        pad = 0.15 * (max(span) - min(span)) or 0.05 * (abs(row["observed"]) or 1.0)
+        ax.set_xlim(min(span) - pad, max(span) + pad)
+        ax.set_title(f"{row['statistic']}\nppp = {row['ppp']:.3f}", fontsize=10)
+    fig.legend(
+        *flat[0].get_legend_handles_labels(),
+        loc="outside lower center",
+        ncols=3,
+        fontsize=8,
+        frameon=False,
+    )
+    fig.suptitle("Posterior predictive check: observed (red) against replicated data")
+    return fig
+
+
+def _ppp_overview(table: pl.DataFrame) -> Figure:
+    n = len(table)
+    fig = Figure(figsize=(7, max(2.5, min(0.22 * n + 1.5, 30.0))), layout="constrained")
+    ax = fig.subplots()
+    y = np.arange(n)
+    ax.axvspan(0, 0.025, color=_OBSERVED, alpha=0.15)
+    ax.axvspan(0.975, 1, color=_OBSERVED, alpha=0.15)
+    ax.axvline(0.5, color="black", linestyle="--", linewidth=1)
+    ppp = table["ppp"].to_numpy()
+    extreme = (ppp < 0.025) | (ppp > 0.975)
+    ax.plot(ppp[~extreme], y[~extreme], "o", color=_POINT)
+    ax.plot(ppp[extreme], y[extreme], "o", color=_OBSERVED)
+    ax.set_yticks(y, [str(s) for s in table["statistic"].to_list()])
+    if n > 60:
+        ax.tick_params(axis="y", labelsize=6)
+    ax.set_ylim(n - 0.5, -0.5)
+    ax.set_xlim(-0.02, 1.02)
+    ax.set_xlabel(
+        "posterior predictive p-value (share of replicated statistics >= observed)\n"
+        "shaded: below 2.5% or above 97.5%, the model does not reproduce the statistic"
+    )
+    ax.set_title(f"Posterior predictive check of {n} statistics", fontsize=11)
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# Prior against posterior
+
+
+def plot_prior_posterior(
+    model: Model, var_names: Sequence[str] | None = None, random_seed: int | None = None
+) -> Figure:
+    """Prior and posterior density of each fixed effect and group sd, on the link scale.
+
+    Draws from the prior first (``model.sample_prior``, stored as ``model.prior``) if the
+    model has no prior draws yet.
+
+    Parameters
+    ----------
+    model : glm or glmer
+        A fitted model.
+    var_names : list of str, optional
+        Among ``'b'`` (every fixed coefficient) and ``'sd_<g>'``; by default all of them.
+    random_seed : int, optional
+        Seed of the prior draws when they have to be made (the model's seed by default).
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        One axes per parameter.
+
+    Raises
+    ------
+    ValueError
+        For an unknown variable name.
+    """
+    spec = model.spec
+    available = ["b"] + [g.sd_name for g in spec.groups]
+    names = list(var_names) if var_names is not None else available
+    unknown = [n for n in names if n not in available]
+    if unknown or not names:
+        raise ValueError(f"var_names {names!r}: choose among {available}.")
+    if model.prior is None:
+        model.sample_prior(random_seed=model.random_seed if random_seed is None else random_seed)
+    prior = model.prior["prior"].to_dataset()
+    panels: list[tuple[str, str, np.ndarray, np.ndarray, bool]] = []
+    for name in names:
+        post = stacked(model.posterior, name)
+        pri = stacked(prior, name)
+        if name == "b":
+            for j, term in enumerate(spec.terms):
+                desc = spec.priors[term].describe()
+                if term == "(Intercept)":
+                    desc += " on the centred intercept"
+                panels.append((term, desc, pri[:, j], post[:, j], False))
+        else:
+            key = f"1|{name[3:]}"
+            panels.append((f"sd of ({key})", spec.priors[key].describe(), pri, post, True))
+    n = len(panels)
+    ncols = min(3, n)
+    nrows = math.ceil(n / ncols)
+    fig = Figure(figsize=(3.8 * ncols, 2.7 * nrows + 0.5), layout="constrained")
+    grid = fig.subplots(nrows, ncols, squeeze=False)
+    flat = list(grid.ravel())
+    for ax in flat[n:]:
+        fig.delaxes(ax)
+    for ax, (label, desc, pri, post, positive) in zip(flat, panels, strict=False):
+        lo = min(float(np.quantile(pri, 0.005)), float(post.min()))
+        hi = max(float(np.quantile(pri, 0.995)), float(post.max()))
+        if positive:
+            lo = 0.0
+        for values, colour, text, alpha in (
+            (pri, _PRIOR, "prior", 0.35),
+            (post, _POINT, "posterior", 0.3),
+        ):
+            grid_x, pdf, _ = array_stats.kde(values)
+            ax.fill_between(grid_x, pdf, color=colour, alpha=alpha, linewidth=0)
+            ax.plot(grid_x, pdf, color=colour, linewidth=1.4, label=text)
+        ax.set_xlim(lo, hi)
+        ax.set_ylim(bottom=0)
+        ax.set_yticks([])
+        ax.set_title(f"{label}\nprior {desc}", fontsize=9)
+    flat[0].legend(fontsize=8, frameon=False)
+    fig.suptitle("Prior against posterior (link scale)")
+    return fig
