@@ -138,7 +138,8 @@ def emmeans(
     -------
     polars.DataFrame
         Means: ``<marginal_var>, [by cols], prob | rate | emmean, SD, lower_HPD, upper_HPD``.
-        Slopes: ``[by cols], <var>_trend, SD, lower_HPD, upper_HPD``.
+        Slopes: ``[<var>], [by cols], <var>_trend, SD, lower_HPD, upper_HPD`` (the ``<var>``
+        column when ``at`` gives the values at which to take the slope).
         Contrasts: ``contrast, [by cols], odds_ratio | ratio | estimate, SD, lower_HPD,
         upper_HPD, pd, prob_gt_null``.
         The point estimate is the posterior median, ``SD`` the posterior sd. The interval is
@@ -172,8 +173,8 @@ def emmeans(
             raise ValueError(f"{col!r} is the marginal variable; it cannot also be in by.")
     if len(set(by_cols)) != len(by_cols):
         raise ValueError(f"by names a column twice: {by_cols}.")
-    values = _at_values(spec, at, allow_groups=False)
-    axes = _axes(spec, values)
+    at_values = _at_values(spec, at, allow_groups=False)
+    axes = _axes(spec, at_values)
     trend = marginal_var in spec.numeric
     if trend and contrasts is not None:
         raise ValueError(
@@ -182,7 +183,7 @@ def emmeans(
         )
 
     if trend:
-        kept = [*by_cols, marginal_var] if marginal_var in values else list(by_cols)
+        kept = [*by_cols, marginal_var] if marginal_var in at_values else list(by_cols)
     else:
         kept = [*by_cols, marginal_var]
     keys = _product(spec, {c: axes[c] for c in kept})
@@ -190,54 +191,20 @@ def emmeans(
     grid = _build_grid(spec, keys, averaged, weights, re)
 
     if trend:
-        step = _trend_step(spec, marginal_var)
-        upper = _link_values(model, grid, re, shift=(marginal_var, step))
-        lower = _link_values(model, grid, re, shift=(marginal_var, -step))
-        if type == "link":
-            slopes = (upper - lower) / (2 * step)
-        else:
-            slopes = (family.inverse_link(upper) - family.inverse_link(lower)) / (2 * step)
         shown = [marginal_var, *by_cols] if marginal_var in kept else list(by_cols)
-        out_keys = grid.keys.select(shown)
-        name = f"{marginal_var}_trend"
-        if draws:
-            return _long(out_keys, name, slopes)
-        return _summary_table(out_keys, name, slopes, None, ci)
+        slopes = _slopes(model, grid, re, type, marginal_var)
+        return _finish(grid.keys.select(shown), f"{marginal_var}_trend", slopes, None, ci, draws)
 
     link = _link_values(model, grid, re)
     display = grid.keys.select([marginal_var, *by_cols])
     if contrasts is None:
-        name = "emmean" if type == "link" else family.response_label
-        transform = None if type == "link" else family.inverse_link
-        if draws:
-            return _long(display, name, link if transform is None else transform(link))
-        return _summary_table(display, name, link, transform, ci)
-
-    levels = list(axes[marginal_var])
-    n_levels = len(levels)
-    probit_response = type == "response" and not _ratio_scale(family)
-    ratio = type == "response" and not probit_response
-    names, matrix = _contrast_matrix(contrasts, levels, marginal_var, ratio)
-    # keys are ordered by by-combination then marginal level, so each block of n_levels
-    # consecutive columns holds one by-combination.
-    n_blocks = link.shape[1] // n_levels
-    base = family.inverse_link(link) if probit_response else link
-    blocks = base.reshape(base.shape[0], n_blocks, n_levels)
-    values_c = np.einsum("sbl,cl->sbc", blocks, matrix).reshape(base.shape[0], -1)
-    block_keys = display.select(by_cols)[::n_levels] if by_cols else pl.DataFrame()
-    contrast_col = pl.Series("contrast", names * n_blocks, dtype=pl.Enum(names))
-    frame = pl.DataFrame([contrast_col])
-    if by_cols:
-        frame = frame.hstack(
-            block_keys.select(pl.all().gather(np.repeat(np.arange(n_blocks), len(names))))
-        )
-    if ratio:
-        name, transform = family.ratio_label, np.exp
-    else:
-        name, transform = "estimate", None
-    if draws:
-        return _long(frame, name, values_c if transform is None else transform(values_c))
-    return _summary_table(frame, name, values_c, transform, ci, contrast=True)
+        if type == "link":
+            return _finish(display, "emmean", link, None, ci, draws)
+        return _finish(display, family.response_label, link, family.inverse_link, ci, draws)
+    frame, name, values, transform = _contrasts(
+        family, link, display, marginal_var, list(axes[marginal_var]), by_cols, contrasts, type
+    )
+    return _finish(frame, name, values, transform, ci, draws, contrast=True)
 
 
 def empredict(
@@ -308,8 +275,8 @@ def empredict(
     link = _link_values(model, grid, re)
     display = grid.keys.select(kept)
     if type == "link":
-        return _summary_table(display, "emmean", link, None, ci)
-    return _summary_table(display, family.response_label, link, family.inverse_link, ci)
+        return _finish(display, "emmean", link, None, ci, draws=False)
+    return _finish(display, family.response_label, link, family.inverse_link, ci, draws=False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -785,6 +752,63 @@ def _trend_step(spec: ModelSpec, col: str) -> float:
 
 # ---------------------------------------------------------------------------------------------
 # Contrasts and tables
+
+
+def _slopes(model: Model, grid: _Grid, re: str, type: str, var: str) -> np.ndarray:
+    """Per-draw slopes of the marginal means in ``var``, by central differences."""
+    step = _trend_step(model.spec, var)
+    upper = _link_values(model, grid, re, shift=(var, step))
+    lower = _link_values(model, grid, re, shift=(var, -step))
+    if type == "link":
+        return (upper - lower) / (2 * step)
+    inverse = model.spec.family.inverse_link
+    return (inverse(upper) - inverse(lower)) / (2 * step)
+
+
+def _contrasts(
+    family: Family,
+    link: np.ndarray,
+    display: pl.DataFrame,
+    var: str,
+    levels: list[str],
+    by_cols: list[str],
+    contrasts: dict[str, Any] | str,
+    type: str,
+) -> tuple[pl.DataFrame, str, np.ndarray, Any]:
+    """Contrast keys, value column name, per-draw values and their transform."""
+    n_levels = len(levels)
+    probit_response = type == "response" and not _ratio_scale(family)
+    ratio = type == "response" and not probit_response
+    names, matrix = _contrast_matrix(contrasts, levels, var, ratio)
+    # Result rows are ordered by by-combination, then level: one block of n_levels per
+    # by-combination.
+    n_draws = link.shape[0]
+    n_blocks = link.shape[1] // n_levels
+    base = family.inverse_link(link) if probit_response else link
+    blocks = base.reshape(n_draws, n_blocks, n_levels)
+    values = np.einsum("sbl,cl->sbc", blocks, matrix).reshape(n_draws, -1)
+    frame = pl.DataFrame([pl.Series("contrast", names * n_blocks, dtype=pl.Enum(names))])
+    if by_cols:
+        which = np.repeat(np.arange(n_blocks) * n_levels, len(names))
+        frame = frame.hstack(display.select(by_cols).select(pl.all().gather(which)))
+    if ratio:
+        return frame, family.ratio_label, values, np.exp
+    return frame, "estimate", values, None
+
+
+def _finish(
+    keys: pl.DataFrame,
+    name: str,
+    values: np.ndarray,
+    transform: Any,
+    ci: float,
+    draws: bool,
+    contrast: bool = False,
+) -> pl.DataFrame:
+    """The summary table, or the draws in long form."""
+    if draws:
+        return _long(keys, name, values if transform is None else transform(values))
+    return _summary_table(keys, name, values, transform, ci, contrast)
 
 
 def _ratio_scale(family: Family) -> bool:
