@@ -83,7 +83,9 @@ def emmeans(
         A fitted :class:`~bayesmer.models.glm` or :class:`~bayesmer.models.glmer`.
     marginal_var : str
         A factor (one mean per level) or a numeric covariate (its slope, ``<var>_trend``, as
-        R's emtrends: the derivative of the marginal mean on the scale of ``type``, per draw).
+        R's emtrends: the derivative of the marginal mean on the scale of ``type``, per draw;
+        ``type='link'`` gives emtrends' default, the link-scale slope, while the default
+        ``type='response'`` gives the change in probability or rate per unit).
     by : str or list of str, optional
         Factors (or numeric covariates given several values in ``at``) to condition on: one
         set of means or contrasts per combination.
