@@ -892,6 +892,12 @@ def _new_design(model: Model, data: Any, re: str) -> _Design:
     ]
     if has_missing:
         raise ValueError(f"predict() data has missing values in the column(s) {has_missing}.")
+    not_numeric = [c for c in predictors if c in spec.numeric and not schema[c].is_numeric()]
+    if not_numeric:
+        raise ValueError(
+            f"predict(): column(s) {not_numeric} must be numeric, as in the fit; got "
+            f"{[str(schema[c]) for c in not_numeric]}."
+        )
     converted = raw.select(_predictor_exprs(spec, schema, predictors))
     for col, levels in spec.factors.items():
         unknown = sorted(set(converted[col].to_list()) - set(levels))

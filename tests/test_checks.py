@@ -102,6 +102,23 @@ def embarked_fit(titanic):
     return model
 
 
+@pytest.fixture(scope="module")
+def trials_data():
+    """200 rows with a continuous predictor (so nothing collapses) and 1 to 5 trials each."""
+    rng = np.random.default_rng(21)
+    x = rng.normal(size=200)
+    n = rng.integers(1, 6, size=200)
+    y = rng.binomial(n, special.ndtr(-0.3 + 0.8 * x))
+    return pl.DataFrame({"y": y, "n": n, "x": x})
+
+
+@pytest.fixture(scope="module")
+def trials_fit(trials_data):
+    model = glm("cbind(y, n - y) ~ x", data=trials_data, family="binomial", link="probit")
+    model.fit(random_seed=9, **FIT)
+    return model
+
+
 # ---------------------------------------------------------------------------------------------
 # Brute force: per-row log-likelihood, computed without bayesmer's collapsing
 
@@ -181,6 +198,27 @@ def test_loo_equals_brute_force_poisson_with_exposure(pois_fit, counts):
     assert res.pointwise["exposure"].to_list() == counts["t"].to_list()
 
 
+def test_loo_equals_brute_force_uncollapsed_probit_trials(trials_fit, trials_data):
+    assert not trials_fit.spec.collapsed
+    b = fixed(trials_fit.posterior)
+    p = special.ndtr(b[:, [0]] + b[:, [1]] * trials_data["x"].to_numpy())
+    ll = stats.binom.logpmf(trials_data["y"].to_numpy(), trials_data["n"].to_numpy(), p).T
+    res = loo(trials_fit)
+    brute, _ = _brute_loo(trials_fit, ll)
+    _assert_same_loo(res, brute)
+    assert res.pointwise["trials"].to_list() == trials_data["n"].to_list()
+    fitted = predict(trials_fit, type="link")
+    np.testing.assert_allclose(
+        fitted["estimate"], np.median(b[:, [0]] + b[:, [1]] * trials_data["x"].to_numpy(), axis=0)
+    )
+    sims = simulate(trials_fit, n=50, random_seed=2).select(pl.selectors.starts_with("sim_"))
+    assert (sims.to_numpy() <= trials_data["n"].to_numpy()[:, None]).all()
+    table = _by_stat(ppc(trials_fit, random_seed=2))
+    assert list(table) == ["mean"]
+    observed = trials_data["y"].sum() / trials_data["n"].sum()
+    assert table["mean"]["observed"] == pytest.approx(observed)
+
+
 def test_loo_result_table_and_text(titanic_glm):
     res = titanic_glm.loo()
     assert isinstance(res, LooResult)
@@ -235,9 +273,16 @@ def test_log_likelihood_matches_scipy_for_every_link():
 
 @pytest.mark.slow
 def test_loo_and_ppc_on_grouse(grouse_glmer):
-    res = loo(grouse_glmer)
+    # chicks with extreme counts, alone in their brood x height cell, are influential
+    with pytest.warns(UserWarning, match=r"Pareto k > 0\.7 for \d+ of 403 observations") as w:
+        res = loo(grouse_glmer)
     assert res.n_obs == 403 and res.pointwise.height == 403
-    assert res.pareto_k_counts["count"].sum() == 403
+    counts = dict(res.pareto_k_counts.select("label", "count").iter_rows())
+    assert sum(counts.values()) == 403 and counts["good"] < 403
+    worst = res.pointwise.sort("pareto_k").row(-1, named=True)
+    assert f"TICKS={worst['TICKS']} (k={worst['pareto_k']:.2f}; 1 row(s): {worst['row']})" in str(
+        w[0].message
+    )
     table = ppc(grouse_glmer, random_seed=1)
     names = table["statistic"].to_list()
     assert sum(n.startswith("mean[BROOD=") for n in names) == 118
@@ -481,11 +526,13 @@ def test_predict_poisson_exposure_and_link(pois_fit):
     true = np.exp(LEVEL_LOG_RATE["c"])
     row = predict(pois_fit, data=new).row(2, named=True)
     assert row["conf_low"] < true < row["conf_high"]
+    pandas = predict(pois_fit, data=new.to_pandas(), type="link")
+    np.testing.assert_allclose(pandas["estimate"], link["estimate"])
     # a glm has no group effects: every re gives the same
     assert predict(pois_fit, data=new, re="marginal").equals(predict(pois_fit, data=new))
 
 
-def test_predict_bad_input(titanic_glmer, pois_fit):
+def test_predict_bad_input(titanic_glmer, pois_fit, trials_fit):
     new = pl.DataFrame({"sex": ["male"], "pclass": [4]})
     with pytest.raises(ValueError, match=r"re='include'.*'pclass'.*not in the fit: 4"):
         predict(titanic_glmer, data=new, re="include")
@@ -496,6 +543,8 @@ def test_predict_bad_input(titanic_glmer, pois_fit):
         predict(titanic_glmer, data=pl.DataFrame({"age": [3.0]}))
     with pytest.raises(ValueError, match=r"needs the column\(s\) \['t'\]"):
         predict(pois_fit, data=pl.DataFrame({"f": ["a"]}))
+    with pytest.raises(ValueError, match=r"column\(s\) \['x'\] must be numeric"):
+        predict(trials_fit, data=pl.DataFrame({"x": ["1.5"]}))
     with pytest.raises(ValueError, match="missing values"):
         predict(pois_fit, data=pl.DataFrame({"f": ["a", None], "t": [1.0, 1.0]}))
     with pytest.raises(ValueError, match="type must be one of"):
