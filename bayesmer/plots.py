@@ -93,6 +93,7 @@ def plot_emmeans(
     ValueError
         If ``contrasts`` or ``draws`` is passed (use :func:`plot_contrasts` for contrasts).
     """
+    model._require_fit("plot_emmeans")
     _refuse(emmeans_kwargs, "contrasts", "plot_emmeans draws means; use plot_contrasts.")
     _refuse(emmeans_kwargs, "draws", "plot_emmeans chooses draws= itself (see densities=).")
     from .emmeans import emmeans
@@ -139,6 +140,7 @@ def plot_contrasts(
     ValueError
         If ``contrasts`` is None, or ``draws`` is passed.
     """
+    model._require_fit("plot_contrasts")
     if contrasts is None:
         raise ValueError(
             "plot_contrasts needs contrasts (e.g. 'pairwise'); for means use plot_emmeans."
@@ -154,6 +156,14 @@ def plot_contrasts(
         ci=ci,
         title=f"Contrasts of {_names(marginal_var)}",
     )
+
+
+def _ratio_axis(ax: Axes) -> None:
+    """Log scale for ratios, ticks at 1, 2, 5 x powers of ten written as plain numbers."""
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(ticker.NullFormatter())
 
 
 def _refuse(kwargs: dict[str, Any], key: str, message: str) -> None:
@@ -365,9 +375,7 @@ def contrasts_figure(
         if name is not None:
             ax.set_title(name, fontsize=10)
     if ratio:
-        axes[-1].set_xscale("log")
-        axes[-1].xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
-        axes[-1].xaxis.set_minor_formatter(ticker.NullFormatter())
+        _ratio_axis(axes[-1])
     axes[-1].set_xlabel(
         f"{_CONTRAST_COLUMNS[est_col]}: point = estimate, bar = {ci:.0%} highest-density "
         f"interval, dashed = no difference ({null:g})"
@@ -406,6 +414,7 @@ def plot_ranef(model: Model, ci: float | None = None, exponentiate: bool | None 
     ValueError
         If the model has no random effects, or ``ci`` is not in (0, 1).
     """
+    model._require_fit("plot_ranef")
     spec = model.spec
     if not spec.groups:
         raise ValueError("plot_ranef needs random effects (a glmer model such as (1|group)).")
@@ -440,9 +449,7 @@ def plot_ranef(model: Model, ci: float | None = None, exponentiate: bool | None 
         sd = float(np.median(group_sd(model.posterior, g)))
         ax.set_title(f"(1|{g.name}): sd {sd:.2f}", fontsize=10)
         if exponentiate:
-            ax.set_xscale("log")
-            ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
-            ax.xaxis.set_minor_formatter(ticker.NullFormatter())
+            _ratio_axis(ax)
         ax.set_xlabel(
             ("exp(deviation), multiplicative" if exponentiate else "deviation, link scale")
             + f"; {ci:.0%} HDI"
@@ -506,6 +513,7 @@ def plot_trace(model: Model, var_names: Sequence[str] | None = None, bins: int =
     ValueError
         For an unknown variable name or fewer than 2 bins.
     """
+    model._require_fit("plot_trace")
     if not isinstance(bins, int) or bins < 2:
         raise ValueError(f"bins must be an integer >= 2, got {bins!r}.")
     series = _scalar_series(model, var_names)
@@ -559,6 +567,7 @@ def plot_ppc(model: Model, max_panels: int = 12, **ppc_kwargs: Any) -> Figure:
     -------
     matplotlib.figure.Figure
     """
+    model._require_fit("plot_ppc")
     return ppc_figure(model.ppc(**ppc_kwargs), max_panels=max_panels)
 
 
@@ -679,6 +688,7 @@ def plot_prior_posterior(
     ValueError
         For an unknown variable name.
     """
+    model._require_fit("plot_prior_posterior")
     spec = model.spec
     available = ["b"] + [g.sd_name for g in spec.groups]
     names = list(var_names) if var_names is not None else available
@@ -696,7 +706,7 @@ def plot_prior_posterior(
             for j, term in enumerate(spec.terms):
                 desc = spec.priors[term].describe()
                 if term == "(Intercept)":
-                    desc += " on the centred intercept"
+                    desc += "\non the centred intercept"
                 panels.append((term, desc, pri[:, j], post[:, j], False))
         else:
             key = f"1|{name[3:]}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import zipfile
 
 import bambi
@@ -288,3 +289,14 @@ def test_unwritable_sampler_setting_fails_before_writing(saved_glmer, tmp_path):
     with pytest.raises(ValueError, match="Cannot save sampler setting 'callback'"):
         model.save(tmp_path / "x.bayesmer")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_saved_file_gets_ordinary_permissions(titanic_glm, tmp_path):
+    path = tmp_path / "perm.bayesmer"
+    titanic_glm.save(path)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask
+    path.chmod(0o600)
+    titanic_glm.save(path)
+    assert path.stat().st_mode & 0o777 == 0o600

@@ -8,7 +8,7 @@ import pytest
 from matplotlib.figure import Figure
 from matplotlib.image import imread
 
-from bayesmer import plots
+from bayesmer import NotFittedError, glmer, plots
 from bayesmer.io import load_model
 
 
@@ -276,3 +276,20 @@ def test_plot_prior_posterior(glmer_copy, tmp_path):
     assert len(sds.axes) == 1
     with pytest.raises(ValueError, match="choose among"):
         plots.plot_prior_posterior(glmer_copy, var_names=["u_pclass"])
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda m: plots.plot_emmeans(m, "sex"),
+        lambda m: plots.plot_contrasts(m, "sex"),
+        plots.plot_ranef,
+        plots.plot_trace,
+        plots.plot_ppc,
+        plots.plot_prior_posterior,
+    ],
+)
+def test_plots_of_an_unfitted_model_fail(titanic, call):
+    model = glmer("survived ~ sex + (1|pclass)", data=titanic)
+    with pytest.raises(NotFittedError, match="not fitted yet"):
+        call(model)
