@@ -4,7 +4,8 @@ Each ``tutorials/*.py`` (jupytext percent format) is converted to a notebook and
 cell in a fresh ``python3`` kernel, in a temporary working directory. A cell that raises fails
 the test. So does a :class:`bayesmer.ConvergenceWarning` printed by a cell that is not tagged
 ``expect-convergence-warning`` (the tag marks a fit that is meant to complain, to show what a
-complaint looks like), and a tutorial that draws no figure.
+complaint looks like), a tutorial that draws no figure, and a figure that reached the notebook
+as text only.
 
 The executed notebooks are written next to the sources (``tutorials/*.ipynb``, ignored by git)
 so readers can open them with their outputs.
@@ -80,3 +81,12 @@ def test_tutorial_executes(name: str, tmp_path: Path) -> None:
             f"{name}: code cell {i} is tagged {EXPECT_WARNING_TAG} but did not warn"
         )
     assert any(_has_image(c) for c in code), f"{name} shows no figure"
+    # A Figure returned by a cell but shown only as "<Figure size ...>" text was not displayed.
+    undisplayed = [
+        i
+        for i, cell in enumerate(code)
+        for out in cell.get("outputs", [])
+        if out.get("data", {}).get("text/plain", "").startswith("<Figure")
+        and "image/png" not in out.get("data", {})
+    ]
+    assert not undisplayed, f"{name}: figure(s) not rendered in code cell(s) {undisplayed}"

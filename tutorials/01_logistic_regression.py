@@ -229,16 +229,16 @@ print(model.emmeans("sex", contrasts=contrast, type="link"))
 
 # %% [markdown]
 # Reversing the weights puts women in the numerator: their odds of surviving were about twelve
-# times those of men.
+# times those of men. This time the name says what the weights compute.
 
 # %%
-print(model.emmeans("sex", contrasts={"male_minus_female": [1, -1]}))
+print(model.emmeans("sex", contrasts={"female_over_male": [1, -1]}))
 
 # %% [markdown]
 # `plot_emmeans` draws the marginal means with their intervals.
 
 # %%
-fig = model.plot_emmeans("sex")
+model.plot_emmeans("sex")
 
 # %% [markdown]
 # ## What a credible interval and pd say that a p-value does not

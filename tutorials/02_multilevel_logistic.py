@@ -110,7 +110,7 @@ print(model.fixef)
 # `plot_ranef` shows the class effects with their credible intervals.
 
 # %%
-fig = model.plot_ranef()
+model.plot_ranef()
 
 # %% [markdown]
 # ## Three groups leave the group standard deviation uncertain
@@ -232,12 +232,15 @@ ax.spines[["top", "right"]].set_visible(False)
 fig.tight_layout()
 
 # %% [markdown]
-# The typical-class probabilities (`re='zero'`) are the most extreme, because they are read at
-# the centre of the logistic curve's input for one class. Averaging over new classes
-# (`re='marginal'`) pulls both towards 0.5 and widens the intervals: a new class could be as
-# good as first class or as bad as third, and we are unsure how different classes can be.
-# Averaging over the observed classes with their passenger counts (`re='groups'`) lands close
-# to the observed survival shares.
+# The three answers differ in their centre and even more in their uncertainty:
+#
+# - A typical class (`re='zero'`) gives the most extreme probabilities and very wide intervals:
+#   where the centre of the distribution of classes lies is learned from three classes only.
+# - A new class (`re='marginal'`) averages over the spread of classes, which pulls both
+#   probabilities towards 0.5; the intervals stay wide because the spread itself is uncertain.
+# - The observed classes, weighted by their passengers (`re='groups'`), give narrow intervals
+#   close to the observed survival shares: this describes the people who were on board, whom
+#   the data pin down well.
 #
 # The odds ratio between the sexes, by contrast, is one number in this model whichever class
 # we pick, because the sex effect is shared by all classes.
@@ -263,7 +266,7 @@ print(model.convergence_problems)
 # Trace plots show each chain's draws; chains that agree look like overlapping, fuzzy bands.
 
 # %%
-fig = model.plot_trace()
+model.plot_trace()
 
 # %% [markdown]
 # A posterior with three groups has a difficult shape: when the group sd is small the class

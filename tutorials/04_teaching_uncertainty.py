@@ -64,21 +64,15 @@ print(model.prior_summary())
 
 # %% [markdown]
 # `sample_prior()` draws parameter values from the priors alone, as if no passenger had been
-# observed. `plot_prior_posterior()` lays the two distributions of each coefficient on top of
-# each other: the wide prior, and the narrow posterior the data left behind.
+# observed. Priors are easiest to judge on the scale of the question, so we first turn the prior
+# draws of the coefficients into survival probabilities, and set them beside the posterior ones
+# (`emmeans` with `draws=True`, explained in section 3). Before seeing any data the model
+# considered every survival probability possible, with extra weight near 0 and 1 (where a wide
+# normal prior on the log-odds puts its tails) and no preference for either sex. After 891
+# passengers the posterior is a narrow band for each sex.
 
 # %%
 prior = model.sample_prior(draws=2000, random_seed=SEED)
-fig = model.plot_prior_posterior()
-
-# %% [markdown]
-# Priors are easier to judge on the scale of the question. Transforming the prior draws of the
-# coefficients into survival probabilities shows what the model expected before seeing any
-# data: a normal prior on the log-odds puts much of its weight near probabilities of 0 and 1,
-# but it does not favour either sex. After 891 passengers, the posterior is concentrated in a
-# narrow band for each sex.
-
-# %%
 b_prior = prior["prior"]["b"]
 prior_female = inv_logit(b_prior.sel(term="(Intercept)").values.ravel())
 prior_male = inv_logit(
@@ -97,6 +91,13 @@ for ax, sex, prior_draws in zip(axes, ("female", "male"), (prior_female, prior_m
 axes[0].set_ylabel("density")
 axes[0].legend(frameon=False)
 fig.tight_layout()
+
+# %% [markdown]
+# `plot_prior_posterior()` shows the same comparison for the coefficients themselves, on the
+# log-odds scale: the wide prior of each, and the narrow posterior the data left behind.
+
+# %%
+model.plot_prior_posterior()
 
 # %% [markdown]
 # ## 2. The posterior narrows as data arrive
@@ -122,8 +123,10 @@ per_draw = pl.concat(per_draw)
 
 # %% [markdown]
 # Each panel shows the posterior of the survival probability for one sex; darker curves come from
-# more passengers. With ten passengers almost any probability is still plausible. Every
-# fourfold increase in data roughly halves the width of the posterior.
+# more passengers. What counts is the number of passengers *of that sex*: among the first ten
+# there is a single woman, so her survival says little and the posterior for women still spans
+# most of the range from 0.2 to 1, while the nine men already exclude high probabilities. With
+# more rows both curves tighten around the values of the full data.
 
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(11, 3.5), sharey=True)
@@ -142,8 +145,10 @@ fig.tight_layout()
 
 # %% [markdown]
 # The width of the central 95% interval against the number of passengers, on log-log axes,
-# falls along a line of slope -1/2: uncertainty shrinks like one over the square root of the
-# sample size. To halve it, you need four times the data.
+# falls roughly along a line of slope -1/2: uncertainty shrinks like one over the square root
+# of the sample size. To halve it, you need about four times the data. (The smallest subsets
+# sit off the line, where the prior and the few passengers of each sex still shape the
+# posterior.)
 
 # %%
 widths = (
@@ -194,9 +199,9 @@ print(f"median risk ratio, women / men          = {ratio.median():.2f}")
 # %%
 rng = np.random.default_rng(SEED)
 shown = rng.choice(wide.height, size=100, replace=False)
+pairs = wide.select("female", "male").to_numpy()[shown]
 fig, ax = plt.subplots(figsize=(4, 3.5))
-for i in shown:
-    ax.plot([0, 1], [wide["female"][i], wide["male"][i]], color="grey", alpha=0.25, lw=0.8)
+ax.plot([0, 1], pairs.T, color="grey", alpha=0.25, lw=0.8)
 summary = model.emmeans("sex")
 ax.errorbar(
     [0, 1],
