@@ -175,16 +175,24 @@ def row_table(model: Model) -> pl.DataFrame:
     return rows
 
 
-def _public_rows(spec: ModelSpec, rows: pl.DataFrame) -> pl.DataFrame:
-    """Rename the internal columns of :func:`row_table` for users and drop the indices."""
-    keys = _keys(spec)
-    taken = set(keys)
+def _public_names(spec: ModelSpec) -> tuple[str, str, str]:
+    """User-facing names of the row number, outcome and trials/exposure columns.
+
+    ``row``, the response column and ``trials``/``exposure``, dot-prefixed in the unlikely
+    case that a predictor already has that name.
+    """
+    taken = set(_keys(spec))
     row_name = _free_name("row", taken)
     y_name = _free_name(spec.formula.response.column, taken)
-    size_name = _free_name(_size_name(spec), taken)
+    return row_name, y_name, _free_name(_size_name(spec), taken)
+
+
+def _public_rows(spec: ModelSpec, rows: pl.DataFrame) -> pl.DataFrame:
+    """Rename the internal columns of :func:`row_table` for users and drop the indices."""
+    row_name, y_name, size_name = _public_names(spec)
     return rows.select(
         pl.col(_ROW).alias(row_name),
-        *keys,
+        *_keys(spec),
         pl.col(Y).alias(y_name),
         pl.col(spec.size_col).alias(size_name),
     )
@@ -457,8 +465,8 @@ def loo(model: Model) -> LooResult:
 
 def _high_k_message(spec: ModelSpec, pointwise: pl.DataFrame, shown: int = 5) -> str:
     """Name the observations with Pareto k > 0.7: their values and row numbers."""
-    row_col = pointwise.columns[0]
-    value_cols = pointwise.columns[1:-3]
+    row_col, y_name, size_name = _public_names(spec)
+    value_cols = [*_keys(spec), y_name, size_name]
     trivial_size = (spec.family.name == "poisson" and not spec.has_offset) or (
         spec.family.name == "binomial" and spec.formula.response.kind == "column"
     )
@@ -538,19 +546,17 @@ def compare(*models: Model, names: Sequence[str] | None = None) -> pl.DataFrame:
                 f"names {labels}."
             )
     results = [loo(m) for m in models]
-    ref = results[0].pointwise
-    y_col, size_col = ref.columns[-5], ref.columns[-4]
-    for label, res in zip(labels[1:], results[1:], strict=True):
-        pw = res.pointwise
+    rows = [_observations(m, r.pointwise) for m, r in zip(models, results, strict=True)]
+    for label, res, (row, y, size) in zip(labels[1:], results[1:], rows[1:], strict=True):
         if res.n_obs != results[0].n_obs:
             raise ValueError(
                 f"compare() needs models of the same observations: {labels[0]!r} uses "
                 f"{results[0].n_obs} rows, {label!r} uses {res.n_obs} (different data or "
                 "different rows dropped for missing values)."
             )
-        same_rows = (pw[:, 0].to_numpy() == ref[:, 0].to_numpy()).all()
-        same_y = (pw[pw.columns[-5]].to_numpy() == ref[y_col].to_numpy()).all()
-        same_size = np.allclose(pw[pw.columns[-4]].to_numpy(), ref[size_col].to_numpy())
+        same_rows = (row == rows[0][0]).all()
+        same_y = (y == rows[0][1]).all()
+        same_size = np.allclose(size, rows[0][2])
         if not (same_rows and same_y and same_size):
             raise ValueError(
                 f"compare() needs models of the same observations: {labels[0]!r} and "
@@ -576,6 +582,14 @@ def compare(*models: Model, names: Sequence[str] | None = None) -> pl.DataFrame:
             }
         )
     return pl.DataFrame(out)
+
+
+def _observations(
+    model: Model, pointwise: pl.DataFrame
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Row numbers, outcomes and trials/exposure of a LOO pointwise table."""
+    names = _public_names(model.spec)
+    return tuple(pointwise[c].to_numpy() for c in names)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -608,21 +622,16 @@ def _replicate(
 
 Statistic = Callable[[np.ndarray, pl.DataFrame], np.ndarray]
 
-_NAMED: dict[str, str] = {
-    "mean": "mean outcome (the proportion of successes for binomial models)",
-    "var": "variance of the outcome across rows",
-    "sd": "standard deviation of the outcome across rows",
-    "zeros": "share of rows with outcome 0",
-    "max": "largest outcome",
-    "min": "smallest outcome",
-}
+#: Statistics ``ppc`` knows by name.
+_NAMED = ("mean", "var", "sd", "zeros", "max", "min")
 
 
-def _named_stat(name: str, spec: ModelSpec) -> Statistic:
-    binomial = spec.family.name == "binomial"
+def _named_stat(name: str, spec: ModelSpec, rows: pl.DataFrame) -> Statistic:
+    """A statistic of :data:`_NAMED` over all rows; ``mean`` is successes/trials if binomial."""
     if name == "mean":
-        if binomial:
-            return lambda y, d: y.sum(axis=1) / d[TRIALS].sum()
+        if spec.family.name == "binomial":
+            trials = float(rows[TRIALS].sum())
+            return lambda y, d: y.sum(axis=1) / trials
         return lambda y, d: y.mean(axis=1)
     if name == "var":
         return lambda y, d: y.var(axis=1, ddof=1)
@@ -660,12 +669,12 @@ def _statistics(stat: Any, spec: ModelSpec, rows: pl.DataFrame) -> dict[str, Sta
     """Resolve ``stat`` into named statistics ``f(y (data sets, rows), data) -> (data sets,)``."""
     level_cols = [*spec.factors, *(g.name for g in spec.groups)]
     if stat is None:
-        out = {"mean": _named_stat("mean", spec)}
+        out = {"mean": _named_stat("mean", spec, rows)}
         for col in dict.fromkeys(level_cols):
             out.update(_by_level(col, spec, rows))
         if spec.family.name == "poisson":
-            out["zeros"] = _named_stat("zeros", spec)
-            out["var"] = _named_stat("var", spec)
+            out["zeros"] = _named_stat("zeros", spec, rows)
+            out["var"] = _named_stat("var", spec, rows)
         return out
     if isinstance(stat, str) or callable(stat):
         stat = [stat]
@@ -686,7 +695,7 @@ def _statistics(stat: Any, spec: ModelSpec, rows: pl.DataFrame) -> dict[str, Sta
         if callable(s):
             out[str(name)] = s
         elif isinstance(s, str) and s in _NAMED:
-            out[s if name == s else str(name)] = _named_stat(s, spec)
+            out[str(name)] = _named_stat(s, spec, rows)
         elif isinstance(s, str) and s in level_cols:
             out.update(_by_level(s, spec, rows))
         else:
@@ -736,9 +745,10 @@ def ppc(
         ``var`` (variance of the counts across rows; above its replicated range in
         overdispersed data). Names: ``'mean'``, ``'var'``, ``'sd'``, ``'zeros'``, ``'max'``,
         ``'min'``, or a factor/group column (its per-level means). A callable
-        ``f(y, data)`` gets ``y``, an array (data sets x rows) of outcomes, and ``data``, the
-        rows (see :func:`simulate` for the columns, with ``_y`` and ``_n``/``_e``), and
-        returns one value per data set. A dict maps names to any of these.
+        ``f(y, data)`` gets ``y``, an integer array (data sets x rows) of outcomes, rows in data
+        order, and ``data``, those rows as :func:`simulate` lists them (``row``, predictors,
+        observed outcome, ``trials`` or ``exposure``), and returns one value per data set.
+        A dict maps names to any of these.
     ci : float, optional
         Mass of the interval of the replicated statistic (highest density); the model's
         ``ci`` by default.
@@ -757,7 +767,10 @@ def ppc(
     Raises
     ------
     ValueError
-        For an unknown statistic name or a ``ci`` outside (0, 1).
+        For an unknown statistic name, a statistic that does not return one value per data
+        set, or a ``ci`` outside (0, 1).
+    TypeError
+        If ``stat`` is none of the accepted kinds.
     """
     model._require_fit("ppc")
     ci = _check_ci(ci, model)
@@ -767,14 +780,15 @@ def ppc(
     draws = _Draws.read(spec, model.posterior)
     rng = np.random.default_rng(random_seed)
     y_obs = rows[Y].to_numpy()
+    data = _public_rows(spec, rows)
     observed = {
-        name: float(_evaluate(name, f, y_obs[None, :], rows)[0]) for name, f in stats.items()
+        name: float(_evaluate(name, f, y_obs[None, :], data)[0]) for name, f in stats.items()
     }
     replicated = {name: np.empty(draws.n) for name in stats}
     for block in _blocks(draws.n, len(rows)):
         y_rep = _replicate(spec, draws, rows, block, rng)
         for name, f in stats.items():
-            replicated[name][block] = _evaluate(name, f, y_rep, rows)
+            replicated[name][block] = _evaluate(name, f, y_rep, data)
     out = []
     for name in stats:
         rep = replicated[name]

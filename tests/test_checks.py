@@ -418,9 +418,19 @@ def test_ppc_custom_statistics_and_seed(pois_fit, counts):
     assert wide["replicated_high"] - wide["replicated_low"] > (
         rows["max"]["replicated_high"] - rows["max"]["replicated_low"]
     )
-    named = ppc(pois_fit, stat={"share of 1s": lambda y, d: (y == 1).mean(axis=1)})
-    assert named["statistic"].to_list() == ["share of 1s"]
-    assert named["observed"][0] == pytest.approx((counts["y"] == 1).mean())
+    named = ppc(
+        pois_fit,
+        stat={
+            "share of 1s": lambda y, d: (y == 1).mean(axis=1),
+            "rate": lambda y, d: y.sum(axis=1) / d["exposure"].sum(),
+            "spread": "sd",
+        },
+    )
+    assert named["statistic"].to_list() == ["share of 1s", "rate", "spread"]
+    observed = named["observed"].to_list()
+    assert observed[0] == pytest.approx((counts["y"] == 1).mean())
+    assert observed[1] == pytest.approx(counts["y"].sum() / counts["t"].sum())
+    assert observed[2] == pytest.approx(counts["y"].std())
     assert ppc(pois_fit, random_seed=9).equals(ppc(pois_fit, random_seed=9))
     assert not ppc(pois_fit, random_seed=9).equals(ppc(pois_fit, random_seed=10))
 
