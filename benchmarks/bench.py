@@ -1,0 +1,631 @@
+"""bayesmer against plain Bambi, side by side, on the models of issue 4.
+
+Run it with ``make bench`` (or ``.venv/bin/python benchmarks/bench.py --help``). One command
+fits every case with both libraries, with the same draws, tuning steps, chains and seed, and
+prints per case and library:
+
+- wall time end to end (model construction to a finished fit; imports and data generation
+  excluded), split for bayesmer into spec/collapse, compile and sampling (``model.timings``),
+  for Bambi into model build, PyMC compile + init, and sampling;
+- min bulk ESS, ESS per second of end-to-end wall time, max R-hat and divergences, all
+  computed by the same function for both libraries over the same quantities (fixed effects,
+  group sds and group deviations);
+- peak memory and CPU time;
+
+then the bayesmer/Bambi ratios.
+
+How memory is measured
+----------------------
+Each (case, library) fit runs in a fresh ``spawn`` child process, so nothing (imports,
+compiled code, caches, freed-but-kept heap) carries over from one case to the next and the
+peak is per case. PyMC samples its chains in further child processes while nutpie samples in
+threads, so the parent polls the whole process tree of the fit every 0.1 s and records the
+largest *sum* of resident set sizes (RSS); the child also reports its own
+``getrusage(RUSAGE_SELF).ru_maxrss`` (exact, never missed between polls) and the table shows
+the larger of the two. Both include the interpreter and the imported libraries (the baseline
+after imports is printed too). CPU time is ``ru_utime + ru_stime`` of the fit's process and
+its reaped children: on a shared machine it is steadier than wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing as mp
+import os
+import platform
+import resource
+import signal
+import sys
+import time
+import warnings
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+DATA_DIR = Path(__file__).resolve().parents[1] / "bayesmer" / "datasets"
+
+
+@dataclass(frozen=True)
+class Case:
+    """One benchmark model.
+
+    Attributes
+    ----------
+    name : str
+        Short name used with ``--cases``.
+    formula : str
+        The formula, the same for bayesmer and Bambi.
+    family : {'binomial', 'poisson'}
+        bayesmer's family; Bambi gets ``'bernoulli'`` or ``'poisson'``.
+    rows : int
+        Number of data rows.
+    groups : int
+        Number of levels of the grouping factor (0 for a GLM).
+    glmer : bool
+        Fit with ``bayesmer.glmer`` (else ``bayesmer.glm``).
+    in_quick : bool
+        Part of a ``--quick`` smoke run.
+    """
+
+    name: str
+    formula: str
+    family: str
+    rows: int
+    groups: int
+    glmer: bool
+    in_quick: bool = True
+
+
+CASES: dict[str, Case] = {
+    c.name: c
+    for c in [
+        Case("titanic_glm", "survived ~ sex", "binomial", 891, 0, False),
+        Case("titanic_glmer", "survived ~ sex + (1|pclass)", "binomial", 891, 3, True),
+        Case("grouse_glmer", "TICKS ~ YEAR + cHEIGHT + (1|BROOD)", "poisson", 403, 118, True),
+        Case("synth_1e5", "y ~ a + b + (1|g)", "binomial", 100_000, 50, True),
+        Case("synth_1e6", "y ~ a + b + (1|g)", "binomial", 1_000_000, 1_000, True, False),
+    ]
+}
+
+LIBRARIES = ("bayesmer", "bambi")
+
+
+@dataclass
+class Result:
+    """What one (case, library) fit measured.
+
+    Times are seconds, memory MiB. ``None`` where a quantity does not apply.
+    """
+
+    case: str
+    library: str
+    status: str = "ok"
+    note: str = ""
+    rows: int = 0
+    cells: int = 0
+    wall: float = math.nan
+    build: float = math.nan
+    compile: float = math.nan
+    sample: float = math.nan
+    min_ess_bulk: float = math.nan
+    min_ess_tail: float = math.nan
+    worst_ess_term: str = ""
+    max_rhat: float = math.nan
+    divergences: int = -1
+    ess_per_s: float = math.nan
+    peak_mb: float = math.nan
+    self_maxrss_mb: float = math.nan
+    tree_peak_mb: float = math.nan
+    base_mb: float = math.nan
+    cpu_s: float = math.nan
+    import_s: float = math.nan
+    load_before: float = math.nan
+    load_after: float = math.nan
+    sampler: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+
+
+def synthetic(rows: int, groups: int, seed: int = 20261125) -> dict[str, Any]:
+    """Bernoulli rows with two factor predictors and group intercepts (as numpy arrays).
+
+    ``a`` has 2 levels, ``b`` 3, ``g`` ``groups`` (group sd 0.5), so the data collapse to
+    ``6 * groups`` binomial cells.
+
+    Parameters
+    ----------
+    rows : int
+    groups : int
+    seed : int
+
+    Returns
+    -------
+    dict of str to numpy.ndarray
+        Columns ``y`` (0/1), ``a``, ``b``, ``g`` (strings).
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    a = rng.integers(0, 2, rows)
+    b = rng.integers(0, 3, rows)
+    g = rng.integers(0, groups, rows)
+    u = rng.normal(0.0, 0.5, groups)
+    eta = -0.5 + 0.7 * a + np.array([0.0, -0.4, 0.6])[b] + u[g]
+    y = (rng.random(rows) < 1.0 / (1.0 + np.exp(-eta))).astype(np.int64)
+    width = len(str(groups - 1))
+    return {
+        "y": y,
+        "a": np.array(["a0", "a1"])[a],
+        "b": np.array(["b0", "b1", "b2"])[b],
+        "g": np.array([f"g{i:0{width}d}" for i in range(groups)])[g],
+    }
+
+
+def load_pandas(case: Case):
+    """The case's data as a pandas DataFrame (for Bambi), without importing bayesmer."""
+    import pandas as pd
+
+    if case.name.startswith("titanic"):
+        return pd.read_csv(DATA_DIR / "titanic.csv")
+    if case.name.startswith("grouse"):
+        labels = {"INDEX": str, "BROOD": str, "YEAR": str, "LOCATION": str}
+        return pd.read_csv(DATA_DIR / "grouseticks.csv", dtype=labels)
+    return pd.DataFrame(synthetic(case.rows, case.groups))
+
+
+def load_polars(case: Case):
+    """The case's data as a polars DataFrame (for bayesmer)."""
+    import polars as pl
+
+    from bayesmer import load_dataset
+
+    if case.name.startswith("titanic"):
+        return load_dataset("titanic")
+    if case.name.startswith("grouse"):
+        return load_dataset("grouseticks")
+    return pl.DataFrame(synthetic(case.rows, case.groups))
+
+
+# ---------------------------------------------------------------------------------------------
+# Measurements shared by both libraries
+
+
+def rss_mb(pid: int | str = "self") -> float:
+    """Current resident set size of a process, MiB (0 when it is gone)."""
+    try:
+        with open(f"/proc/{pid}/statm") as fh:
+            pages = int(fh.read().split()[1])
+    except (FileNotFoundError, ProcessLookupError, PermissionError, IndexError):
+        return 0.0
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def descendants(pid: int) -> list[int]:
+    """``pid`` and every process below it, from /proc (Linux)."""
+    parent: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                stat = fh.read()
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+        parent[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
+    tree, frontier = [pid], [pid]
+    while frontier:
+        frontier = [p for p, pp in parent.items() if pp in frontier]
+        tree += frontier
+    return tree
+
+
+def diagnose(posterior, sample_stats, names: list[str]) -> dict[str, Any]:
+    """Min bulk/tail ESS, max R-hat and divergences over the named posterior variables.
+
+    Rank-normalised R-hat and ESS (Vehtari et al. 2021) from ``arviz_stats``, the same
+    estimators bayesmer's convergence gate uses, applied to both libraries alike.
+    """
+    import arviz_stats as azs
+    import numpy as np
+
+    labels: list[str] = []
+    cols = []
+    for name in names:
+        da = posterior[name]
+        extra = [d for d in da.dims if d not in ("chain", "draw")]
+        values = da.transpose("chain", "draw", *extra).values.reshape(
+            da.sizes["chain"], da.sizes["draw"], -1
+        )
+        coords = [""] if not extra else [str(v) for v in da[extra[0]].values]
+        if len(extra) > 1:
+            coords = [str(i) for i in range(values.shape[-1])]
+        labels += [f"{name}[{c}]" if c else name for c in coords]
+        cols.append(values)
+    arr = np.moveaxis(np.concatenate(cols, axis=-1), -1, 0)
+    rhat = np.asarray(azs.rhat(arr, chain_axis=-2, draw_axis=-1))
+    bulk = np.asarray(azs.ess(arr, method="bulk", chain_axis=-2, draw_axis=-1))
+    tail = np.asarray(azs.ess(arr, method="tail", prob=0.05, chain_axis=-2, draw_axis=-1))
+    worst = int(np.nanargmin(bulk))
+    return {
+        "min_ess_bulk": float(np.nanmin(bulk)),
+        "min_ess_tail": float(np.nanmin(tail)),
+        "worst_ess_term": labels[worst],
+        "max_rhat": float(np.nanmax(rhat)),
+        "divergences": int(sample_stats["diverging"].values.sum()),
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# One fit, in a child process
+
+
+def run_bayesmer(case: Case, draws: int, tune: int, chains: int, seed: int, res: Result) -> None:
+    """Fit ``case`` with bayesmer's defaults; fill ``res``."""
+    start = time.perf_counter()
+    import bayesmer
+
+    res.import_s = time.perf_counter() - start
+    res.base_mb = rss_mb()
+    data = load_polars(case)
+    res.rows = data.height
+
+    start = time.perf_counter()
+    make = bayesmer.glmer if case.glmer else bayesmer.glm
+    model = make(case.formula, data=data, family=case.family)
+    spec = model.spec  # formula, validation, collapsing, design
+    res.build = time.perf_counter() - start
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", bayesmer.ConvergenceWarning)
+        model.fit(draws=draws, tune=tune, chains=chains, random_seed=seed, progressbar=False)
+    res.wall = time.perf_counter() - start
+    res.compile = model.timings["compile"]
+    res.sample = model.timings["sample"]
+    res.warnings = [str(w.message) for w in caught]
+    res.cells = len(spec.cells)
+    res.note = ("collapsed" if spec.collapsed else "not collapsed") + "".join(
+        f"; {g.name}: {g.parametrization}" for g in spec.groups
+    )
+    res.sampler = {k: repr(v) for k, v in model.sampler_kwargs.items()}
+    post = model.posterior["posterior"].to_dataset()
+    names = ["b"] + [n for g in spec.groups for n in (g.sd_name, g.effect_name)]
+    stats = diagnose(post, model.posterior["sample_stats"].to_dataset(), names)
+    for key, value in stats.items():
+        setattr(res, key, value)
+    # cross-check against the numbers bayesmer reports itself
+    own = model.diagnostics
+    if abs(float(own["ess_bulk"].min()) - res.min_ess_bulk) > 1e-6 * res.min_ess_bulk:
+        res.warnings.append(
+            f"bayesmer reports min bulk ESS {float(own['ess_bulk'].min()):.1f}, "
+            f"the benchmark computes {res.min_ess_bulk:.1f}"
+        )
+
+
+def run_bambi(
+    case: Case, draws: int, tune: int, chains: int, seed: int, res: Result, cores: int | None
+) -> None:
+    """Fit ``case`` with plain Bambi (its defaults: PyMC NUTS); fill ``res``.
+
+    ``cores=None`` keeps PyMC's default, ``min(4, cpu_count() // 2)`` processes.
+    """
+    start = time.perf_counter()
+    import bambi
+
+    res.import_s = time.perf_counter() - start
+    res.base_mb = rss_mb()
+    data = load_pandas(case)
+    res.rows = res.cells = len(data)
+
+    start = time.perf_counter()
+    family = "bernoulli" if case.family == "binomial" else "poisson"
+    model = bambi.Model(case.formula, data, family=family)
+    res.build = time.perf_counter() - start
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        extra = {} if cores is None else {"cores": cores}
+        idata = model.fit(
+            draws=draws, tune=tune, chains=chains, random_seed=seed, progressbar=False, **extra
+        )
+    res.wall = time.perf_counter() - start
+    post = idata["posterior"].to_dataset()
+    res.sample = float(post.attrs.get("sampling_time", math.nan))
+    res.compile = res.wall - res.build - res.sample
+    res.warnings = [str(w.message) for w in caught]
+    used = min(4, mp.cpu_count() // 2) if cores is None else cores
+    res.note = f"PyMC NUTS, Bambi defaults, {max(used, 1)} sampling process(es)"
+    res.sampler = {"cores": "default" if cores is None else str(cores)}
+    names = [str(n) for n in post.data_vars]
+    stats = diagnose(post, idata["sample_stats"].to_dataset(), names)
+    for key, value in stats.items():
+        setattr(res, key, value)
+
+
+def worker(case: Case, library: str, settings: dict[str, Any], conn) -> None:
+    """Child-process entry point: fit, measure, send the :class:`Result` back."""
+    res = Result(case.name, library)
+    try:
+        args = (
+            case,
+            settings["draws"],
+            settings["tune"],
+            settings["chains"],
+            settings["seed"],
+            res,
+        )
+        if library == "bayesmer":
+            run_bayesmer(*args)
+        else:
+            run_bambi(*args, settings["bambi_cores"])
+        res.ess_per_s = res.min_ess_bulk / res.wall
+    except Exception as exc:  # report the failure, keep benchmarking the other cases
+        res.status = "error"
+        res.note = f"{type(exc).__name__}: {exc}"
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    res.self_maxrss_mb = own.ru_maxrss / 1024
+    res.cpu_s = own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+    conn.send(asdict(res))
+    conn.close()
+
+
+def measure(
+    case: Case, library: str, settings: dict[str, Any], timeout: float, poll: float = 0.1
+) -> Result:
+    """Run one fit in a fresh process; poll the RSS of its process tree; enforce ``timeout``."""
+    ctx = mp.get_context("spawn")
+    recv, send = ctx.Pipe(duplex=False)
+    load_before = os.getloadavg()[0]
+    proc = ctx.Process(target=worker, args=(case, library, settings, send), daemon=False)
+    proc.start()
+    send.close()
+    tree_peak, start = 0.0, time.perf_counter()
+    payload = None
+    while True:
+        tree_peak = max(tree_peak, sum(rss_mb(p) for p in descendants(proc.pid)))
+        if recv.poll(poll):
+            payload = recv.recv()
+            break
+        if not proc.is_alive():
+            break
+        if time.perf_counter() - start > timeout:
+            for pid in reversed(descendants(proc.pid)):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            break
+    proc.join()
+    if payload is None:
+        res = Result(case.name, library, status="timeout" if proc.exitcode == -9 else "error")
+        res.note = (
+            f"stopped after {timeout:.0f} s"
+            if res.status == "timeout"
+            else f"child exited with code {proc.exitcode}"
+        )
+        res.wall = time.perf_counter() - start
+    else:
+        res = Result(**payload)
+    res.tree_peak_mb = tree_peak
+    res.peak_mb = max(tree_peak, 0.0 if math.isnan(res.self_maxrss_mb) else res.self_maxrss_mb)
+    res.load_before = load_before
+    res.load_after = os.getloadavg()[0]
+    return res
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+
+
+def _fmt(value: Any, digits: int = 1) -> str:
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "-"
+        return f"{value:,.{digits}f}"
+    return str(value)
+
+
+def table(results: list[Result]) -> str:
+    """Markdown table, one row per (case, library)."""
+    head = (
+        "| case | library | rows | cells | wall s | build s | compile s | sample s | "
+        "min bulk ESS | ESS/s | max R-hat | div | peak MB | CPU s | load 1m |"
+    )
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in results:
+        if r.status != "ok":
+            lines.append(
+                f"| {r.case} | {r.library} | {r.rows or '-'} | - | {_fmt(r.wall)} | "
+                f"{r.status}: {r.note} | | | | | | | {_fmt(r.peak_mb, 0)} | | |"
+            )
+            continue
+        lines.append(
+            f"| {r.case} | {r.library} | {r.rows:,} | {r.cells:,} | {_fmt(r.wall)} | "
+            f"{_fmt(r.build, 2)} | {_fmt(r.compile)} | {_fmt(r.sample)} | "
+            f"{_fmt(r.min_ess_bulk, 0)} | {_fmt(r.ess_per_s)} | {_fmt(r.max_rhat, 3)} | "
+            f"{r.divergences} | {_fmt(r.peak_mb, 0)} | {_fmt(r.cpu_s)} | "
+            f"{_fmt(r.load_before)}-{_fmt(r.load_after)} |"
+        )
+    return "\n".join(lines)
+
+
+def ratio_table(results: list[Result]) -> str:
+    """bayesmer/Bambi ratios per case where both finished."""
+    by = {(r.case, r.library): r for r in results}
+    head = (
+        "| case | wall bayesmer/Bambi | speed-up (Bambi/bayesmer wall) | min bulk ESS ratio | "
+        "ESS/s ratio | peak MB ratio | CPU s ratio |"
+    )
+    lines = [head, "|---|---|---|---|---|---|---|"]
+    for case in dict.fromkeys(r.case for r in results):
+        ours, theirs = by.get((case, "bayesmer")), by.get((case, "bambi"))
+        if ours and theirs and ours.status == "ok" and theirs.status == "timeout":
+            lines.append(
+                f"| {case} | < {ours.wall / theirs.wall:.3f} | > {theirs.wall / ours.wall:.0f}x "
+                f"(Bambi stopped at {theirs.wall:.0f} s) | | | | |"
+            )
+            continue
+        if not ours or not theirs or ours.status != "ok" or theirs.status != "ok":
+            why = "Bambi not run" if not theirs else f"Bambi {theirs.status}"
+            if ours and ours.status != "ok":
+                why = f"bayesmer {ours.status}"
+            lines.append(f"| {case} | {why} | | | | | |")
+            continue
+        lines.append(
+            f"| {case} | {ours.wall / theirs.wall:.3f} | {theirs.wall / ours.wall:.1f}x | "
+            f"{ours.min_ess_bulk / theirs.min_ess_bulk:.2f} | "
+            f"{ours.ess_per_s / theirs.ess_per_s:.1f} | {ours.peak_mb / theirs.peak_mb:.2f} | "
+            f"{ours.cpu_s / theirs.cpu_s:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def details(results: list[Result]) -> str:
+    """Per fit: parametrization, sampler settings, baseline memory, warnings."""
+    out = []
+    for r in results:
+        out.append(
+            f"- {r.case} / {r.library}: {r.note}; sampler {r.sampler or '-'}; worst bulk ESS "
+            f"{r.worst_ess_term or '-'}, min tail ESS {_fmt(r.min_ess_tail, 0)}; memory after "
+            f"imports {_fmt(r.base_mb, 0)} MB (import {_fmt(r.import_s)} s); peak = max(tree "
+            f"RSS {_fmt(r.tree_peak_mb, 0)}, ru_maxrss {_fmt(r.self_maxrss_mb, 0)})"
+        )
+        for text, count in Counter(" ".join(w.split()) for w in r.warnings).items():
+            times = f" (x{count})" if count > 1 else ""
+            out.append(f"  - warning{times}: {text[:600]}")
+    return "\n".join(out)
+
+
+def header(settings: dict[str, Any], cases: list[str]) -> str:
+    """Date, machine, versions and settings."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = []
+    for pkg in ("bayesmer", "bambi", "pymc", "nutpie", "polars", "arviz-stats"):
+        try:
+            versions.append(f"{pkg} {version(pkg)}")
+        except PackageNotFoundError:
+            versions.append(f"{pkg} (not installed)")
+    cpu = platform.processor() or platform.machine()
+    return "\n".join(
+        [
+            f"date: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
+            f"machine: {platform.node()}, {os.cpu_count()} cores, {cpu}, "
+            f"Python {platform.python_version()}, load average {os.getloadavg()[0]:.2f}",
+            "versions: " + ", ".join(versions),
+            f"settings: draws {settings['draws']}, tune {settings['tune']}, chains "
+            f"{settings['chains']}, seed {settings['seed']}, Bambi cores "
+            f"{settings['bambi_cores'] or 'default'}; cases {', '.join(cases)}",
+        ]
+    )
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line flags."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="smoke run: 200 draws/200 tune, no 1e6")
+    p.add_argument(
+        "--cases",
+        default=None,
+        help=f"comma-separated subset of {', '.join(CASES)} (default: all; --quick: no 1e6)",
+    )
+    p.add_argument("--libraries", default="bayesmer,bambi", help="comma-separated subset")
+    p.add_argument("--chains", type=int, default=4)
+    p.add_argument("--draws", type=int, default=None, help="default 1000 (200 with --quick)")
+    p.add_argument("--tune", type=int, default=None, help="default 1000 (200 with --quick)")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument(
+        "--bambi-max-rows",
+        type=int,
+        default=None,
+        help="skip Bambi on bigger data (default 200,000; 20,000 with --quick)",
+    )
+    p.add_argument(
+        "--bambi-cores",
+        type=int,
+        default=None,
+        help="cores for Bambi's PyMC sampler (default: PyMC's, cpu_count() // 2)",
+    )
+    p.add_argument("--timeout", type=float, default=1800.0, help="seconds per fit")
+    p.add_argument("--markdown", type=Path, default=None, help="also write the report here")
+    p.add_argument("--json", type=Path, default=None, help="also write every result here")
+    args = p.parse_args(argv)
+    if args.draws is None:
+        args.draws = 200 if args.quick else 1000
+    if args.tune is None:
+        args.tune = 200 if args.quick else 1000
+    if args.bambi_max_rows is None:
+        args.bambi_max_rows = 20_000 if args.quick else 200_000
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark; print the tables; return a process exit code."""
+    args = parse_args(argv)
+    if args.cases:
+        names = [c.strip() for c in args.cases.split(",") if c.strip()]
+        unknown = [c for c in names if c not in CASES]
+        if unknown:
+            print(f"Unknown case(s) {unknown}; choose from {list(CASES)}.", file=sys.stderr)
+            return 2
+    else:
+        names = [n for n, c in CASES.items() if c.in_quick or not args.quick]
+    libraries = [lib.strip() for lib in args.libraries.split(",")]
+    if not set(libraries) <= set(LIBRARIES):
+        print(f"--libraries takes {LIBRARIES}, got {libraries}.", file=sys.stderr)
+        return 2
+    settings = {
+        "draws": args.draws,
+        "tune": args.tune,
+        "chains": args.chains,
+        "seed": args.seed,
+        "bambi_cores": args.bambi_cores,
+    }
+    head = header(settings, names)
+    print(head, flush=True)
+    skipped: list[str] = []
+
+    results: list[Result] = []
+    for name in names:
+        case = CASES[name]
+        for library in libraries:
+            if library == "bambi" and case.rows > args.bambi_max_rows:
+                skipped.append(
+                    f"[{name}] Bambi skipped: {case.rows:,} rows > --bambi-max-rows "
+                    f"{args.bambi_max_rows:,}"
+                )
+                print(skipped[-1], flush=True)
+                continue
+            print(f"[{name}] {library} ...", end=" ", flush=True)
+            res = measure(case, library, settings, args.timeout)
+            results.append(res)
+            if args.json:  # after every fit, so an interrupted run keeps what it measured
+                args.json.write_text(json.dumps([asdict(r) for r in results], indent=1))
+            print(
+                f"{res.status}, {_fmt(res.wall)} s, min bulk ESS {_fmt(res.min_ess_bulk, 0)}, "
+                f"peak {_fmt(res.peak_mb, 0)} MB",
+                flush=True,
+            )
+
+    report = "\n\n".join(
+        [
+            head.replace("\n", "  \n"),
+            table(results),
+            "Ratios (bayesmer / Bambi; ESS/s = min bulk ESS per second of end-to-end wall time)",
+            ratio_table(results),
+            "Details\n\n" + details(results) + "".join(f"\n- {s}" for s in skipped),
+        ]
+    )
+    print("\n" + report.split("\n\n", 1)[1])
+    if args.markdown:
+        args.markdown.write_text(report + "\n")
+    return 0 if all(r.status == "ok" for r in results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
