@@ -1,15 +1,19 @@
 """bayesmer: Bayesian GLMs and GLMMs with a pymer4-style API, fitted by MCMC (PyMC + nutpie)."""
 
+from .checks import compare
 from .datasets import load_dataset
 from .diagnostics import ConvergenceWarning
+from .io import load_model
 from .models import Model, NotFittedError, glm, glmer
 
 __all__ = [
     "ConvergenceWarning",
+    "compare",
     "Model",
     "NotFittedError",
     "glm",
     "glmer",
     "load_dataset",
+    "load_model",
 ]
 __version__ = "0.1.0"

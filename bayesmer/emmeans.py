@@ -622,11 +622,7 @@ def _describe(row: dict[str, Any]) -> str:
 
 def _design_rows(spec: ModelSpec, frame: pl.DataFrame) -> np.ndarray:
     """Fixed-effects design rows of the grid points, in the coding of ``spec.terms``."""
-    n = frame.height if frame.width else 1
-    if not spec.formula.fixed_variables:
-        return np.ones((n, len(spec.terms)))
-    design = spec._design.evaluate_new_data(spec.to_pandas(frame))
-    return np.asarray(design.design_matrix, dtype=float)
+    return spec.design_matrix(frame)
 
 
 def _column_chunks(n_draws: int, n_cols: int, depth: int) -> list[slice]:

@@ -283,6 +283,8 @@ class Model:
     def timings(self) -> dict[str, float]:
         """Seconds spent compiling the model and sampling (last fit)."""
         self._require_fit("timings")
+        if self._sampler is None:
+            raise ValueError("timings are not kept for a model loaded from a file; refit it.")
         return {"compile": self._sampler.compile_seconds, "sample": self._sampler.sample_seconds}
 
     def summary(self) -> summaries.Summary:

@@ -175,7 +175,10 @@ class ModelSpec:
         grid : pl.DataFrame
             Holds every fixed-effect column; factor values as strings from ``factors``.
         """
-        return np.asarray(self._design.evaluate_new_data(self.to_pandas(grid)), dtype=float)
+        if not self.formula.fixed_variables:  # intercept only
+            return np.ones((max(grid.height, 1), len(self.terms)))
+        new = self._design.evaluate_new_data(self.to_pandas(grid))
+        return np.asarray(new.design_matrix, dtype=float)
 
     def to_pandas(self, frame: pl.DataFrame) -> pd.DataFrame:
         """Predictor columns as pandas with categorical levels in model order."""
@@ -230,6 +233,9 @@ def _sorted_levels(values: pl.Series) -> list[str]:
 
 
 def _level_str(value: Any) -> str:
+    """A level's label: whole floats without '.0', booleans as 'false'/'true'."""
+    if isinstance(value, bool):
+        return str(value).lower()
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return str(value)

@@ -180,3 +180,11 @@ def test_unidentifiable_design(small):
     dup = small.with_columns(pl.col("x").alias("x2"))
     with pytest.raises(ValueError, match="rank deficient"):
         glm("y ~ x + x2", dup).fit()
+
+
+def test_boolean_predictor_is_a_factor(titanic):
+    spec = glm("survived ~ adult_male", titanic).spec
+    assert spec.factors == {"adult_male": ["false", "true"]}
+    assert spec.terms == ["(Intercept)", "adult_maletrue"]
+    grid = pl.DataFrame({"adult_male": ["false", "true"]})
+    np.testing.assert_array_equal(spec.design_matrix(grid), [[1.0, 0.0], [1.0, 1.0]])
