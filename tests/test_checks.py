@@ -250,6 +250,21 @@ def test_loo_warns_naming_the_influential_observation(outlier_fit):
     assert worst["row"] == 80 and worst["pareto_k"] > 0.7
 
 
+def test_loo_maps_text_and_boolean_outcomes_to_rows(titanic):
+    data = titanic.with_columns((pl.col("survived") == 1).alias("saved"))
+    fits = {}
+    for outcome in ("alive", "saved"):
+        model = glm(f"{outcome} ~ sex", data=data)
+        model.fit(random_seed=4, **FIT)
+        fits[outcome] = model
+    text, boolean = loo(fits["alive"]), loo(fits["saved"])
+    assert text.pointwise["alive"].to_list() == titanic["survived"].to_list()
+    assert boolean.pointwise["saved"].to_list() == titanic["survived"].to_list()
+    # the same likelihood and seed give the same draws, hence the same LOO
+    assert text.elpd == pytest.approx(boolean.elpd, rel=1e-12)
+    assert fits["alive"].ppc(random_seed=1).equals(fits["saved"].ppc(random_seed=1))
+
+
 def test_log_likelihood_matches_scipy_for_every_link():
     rng = np.random.default_rng(0)
     eta = rng.normal(size=(5, 4))
@@ -319,7 +334,7 @@ def test_compare_ranks_the_true_predictor_first(pois_fit, pois_null, counts):
 
 
 def test_compare_labels_and_bad_input(titanic_glm, embarked_fit, pois_fit):
-    table = compare(titanic_glm, titanic_glm, names=["one", "two"])
+    table = compare([titanic_glm, titanic_glm], names=["one", "two"])
     assert table["model"].to_list() == ["one", "two"]
     assert table["elpd_diff"].to_list() == [0.0, 0.0]
     with pytest.raises(ValueError, match="at least two models"):
@@ -386,6 +401,7 @@ def test_ppc_does_not_flag_poisson_counts(pois_fit, counts):
 
 def test_ppc_binomial_defaults(titanic_glmer, titanic):
     table = ppc(titanic_glmer, random_seed=2)
+    assert titanic_glmer.ppc(random_seed=2).equals(table)
     rows = _by_stat(table)
     assert list(rows) == [
         "mean",
@@ -468,6 +484,7 @@ def test_simulate_layout_and_distribution(pois_fit, counts):
 
 def test_simulate_binomial_rows_are_zero_or_one(titanic_glm):
     sims = simulate(titanic_glm, n=3, random_seed=1)
+    assert titanic_glm.simulate(n=3, random_seed=1).equals(sims)
     assert sims.height == 891
     assert sims.columns == ["row", "sex", "survived", "trials", "sim_1", "sim_2", "sim_3"]
     assert set(np.unique(sims.select("sim_1", "sim_2", "sim_3").to_numpy())) <= {0, 1}
@@ -486,6 +503,7 @@ def test_predict_fitted_rows_zero_and_include(titanic_glmer, titanic):
     male = (titanic["sex"] == "male").to_numpy().astype(float)
     eta = b[:, [0]] + b[:, [spec.terms.index("sexmale")]] * male
     zero = predict(titanic_glmer)
+    assert titanic_glmer.predict().equals(zero)
     assert zero.height == 891 and zero["row"].to_list() == list(range(891))
     np.testing.assert_allclose(zero["estimate"], np.median(special.expit(eta), axis=0))
     pclass = np.array([spec.groups[0].levels.index(str(v)) for v in titanic["pclass"]])
