@@ -934,7 +934,7 @@ def _new_design(model: Model, data: Any, re: str) -> _Design:
                 )
             lookup = {lv: i for i, lv in enumerate(g.levels)}
             group_index[g.name] = np.array([lookup[v] for v in values], dtype=np.int64)
-    X = _design_matrix(spec, converted) if parsed.fixed_variables else np.ones((len(raw), 1))
+    X = spec.design_matrix(converted) if parsed.fixed_variables else np.ones((len(raw), 1))
     log_exposure = np.zeros(len(raw))
     if parsed.exposure is not None:
         e = raw[parsed.exposure].cast(pl.Float64).to_numpy()
@@ -946,12 +946,6 @@ def _new_design(model: Model, data: Any, re: str) -> _Design:
     row_name = _free_name("row", set(needed))
     frame = raw.with_row_index(row_name).with_columns(pl.col(row_name).cast(pl.Int64))
     return _Design(frame, X, group_index, log_exposure)
-
-
-def _design_matrix(spec: ModelSpec, frame: pl.DataFrame) -> np.ndarray:
-    """Fixed-effects design of new rows, coded as in the fit (formulae's stateful design)."""
-    evaluated = spec._design.evaluate_new_data(spec.to_pandas(frame))
-    return np.asarray(evaluated.design_matrix, dtype=float)
 
 
 def _link(link: str, mean: np.ndarray) -> np.ndarray:

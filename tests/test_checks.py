@@ -16,6 +16,7 @@ import pytest
 import xarray as xr
 from scipy import special, stats
 
+import bayesmer
 from bayesmer import glm
 from bayesmer.checks import (
     LooResult,
@@ -333,6 +334,10 @@ def test_compare_ranks_the_true_predictor_first(pois_fit, pois_null, counts):
     assert other["se_diff"] == pytest.approx(ref.loc["null", "dse"] * np.sqrt(n / (n - 1)))
 
 
+def test_compare_is_exported():
+    assert bayesmer.compare is compare
+
+
 def test_compare_labels_and_bad_input(titanic_glm, embarked_fit, pois_fit):
     table = compare([titanic_glm, titanic_glm], names=["one", "two"])
     assert table["model"].to_list() == ["one", "two"]
@@ -538,6 +543,14 @@ def test_predict_marginal_averages_over_group_effects(titanic_glmer):
     # marginal probabilities are pulled towards 1/2 relative to the typical group
     zero = predict(titanic_glmer, data=new)
     assert abs(summary["estimate"][1] - 0.5) < abs(zero["estimate"][1] - 0.5)
+
+
+def test_predict_intercept_only_model(pois_null, counts):
+    out = predict(pois_null, data=pl.DataFrame({"t": [1.0, 3.0]}))
+    assert out.columns == ["row", "t", "estimate", "sd", "conf_low", "conf_high"]
+    assert out["estimate"][1] == pytest.approx(3 * out["estimate"][0])
+    overall = counts["y"].sum() / counts["t"].sum()
+    assert out["conf_low"][0] < overall < out["conf_high"][0]
 
 
 def test_predict_poisson_exposure_and_link(pois_fit):
