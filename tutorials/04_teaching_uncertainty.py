@@ -123,10 +123,11 @@ per_draw = pl.concat(per_draw)
 
 # %% [markdown]
 # Each panel shows the posterior of the survival probability for one sex; darker curves come from
-# more passengers. What counts is the number of passengers *of that sex*: among the first ten
-# there is a single woman, so her survival says little and the posterior for women still spans
-# most of the range from 0.2 to 1, while the nine men already exclude high probabilities. With
-# more rows both curves tighten around the values of the full data.
+# more passengers. What counts is the number of passengers *of that sex*. Among the first ten
+# there is a single woman; she survived, so the posterior for women piles up towards 1 (the
+# curve runs off the top of the panel) with a long tail down to about 0.5: one survivor rules
+# out little. The nine men already make high probabilities unlikely for men. With more rows both
+# curves tighten around the values of the full data.
 
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(11, 3.5), sharey=True)
@@ -137,7 +138,7 @@ for ax, sex in zip(axes, ("female", "male"), strict=True):
         draws = per_draw.filter((pl.col("sex") == sex) & (pl.col("n") == n))["prob"].to_numpy()
         density, edges = np.histogram(draws, bins=np.linspace(0, 1, 101), density=True)
         ax.plot((edges[:-1] + edges[1:]) / 2, density, color=color, label=f"n = {n}")
-    ax.set(xlabel=f"P(survive), {sex}", title=sex)
+    ax.set(xlabel=f"P(survive), {sex}", title=sex, ylim=(0, 25))
     ax.spines[["top", "right"]].set_visible(False)
 axes[0].set_ylabel("posterior density")
 axes[0].legend(frameon=False)
@@ -146,9 +147,10 @@ fig.tight_layout()
 # %% [markdown]
 # The width of the central 95% interval against the number of passengers, on log-log axes,
 # falls roughly along a line of slope -1/2: uncertainty shrinks like one over the square root
-# of the sample size. To halve it, you need about four times the data. (The smallest subsets
-# sit off the line, where the prior and the few passengers of each sex still shape the
-# posterior.)
+# of the sample size. To halve it, you need about four times the data. The women's line sits
+# above the men's because only about a third of the passengers were women, and the smallest
+# subsets sit off the line, where the prior and the handful of passengers of each sex still
+# shape the posterior.
 
 # %%
 widths = (
@@ -169,6 +171,9 @@ reference = widths.filter(pl.col("n") == sizes[1])["width"].mean() * np.sqrt(siz
 grid = np.array([sizes[0], titanic.height])
 ax.plot(grid, reference / np.sqrt(grid), "k:", label=r"$\propto 1/\sqrt{n}$")
 ax.set(xscale="log", yscale="log", xlabel="passengers in the fit", ylabel="width of 95% interval")
+ax.set_xticks(all_sizes, [str(n) for n in all_sizes])
+ax.set_yticks([0.05, 0.1, 0.2, 0.4, 0.8], ["0.05", "0.1", "0.2", "0.4", "0.8"])
+ax.minorticks_off()
 ax.legend(frameon=False)
 ax.spines[["top", "right"]].set_visible(False)
 fig.tight_layout()
@@ -193,27 +198,28 @@ print(f"median risk ratio, women / men          = {ratio.median():.2f}")
 
 # %% [markdown]
 # A picture students remember: a random sample of draws, each one a complete, plausible version
-# of the world. Each grey line joins the female and male probability of one draw; together they
-# are the uncertainty.
+# of the world. Each grey line joins the female and male survival probability of one draw;
+# together they are the uncertainty. On the left, 100 draws from the fit to 40 passengers; on
+# the right, 100 draws from the fit to all of them.
 
 # %%
 rng = np.random.default_rng(SEED)
-shown = rng.choice(wide.height, size=100, replace=False)
-pairs = wide.select("female", "male").to_numpy()[shown]
-fig, ax = plt.subplots(figsize=(4, 3.5))
-ax.plot([0, 1], pairs.T, color="grey", alpha=0.25, lw=0.8)
-summary = model.emmeans("sex")
-ax.errorbar(
-    [0, 1],
-    summary["prob"],
-    yerr=[summary["prob"] - summary["lower_HPD"], summary["upper_HPD"] - summary["prob"]],
-    fmt="o",
-    color="black",
-    capsize=4,
-)
-ax.set_xticks([0, 1], ["female", "male"])
-ax.set(xlim=(-0.3, 1.3), ylim=(0, 1), ylabel="P(survive)", title="100 posterior draws")
-ax.spines[["top", "right"]].set_visible(False)
+fig, axes = plt.subplots(1, 2, figsize=(8, 3.5), sharey=True)
+for ax, n in zip(axes, (sizes[1], titanic.height), strict=True):
+    pairs = (
+        per_draw.filter(pl.col("n") == n)
+        .pivot(on="sex", index=".draw", values="prob")
+        .select("female", "male")
+        .to_numpy()
+    )
+    shown = pairs[rng.choice(len(pairs), size=100, replace=False)]
+    ax.plot([0, 1], shown.T, color="grey", alpha=0.25, lw=0.8)
+    ax.plot([0, 1], np.median(pairs, axis=0), "o-", color="black", label="posterior median")
+    ax.set_xticks([0, 1], ["female", "male"])
+    ax.set(xlim=(-0.3, 1.3), ylim=(0, 1), title=f"100 posterior draws, n = {n}")
+    ax.spines[["top", "right"]].set_visible(False)
+axes[0].set_ylabel("P(survive)")
+axes[0].legend(frameon=False, loc="lower left")
 fig.tight_layout()
 
 # %% [markdown]
@@ -224,6 +230,7 @@ fig.tight_layout()
 # rather than typing them in by hand.
 
 # %%
+summary = model.emmeans("sex")
 female, male = summary.sort("sex").iter_rows(named=True)
 odds = model.emmeans("sex", contrasts={"male_vs_female": [-1, 1]}).row(0, named=True)
 sentence = (
