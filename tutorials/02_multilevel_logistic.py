@@ -115,7 +115,8 @@ model.plot_ranef()
 # %% [markdown]
 # The intervals are wide, yet survival in each class is not that uncertain. A class effect is a
 # deviation from the centre of the distribution of classes, and that centre (the intercept) is
-# poorly known; the two uncertainties cancel when they are added back together. The draws show
+# poorly known. The two errors go in opposite directions (a higher centre means lower class
+# effects), so they largely cancel when added back together. The draws show
 # it: the odds of survival of a woman in each class, intercept plus class effect computed draw
 # by draw, have much narrower intervals than the class effects alone.
 
@@ -212,8 +213,9 @@ print(
 # - `re='marginal'`: averaged over the whole distribution of class effects, that is, a woman in
 #   a **new class drawn from the population** of classes (a population-averaged probability).
 #   Because the logistic curve bends, averaging over classes pulls probabilities towards 0.5.
-# - `re='groups'`: averaged over the **three classes we observed**, here weighted by how many
-#   passengers each class had (`weights='cells'`), which reproduces the mix of the data.
+# - `re='groups'`: averaged over the **three classes we observed**, here weighted for each sex
+#   by how many passengers of that sex travelled in each class (`weights='cells'`), which
+#   reproduces the mix of the data.
 #
 # None of them is the right one in general; they answer different questions.
 

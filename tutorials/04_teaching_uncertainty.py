@@ -125,7 +125,7 @@ per_draw = pl.concat(per_draw)
 # Each panel shows the posterior of the survival probability for one sex; darker curves come from
 # more passengers. What counts is the number of passengers *of that sex*. Among the first ten
 # there is a single woman; she survived, so the posterior for women piles up towards 1 (the
-# curve runs off the top of the panel) with a long tail down to about 0.5: one survivor rules
+# curve runs off the top of the panel) with a long tail down to about 0.2: one survivor rules
 # out little. The nine men already make high probabilities unlikely for men. With more rows both
 # curves tighten around the values of the full data.
 
@@ -250,9 +250,9 @@ print(sentence)
 # - no "significant": it reports the size of the effect and its uncertainty instead;
 # - no "proves": a credible interval is conditional on the model and the priors, which are
 #   named;
-# - no causal language: sex is associated with survival here, through an evacuation policy of
-#   "women and children first", through where passengers were berthed, and through whatever else
-#   this model leaves out;
+# - no causal language: sex is associated with survival here, and the association may run
+#   through an evacuation policy of "women and children first", through where passengers were
+#   berthed, or through whatever else this model leaves out;
 # - no false precision: two decimals, because the intervals are several hundredths wide.
 #
 # ## What we learned
