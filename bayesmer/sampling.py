@@ -26,17 +26,17 @@ def default_sampler_kwargs(spec: ModelSpec) -> dict[str, Any]:
     """nutpie settings chosen from the specification.
 
     - ``target_accept``: 0.95 when a grouping factor has fewer than :data:`FEW_GROUPS` levels
-      (its sd posterior has a long tail that needs small steps), 0.9 for other mixed models,
-      nutpie's 0.8 for plain GLMs.
+      (its sd posterior then has a long tail that needs small steps), otherwise nutpie's 0.8
+      (with many groups the sd is well identified; 0.9 cost 25% more gradient evaluations
+      for 1,000 groups with no gain in ESS per second).
     - ``adaptation='low_rank'`` with two or more grouping factors: only one factor can carry
       the intercept, so the mean of the others' effects trades off against it along one
       direction, which nutpie's low-rank mass matrix learns (measured on crossed synthetic
       data: min bulk ESS 600-870 instead of 60-95 with the diagonal mass matrix).
     """
     out: dict[str, Any] = {"target_accept": 0.8}
-    if spec.groups:
-        few = min(len(g.levels) for g in spec.groups) < FEW_GROUPS
-        out["target_accept"] = 0.95 if few else 0.9
+    if spec.groups and min(len(g.levels) for g in spec.groups) < FEW_GROUPS:
+        out["target_accept"] = 0.95
     if len(spec.groups) >= 2:
         out["adaptation"] = "low_rank"
     return out
