@@ -199,7 +199,7 @@ print(no_brood.ppc(stat=checks, random_seed=SEED))
 # variance, the share of zeros, the maximum) lie outside what it can simulate, with `ppp` at 0
 # or 1. That is overdispersion. The brood intercepts absorb most of it: chicks of the same brood
 # share their exposure to ticks. Not all of it, though: the multilevel model still simulates
-# slightly too few chicks without ticks (`ppp` for `zeros` below 0.1), a hint of variation
+# slightly too few chicks without ticks (a low `ppp` for `zeros`), a hint of variation
 # between chicks of the same brood. An intercept per chick, `(1|INDEX)`, is the usual next
 # step for that.
 #
@@ -219,13 +219,17 @@ model.plot_ppc(stat=checks, random_seed=SEED)
 # is unreliable (k above 0.7; bayesmer warns and names them).
 
 # %%
-print(model.loo())
+loo_full = model.loo()
+print(loo_full)
+high_k = loo_full.pointwise.filter(pl.col("pareto_k") > 0.7)
+print(f"{high_k.height} chicks with Pareto k > 0.7; p_loo {loo_full.p_loo:.0f}")
 
 # %% [markdown]
-# Read this output critically. `p_loo` is about 165 for a model with four fixed effects, and 18
-# chicks have a high Pareto k. Each brood has only three or four chicks and its own intercept,
-# so leaving one chick out moves its brood's intercept a lot, more than PSIS can reconstruct
-# from a single fit; the flagged chicks are those with unusually many ticks for their brood.
+# Read this output critically. `p_loo` is well over a hundred for a model with four fixed
+# effects, and a couple of dozen chicks have a high Pareto k. Each brood has only three or four
+# chicks and its own intercept, so leaving one chick out moves its brood's intercept a lot,
+# more than PSIS can reconstruct from a single fit; the flagged chicks typically carry many
+# more ticks than their brood mates.
 # The ELPD of this model is therefore itself somewhat uncertain. (Refitting without each
 # flagged chick, or cross-validating whole broods, would settle it, at the cost of many fits.)
 #
@@ -248,11 +252,11 @@ print(
 # %% [markdown]
 # The model without broods predicts far worse, by more than a thousand ELPD points, many
 # standard errors: no doubt about the high-k chicks can reverse that, and it agrees with the
-# posterior predictive check. Dropping altitude costs only about five points, with a standard
-# error of about four: a mild preference for keeping it, not a decisive one, and within reach
-# of the unreliable estimates flagged above. Altitude matters less for prediction here than its
-# clear slope suggests because all chicks of a brood were caught at one site, so the brood
-# intercepts can absorb most of the altitude effect; keeping it still gives a direct,
+# posterior predictive check. Dropping altitude costs only a few points, less than two
+# standard errors of the difference: a mild preference for keeping it, not a decisive one, and
+# within reach of the unreliable estimates flagged above. Altitude matters less for prediction
+# than its clear slope suggests because all chicks of a brood were caught at one site, so the
+# brood intercepts can absorb most of the altitude effect; keeping it still gives a direct,
 # interpretable estimate of a known driver of tick load.
 #
 # ## What we learned
