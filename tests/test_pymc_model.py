@@ -1,0 +1,94 @@
+"""The PyMC model: its likelihood equals the exact one up to a constant, and the
+parametrization (centring, group-level predictors) reports the usual quantities."""
+
+import numpy as np
+import polars as pl
+import pytest
+from scipy import stats
+
+from bayesmer import glm, glmer
+from bayesmer.pymc_model import OBSERVED, _group_level_columns, build_model, carrier
+
+
+def _potential_and_eta(model, spec, point):
+    names = ["b"] + [g.effect_name for g in spec.groups]
+    reported = model.replace_rvs_by_values([model[n] for n in names])
+    fn = model.compile_fn(
+        [model.potentiallogp, *reported], inputs=model.value_vars, on_unused_input="ignore"
+    )
+    out = fn(point)
+    b, effects = out[1], out[2:]
+    eta = spec.X @ b
+    for g, u in zip(spec.groups, effects, strict=True):
+        eta = eta + u[g.index]
+    return float(out[0]), eta
+
+
+def _random_points(model, seed, n=2):
+    rng = np.random.default_rng(seed)
+    base = model.initial_point()
+    return [{k: v + rng.normal(0, 0.1, np.shape(v)) for k, v in base.items()} for _ in range(n)]
+
+
+@pytest.mark.parametrize("link", ["logit", "probit", "cloglog"])
+def test_binomial_potential_is_exact_loglik_up_to_a_constant(titanic, link):
+    spec = glmer("survived ~ sex + (1|pclass)", titanic, link=link).spec
+    model = build_model(spec)
+    assert OBSERVED in [p.name for p in model.potentials]
+    values = []
+    for point in _random_points(model, seed=1):
+        pot, eta = _potential_and_eta(model, spec, point)
+        p = spec.family.inverse_link(eta)
+        exact = stats.binom.logpmf(spec.y, spec.size.astype(int), p).sum()
+        values.append((pot, exact))
+    (pot1, ex1), (pot2, ex2) = values
+    assert pot1 - pot2 == pytest.approx(ex1 - ex2, rel=1e-9, abs=1e-7)
+
+
+def test_poisson_potential_is_exact_loglik_up_to_a_constant(grouseticks):
+    spec = glmer("TICKS ~ YEAR + cHEIGHT + (1|BROOD)", grouseticks, family="poisson").spec
+    model = build_model(spec)
+    values = []
+    for point in _random_points(model, seed=2):
+        pot, eta = _potential_and_eta(model, spec, point)
+        exact = stats.poisson.logpmf(spec.y, np.exp(eta) * spec.size).sum()
+        values.append((pot, exact))
+    (pot1, ex1), (pot2, ex2) = values
+    assert pot1 - pot2 == pytest.approx(ex1 - ex2, rel=1e-9, abs=1e-7)
+
+
+def test_group_level_predictors_are_detected(grouseticks, titanic):
+    """Broods are nested in YEAR and sit at one altitude: both enter the brood means."""
+    spec = glmer("TICKS ~ YEAR + cHEIGHT + (1|BROOD)", grouseticks, family="poisson").spec
+    g = spec.groups[0]
+    assert _group_level_columns(spec.X[:, 1:], g.index, len(g.levels)).all()
+    spec = glmer("survived ~ sex + (1|pclass)", titanic).spec
+    g = spec.groups[0]
+    assert not _group_level_columns(spec.X[:, 1:], g.index, len(g.levels)).any()
+
+
+def test_centring_follows_information_per_level():
+    rng = np.random.default_rng(4)
+    # 20 groups with 200 rows each and 20 with 2 rows each
+    sizes = [200] * 20 + [2] * 20
+    g = np.repeat(np.arange(40), sizes)
+    y = rng.binomial(1, 0.4, len(g))
+    spec = glmer("y ~ (1|g)", pl.DataFrame({"y": y, "g": g})).spec
+    grp = spec.groups[0]
+    big = np.array(sizes) == 200
+    assert grp.centred[big].all() and not grp.centred[~big].any()
+    assert grp.parametrization == "mixed (20 of 40 centred)"
+    assert carrier(spec) is grp
+
+
+def test_glm_has_no_carrier_and_reports_b(titanic):
+    spec = glm("survived ~ sex", titanic).spec
+    assert carrier(spec) is None
+    model = build_model(spec)
+    assert model.named_vars_to_dims["b"] == ("term",)
+    assert list(model.coords["term"]) == ["(Intercept)", "sexmale"]
+
+
+def test_prior_only_model_has_no_likelihood(titanic):
+    spec = glmer("survived ~ sex + (1|pclass)", titanic).spec
+    assert build_model(spec, prior_only=True).potentials == []
