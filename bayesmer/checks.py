@@ -34,6 +34,7 @@ from scipy import special
 
 from .collapse import CELL, EXPOSURE, ROWS, TRIALS, WEIGHT, Y
 from .draws import fixed, group_effects, group_sd, hdi
+from .emmeans import QUADRATURE_NODES, marginal_link
 from .spec import ModelSpec, _as_level_expr, _to_lazy
 
 if TYPE_CHECKING:
@@ -46,9 +47,6 @@ BAD_K = 1.0
 
 #: Largest number of floats held at once in a (draws x observations) block.
 BLOCK_VALUES = 2_000_000
-
-#: Gauss-Hermite nodes used to average the inverse link over the group effects.
-QUADRATURE_NODES = 40
 
 _ROW, _OBS = "_row", "_obs"
 _TYPES = ("response", "link")
@@ -948,26 +946,6 @@ def _new_design(model: Model, data: Any, re: str) -> _Design:
     return _Design(frame, X, group_index, log_exposure)
 
 
-def _link(link: str, mean: np.ndarray) -> np.ndarray:
-    """The link function (inverse of :meth:`Family.inverse_link`)."""
-    if link == "logit":
-        return special.logit(mean)
-    if link == "probit":
-        return special.ndtri(mean)
-    if link == "cloglog":
-        return np.log(-np.log1p(-mean))
-    return np.log(mean)
-
-
-def _marginal_mean(spec: ModelSpec, eta: np.ndarray, sigma: np.ndarray) -> np.ndarray:
-    """E[inverse_link(eta + sigma * Z)], Z ~ N(0, 1), per draw (rows of ``eta``)."""
-    if spec.family.link == "log":
-        return np.exp(eta + 0.5 * sigma[:, None] ** 2)
-    nodes, weights = np.polynomial.hermite.hermgauss(QUADRATURE_NODES)
-    shifted = eta[..., None] + np.sqrt(2.0) * sigma[:, None, None] * nodes
-    return spec.family.inverse_link(shifted) @ (weights / np.sqrt(np.pi))
-
-
 def predict(
     model: Model,
     data: Any = None,
@@ -1043,10 +1021,9 @@ def predict(
             # offset is 0 for binomial models
             v = eta + offset if type == "link" else spec.family.inverse_link(eta + offset)
         else:
-            mean = _marginal_mean(spec, eta, sigma)
-            if spec.family.name == "poisson":
-                mean = mean * np.exp(offset)
-            v = _link(spec.family.link, mean) if type == "link" else mean
+            # the link of the population-averaged mean; a Poisson row's exposure shifts it
+            link = marginal_link(spec.family, eta, sigma) + offset
+            v = link if type == "link" else spec.family.inverse_link(link)
         if summary:
             bounds = hdi(v, ci)
             stats["estimate"][block] = np.median(v, axis=0)

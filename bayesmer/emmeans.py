@@ -42,7 +42,7 @@ NAMED_CONTRASTS = ("pairwise", "revpairwise", "trt.vs.ctrl")
 DRAW = ".draw"
 #: Quadrature nodes for ``re='marginal'``. Gauss-Hermite is used while the combined group sd is
 #: at most ``HERMITE_MAX_SD[link]``, a quantile rule over the link's own distribution above it
-#: (see :func:`_marginal_link`); the switch points are where the two rules' errors cross
+#: (see :func:`marginal_link`); the switch points are where the two rules' errors cross
 #: (both about 1e-6 there, far smaller on either side).
 QUADRATURE_NODES = 100
 HERMITE_MAX_SD = {"logit": 4.5, "cloglog": 2.5}
@@ -653,7 +653,7 @@ def _link_values(
             eta = eta + group_effects(trace, g)[:, index.to_numpy().astype(np.int64)]
     if grid.remaining and re == "marginal":
         variance = sum(group_sd(trace, g) ** 2 for g in grid.remaining)
-        eta = _marginal_link(spec.family, eta, np.sqrt(variance))
+        eta = marginal_link(spec.family, eta, np.sqrt(variance))
     elif grid.remaining and re == "groups":
         effects = sum(
             group_effects(trace, g)[:, grid.combos[:, i]] for i, g in enumerate(grid.remaining)
@@ -706,7 +706,7 @@ def _link_of_mean(family: Family, nodes: np.ndarray, weights: np.ndarray) -> np.
     return _link_from(family.link, np.sum(weights * p, axis=-1), np.sum(weights * q, axis=-1))
 
 
-def _marginal_link(family: Family, eta: np.ndarray, sd: np.ndarray) -> np.ndarray:
+def marginal_link(family: Family, eta: np.ndarray, sd: np.ndarray) -> np.ndarray:
     """link(E[inverse_link(eta + sd * Z)]), Z ~ N(0, 1), per draw (rows of ``eta``).
 
     Exact for the log link (``eta + sd^2 / 2``) and the probit link

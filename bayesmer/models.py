@@ -14,7 +14,7 @@ from .families import Family, get_family
 from .formula import ParsedFormula, parse_formula
 from .pymc_model import build_model
 from .sampling import Sampler, default_sampler_kwargs
-from .spec import ModelSpec, build_spec
+from .spec import ModelSpec, build_spec, check_columns
 
 
 class NotFittedError(ValueError):
@@ -107,12 +107,7 @@ class Model:
             available = list(self.data.collect_schema())
         else:
             available = [str(c) for c in self.data.columns]
-        missing = [c for c in self._parsed.columns if c not in available]
-        if missing:
-            raise ValueError(
-                f"Column(s) {missing} in the formula {self.formula!r} are not in the data; "
-                f"available columns: {available}."
-            )
+        check_columns(self._parsed, available)
 
     @property
     def family(self) -> str:

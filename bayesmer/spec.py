@@ -360,6 +360,16 @@ def _response_expr(
     return [expr, one], (order[0], order[1])
 
 
+def check_columns(parsed: ParsedFormula, available: list[str]) -> None:
+    """Raise a ValueError naming the formula's columns that are not in ``available``."""
+    missing = [c for c in parsed.columns if c not in available]
+    if missing:
+        raise ValueError(
+            f"Column(s) {missing} in the formula {parsed.formula!r} are not in the data; "
+            f"available columns: {available}."
+        )
+
+
 def build_spec(
     parsed: ParsedFormula,
     data: Any,
@@ -390,12 +400,7 @@ def build_spec(
     """
     lf, orders = _to_lazy(data)
     schema = dict(lf.collect_schema())
-    missing = [c for c in parsed.columns if c not in schema]
-    if missing:
-        raise ValueError(
-            f"Column(s) {missing} in the formula {parsed.formula!r} are not in the data; "
-            f"available columns: {list(schema)}."
-        )
+    check_columns(parsed, list(schema))
     undeclared = [c for c in factors if c not in schema]
     if undeclared:
         raise ValueError(

@@ -16,7 +16,7 @@ from scipy import integrate, special
 
 from bayesmer import glm, glmer
 from bayesmer.draws import fixed, group_effects, group_sd, hdi
-from bayesmer.emmeans import HERMITE_MAX_SD, _marginal_link, emmeans, empredict
+from bayesmer.emmeans import HERMITE_MAX_SD, emmeans, empredict, marginal_link
 from bayesmer.families import get_family
 
 # ---------------------------------------------------------------------------------------------
@@ -515,7 +515,7 @@ def test_marginal_quadrature_against_adaptive_integration(link, offset):
     sd = max(0.3, HERMITE_MAX_SD[link] + offset)
     family = get_family("binomial", link)
     eta = np.array([[-3.0, 0.4, 2.5]])
-    got = family.inverse_link(_marginal_link(family, eta, np.array([sd])))[0]
+    got = family.inverse_link(marginal_link(family, eta, np.array([sd])))[0]
     for j, e in enumerate(eta[0]):
         expected = integrate.quad(
             lambda z, e=e: family.inverse_link(e + sd * z) * np.exp(-z * z / 2),
@@ -533,7 +533,7 @@ def test_probit_marginal_is_exact():
     eta, sd = np.array([[0.7, -1.2]]), np.array([1.5])
     z = np.linspace(-12, 12, 200_001)
     dens = np.exp(-z * z / 2) / np.sqrt(2 * np.pi)
-    got = family.inverse_link(_marginal_link(family, eta, sd))[0]
+    got = family.inverse_link(marginal_link(family, eta, sd))[0]
     for j, e in enumerate(eta[0]):
         expected = np.trapezoid(special.ndtr(e + sd[0] * z) * dens, z)
         assert abs(got[j] - expected) < 1e-8
