@@ -11,7 +11,7 @@ import numpy as np
 import xarray as xr
 from arviz_stats.base import array_stats
 
-from .spec import GroupSpec, ModelSpec
+from .spec import GroupSpec
 
 
 def _posterior(trace: xr.DataTree | xr.Dataset) -> xr.Dataset:
@@ -41,31 +41,6 @@ def group_sd(trace: xr.DataTree | xr.Dataset, group: GroupSpec) -> np.ndarray:
 def group_effects(trace: xr.DataTree | xr.Dataset, group: GroupSpec) -> np.ndarray:
     """Draws of the group deviations, shape (S, levels)."""
     return stacked(trace, group.effect_name)
-
-
-def linear_predictor(
-    spec: ModelSpec,
-    trace: xr.DataTree | xr.Dataset,
-    X: np.ndarray,
-    group_index: dict[str, np.ndarray] | None = None,
-) -> np.ndarray:
-    """Linear predictor per draw, shape (S, n).
-
-    Parameters
-    ----------
-    spec : ModelSpec
-    trace : DataTree or Dataset
-    X : np.ndarray
-        Design rows (n, p) in the coding of ``spec.terms``.
-    group_index : dict, optional
-        Level index per row for the grouping factors to include; factors left out contribute
-        zero (a typical group).
-    """
-    eta = fixed(trace) @ X.T
-    for g in spec.groups:
-        if group_index and g.name in group_index:
-            eta = eta + group_effects(trace, g)[:, group_index[g.name]]
-    return eta
 
 
 def hdi(values: np.ndarray, prob: float) -> np.ndarray:
