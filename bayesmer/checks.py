@@ -412,7 +412,22 @@ def loo(model: Model) -> LooResult:
     UserWarning
         When some observations have Pareto k > 0.7, naming them (row numbers and values); their
         LOO values are unreliable.
+
+    Notes
+    -----
+    Computed once per fit and kept on the model: ``summary()``, ``loo()`` and
+    :func:`compare` share the result (and the warning is given once).
     """
+    cached = getattr(model, "_loo_cache", None)
+    if cached is not None and cached[0] is model.posterior:
+        return cached[1]
+    result = _compute_loo(model)
+    model._loo_cache = (model.posterior, result)
+    return result
+
+
+def _compute_loo(model: Model) -> LooResult:
+    """PSIS-LOO of a fitted model (see :func:`loo`; this does the work, uncached)."""
     model._require_fit("loo")
     spec = model.spec
     trace = model.posterior

@@ -87,6 +87,7 @@ class Model:
         self._diag: Diagnostics | None = None
         self.result_emmeans: pl.DataFrame | None = None
         self.prior: xr.DataTree | None = None
+        self._loo_cache: tuple[xr.DataTree, Any] | None = None  # see bayesmer.checks.loo
 
     # -- set-up ------------------------------------------------------------------------------
 

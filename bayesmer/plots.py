@@ -2,7 +2,8 @@
 
 The figures are built without pyplot, so a notebook shows each one exactly once (as the
 result of the cell) and nothing accumulates in pyplot's figure list; save one with
-``fig.savefig('name.png', dpi=150)``.
+``fig.savefig('name.png', dpi=150)``. Inside IPython, importing this module registers the PNG
+display of figures, which IPython otherwise sets up only once pyplot has been used.
 
 - :func:`plot_emmeans`: marginal means, point and interval per level, optionally with the
   density of the per-draw values.
@@ -18,6 +19,7 @@ result of the cell) and nothing accumulates in pyplot's figure list; save one wi
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +36,23 @@ from .draws import group_effects, group_sd, hdi, stacked
 
 if TYPE_CHECKING:
     from .models import Model
+
+
+def _register_notebook_display() -> None:
+    """Let IPython show a returned Figure as a picture even before pyplot was used."""
+    if "IPython" not in sys.modules:
+        return
+    from IPython import get_ipython
+    from IPython.core.pylabtools import print_figure
+
+    shell = get_ipython()
+    if shell is None:
+        return
+    png = shell.display_formatter.formatters["image/png"]
+    png.for_type(Figure, lambda fig: print_figure(fig, "png", bbox_inches="tight"))
+
+
+_register_notebook_display()
 
 #: Estimate columns of emmeans tables, and their axis labels.
 _MEAN_COLUMNS = {

@@ -6,6 +6,7 @@ so refitting the same specification (new seed, more draws) skips it.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from dataclasses import dataclass, field
@@ -109,7 +110,17 @@ class Sampler:
         return trace
 
 
-def sample_prior(model: pm.Model, draws: int, random_seed: int) -> xr.DataTree:
-    """Forward draws from the prior of a model (no MCMC needed)."""
-    with model:
-        return pm.sample_prior_predictive(draws=draws, random_seed=random_seed)
+def sample_prior(model: pm.Model, draws: int, random_seed: int | None) -> xr.DataTree:
+    """Forward draws from the prior of a model (no MCMC needed).
+
+    PyMC's log line naming the sampled variables is kept quiet: they are bayesmer's internal
+    parameters, not the reported ones.
+    """
+    pymc_log = logging.getLogger("pymc")
+    level = pymc_log.level
+    pymc_log.setLevel(logging.WARNING)
+    try:
+        with model:
+            return pm.sample_prior_predictive(draws=draws, random_seed=random_seed)
+    finally:
+        pymc_log.setLevel(level)

@@ -594,3 +594,11 @@ def test_predict_bad_input(titanic_glmer, pois_fit, trials_fit):
         predict(pois_fit, re="random")
     with pytest.raises(ValueError, match="ci must be between 0 and 1"):
         predict(pois_fit, ci=0)
+
+
+def test_loo_is_computed_once_per_fit(titanic_glmer):
+    first = titanic_glmer.loo()
+    assert titanic_glmer.loo() is first
+    assert bayesmer.compare(titanic_glmer, titanic_glmer, names=["a", "b"])["elpd_loo"][0] == (
+        pytest.approx(first.elpd)
+    )

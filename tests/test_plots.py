@@ -293,3 +293,24 @@ def test_plots_of_an_unfitted_model_fail(titanic, call):
     model = glmer("survived ~ sex + (1|pclass)", data=titanic)
     with pytest.raises(NotFittedError, match="not fitted yet"):
         call(model)
+
+
+@pytest.mark.slow
+def test_figures_display_as_pictures_in_a_fresh_notebook(tmp_path):
+    """A bayesmer Figure returned by a cell shows as PNG before pyplot was ever used."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    code = (
+        "import bayesmer.plots\n"
+        "from matplotlib.figure import Figure\n"
+        "fig = Figure()\n"
+        "fig.subplots().plot([0, 1], [1, 0])\n"
+        "fig"
+    )
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code)])
+    NotebookClient(
+        nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    ).execute()
+    outputs = nb.cells[0].outputs
+    assert any("image/png" in out.get("data", {}) for out in outputs), outputs
