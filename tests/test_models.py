@@ -144,8 +144,9 @@ def test_same_seed_same_draws_and_refit_reuses_compilation(titanic):
     model.fit(draws=200, tune=200, chains=2, random_seed=7, progressbar=False)
     assert model._sampler is compiled
     np.testing.assert_array_equal(first, fixed(model.posterior))
-    model.fit(draws=200, tune=200, chains=2, random_seed=8, progressbar=False)
+    shown = model.fit(draws=200, tune=200, chains=2, random_seed=8, progressbar=False, summary=True)
     assert not np.array_equal(first, fixed(model.posterior))
+    assert "2 chains x 200 draws (tune 200), seed 8" in str(shown)
 
 
 def _two_factor_data(seed: int = 3) -> pl.DataFrame:

@@ -257,6 +257,10 @@ def test_plot_ppc(titanic_glmer, tmp_path):
     assert [ax.get_title().split("\n")[0] for ax in fig.axes] == table["statistic"].to_list()
     _check_png(fig, tmp_path / "ppc.png")
     assert len(plots.plot_ppc(titanic_glmer, max_panels=2, random_seed=1).axes) == 1
+    chosen = titanic_glmer.plot_ppc(stat=["mean", "sex"], random_seed=1)
+    titles = [ax.get_title().split("\n")[0] for ax in chosen.axes]
+    assert titles == titanic_glmer.ppc(stat=["mean", "sex"], random_seed=1)["statistic"].to_list()
+    assert len(titles) == 3  # the mean, and one per level of sex
 
 
 def test_plot_prior_posterior(glmer_copy, tmp_path):
