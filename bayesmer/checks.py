@@ -33,6 +33,7 @@ from arviz_stats.base import array_stats
 from scipy import special
 
 from .collapse import CELL, EXPOSURE, ROWS, TRIALS, WEIGHT, Y
+from .diagnostics import PACKAGE_DIR
 from .draws import fixed, group_effects, group_sd, hdi
 from .emmeans import QUADRATURE_NODES, marginal_link
 from .spec import ModelSpec, _as_level_expr, _to_lazy
@@ -472,7 +473,9 @@ def _compute_loo(model: Model) -> LooResult:
         r_eff=r_eff,
     )
     if (k_i > GOOD_K).any():
-        warnings.warn(_high_k_message(spec, pointwise), UserWarning, stacklevel=2)
+        warnings.warn(
+            _high_k_message(spec, pointwise), UserWarning, skip_file_prefixes=(PACKAGE_DIR,)
+        )
     return result
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import dataclass
 
@@ -9,6 +10,9 @@ import numpy as np
 import polars as pl
 import xarray as xr
 from scipy import fft, special, stats
+
+#: Warnings point at the first line of user code, outside this folder.
+PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 #: Thresholds (Vehtari et al. 2021; Betancourt 2016).
 RHAT_MAX = 1.01
@@ -113,7 +117,12 @@ def diagnose(posterior: xr.Dataset, sample_stats: xr.Dataset, names: list[str]) 
         )
     n_draws = posterior.sizes["draw"]
     bad_rhat = table.filter(~(pl.col("rhat") <= RHAT_MAX))
-    if len(bad_rhat):
+    if n_chains < 2:
+        problems.append(
+            "Only one chain: R-hat needs at least two to tell whether the sampler converged; "
+            "fit with chains >= 2 (the default is 4)."
+        )
+    elif len(bad_rhat):
         worst = bad_rhat.sort("rhat", descending=True).row(0, named=True)
         problems.append(
             f"R-hat above {RHAT_MAX} for {len(bad_rhat)} parameter(s) (worst {worst['term']}: "
@@ -139,11 +148,11 @@ def diagnose(posterior: xr.Dataset, sample_stats: xr.Dataset, names: list[str]) 
     return Diagnostics(table, chains, problems)
 
 
-def warn_if_bad(diag: Diagnostics, stacklevel: int = 3) -> None:
+def warn_if_bad(diag: Diagnostics) -> None:
     """Emit one :class:`ConvergenceWarning` listing every problem, if any."""
     if diag.problems:
         text = "The fit has convergence problems:\n- " + "\n- ".join(diag.problems)
-        warnings.warn(text, ConvergenceWarning, stacklevel=stacklevel)
+        warnings.warn(text, ConvergenceWarning, skip_file_prefixes=(PACKAGE_DIR,))
 
 
 # ---------------------------------------------------------------------------------------------

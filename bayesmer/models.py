@@ -234,7 +234,7 @@ class Model:
             self.posterior["sample_stats"].to_dataset(),
             names,
         )
-        warn_if_bad(self._diag, stacklevel=3)
+        warn_if_bad(self._diag)
         return self.summary() if summary else None
 
     def _require_fit(self, what: str) -> None:

@@ -18,6 +18,7 @@ import pandas as pd
 import polars as pl
 
 from .collapse import EXPOSURE, ROWS, TRIALS, Collapsed, Y, collapse
+from .diagnostics import PACKAGE_DIR
 from .families import Family
 from .formula import ParsedFormula
 from .priors import Prior, resolve_priors
@@ -430,7 +431,7 @@ def build_spec(
         warnings.warn(
             f"Dropped {n_dropped} of {n_all} rows with missing values in the columns {cols}.",
             UserWarning,
-            stacklevel=4,
+            skip_file_prefixes=(PACKAGE_DIR,),
         )
 
     # Statistics needed to validate the response, computed in one pass.

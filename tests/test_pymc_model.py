@@ -6,7 +6,7 @@ import polars as pl
 import pytest
 from scipy import stats
 
-from bayesmer import glm, glmer
+from bayesmer import ConvergenceWarning, glm, glmer
 from bayesmer.pymc_model import OBSERVED, _group_level_columns, build_model, carrier
 
 
@@ -92,3 +92,29 @@ def test_glm_has_no_carrier_and_reports_b(titanic):
 def test_prior_only_model_has_no_likelihood(titanic):
     spec = glmer("survived ~ sex + (1|pclass)", titanic).spec
     assert build_model(spec, prior_only=True).potentials == []
+
+
+def test_sampler_defaults_and_overrides(titanic):
+    """Few groups raise target_accept; crossed factors get the low-rank mass matrix; the
+    user's keywords win."""
+    from bayesmer.sampling import default_sampler_kwargs
+
+    assert default_sampler_kwargs(glm("survived ~ sex", titanic).spec) == {"target_accept": 0.8}
+    few = glmer("survived ~ sex + (1|pclass)", titanic)
+    assert default_sampler_kwargs(few.spec) == {"target_accept": 0.95}
+    crossed = glmer("survived ~ sex + (1|pclass) + (1|embarked)", titanic)
+    with pytest.warns(UserWarning, match="Dropped 2 of 891 rows") as record:
+        assert default_sampler_kwargs(crossed.spec)["adaptation"] == "low_rank"
+    assert record[0].filename == __file__  # the warning points at the user's line
+    with pytest.warns(ConvergenceWarning, match="Only one chain: R-hat needs at least two"):
+        few.fit(
+            draws=100,
+            tune=100,
+            chains=1,
+            random_seed=1,
+            progressbar=False,
+            target_accept=0.99,
+            maxdepth=6,
+        )
+    assert few.sampler_kwargs == {"target_accept": 0.99, "maxdepth": 6}
+    assert few.posterior["sample_stats"]["depth"].max() <= 6
