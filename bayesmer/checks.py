@@ -36,7 +36,7 @@ from .collapse import CELL, EXPOSURE, ROWS, TRIALS, WEIGHT, Y
 from .diagnostics import PACKAGE_DIR
 from .draws import fixed, group_effects, group_sd, hdi
 from .emmeans import QUADRATURE_NODES, marginal_link
-from .spec import ModelSpec, _as_level_expr, _to_lazy
+from .spec import ModelSpec, level_expr, to_lazy
 
 if TYPE_CHECKING:
     from .models import Model
@@ -96,7 +96,7 @@ def _predictor_exprs(
     exprs = []
     for c in columns:
         if c in level_cols:
-            exprs.append(_as_level_expr(c, schema[c]))
+            exprs.append(level_expr(c, schema[c]))
         else:
             exprs.append(pl.col(c).cast(pl.Float64))
     return exprs
@@ -134,7 +134,7 @@ def row_table(model: Model) -> pl.DataFrame:
         model was built).
     """
     spec = model.spec
-    lf, _ = _to_lazy(model.data)
+    lf, _ = to_lazy(model.data)
     schema = dict(lf.collect_schema())
     cols = spec.formula.columns
     keys = _keys(spec)
@@ -898,7 +898,7 @@ def _new_design(model: Model, data: Any, re: str) -> _Design:
     """Validate new data against the model and build its design."""
     spec = model.spec
     parsed = spec.formula
-    lf, _ = _to_lazy(data)
+    lf, _ = to_lazy(data)
     schema = dict(lf.collect_schema())
     predictors = list(parsed.fixed_variables)
     if re == "include":

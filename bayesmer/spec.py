@@ -197,7 +197,7 @@ class ModelSpec:
 # Data preparation
 
 
-def _to_lazy(data: Any) -> tuple[pl.LazyFrame, dict[str, list[str]]]:
+def to_lazy(data: Any) -> tuple[pl.LazyFrame, dict[str, list[str]]]:
     """Accept polars (eager or lazy) or pandas; return a LazyFrame and categorical orders."""
     orders: dict[str, list[str]] = {}
     if isinstance(data, pd.DataFrame):
@@ -242,7 +242,7 @@ def _level_str(value: Any) -> str:
     return str(value)
 
 
-def _as_level_expr(col: str, dtype: pl.DataType) -> pl.Expr:
+def level_expr(col: str, dtype: pl.DataType) -> pl.Expr:
     """Expression turning a factor column into its string labels (1.0 -> '1')."""
     if dtype.is_float():
         return (
@@ -399,7 +399,7 @@ def build_spec(
     ValueError, TypeError
         For every problem with the data, naming the column at fault.
     """
-    lf, orders = _to_lazy(data)
+    lf, orders = to_lazy(data)
     schema = dict(lf.collect_schema())
     check_columns(parsed, list(schema))
     undeclared = [c for c in factors if c not in schema]
@@ -491,7 +491,7 @@ def build_spec(
     numeric = [c for c in fixed_vars if c not in factor_cols]
 
     work = clean.with_columns(
-        [*resp_exprs, *[_as_level_expr(c, schema[c]) for c in level_cols]]
+        [*resp_exprs, *[level_expr(c, schema[c]) for c in level_cols]]
     ).with_columns([pl.col(c).cast(pl.Float64) for c in numeric])
     size_col = TRIALS if family.name == "binomial" else EXPOSURE
     keys = list(dict.fromkeys([*fixed_vars, *parsed.groups]))
