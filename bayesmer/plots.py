@@ -54,6 +54,19 @@ def _register_notebook_display() -> None:
 
 _register_notebook_display()
 
+
+def _panel_grid(n: int, panel_size: tuple[float, float]) -> tuple[Figure, list[Axes]]:
+    """A figure with ``n`` panels, three to a row, and the panels as a flat list."""
+    ncols = min(3, n)
+    nrows = math.ceil(n / ncols)
+    width, height = panel_size
+    fig = Figure(figsize=(width * ncols, height * nrows + 0.5), layout="constrained")
+    flat = list(fig.subplots(nrows, ncols, squeeze=False).ravel())
+    for ax in flat[n:]:
+        fig.delaxes(ax)
+    return fig, flat[:n]
+
+
 #: Estimate columns of emmeans tables, and their axis labels.
 _MEAN_COLUMNS = {
     "prob": "Probability",
@@ -614,14 +627,7 @@ def ppc_figure(table: pl.DataFrame, max_panels: int = 12) -> Figure:
         raise ValueError("The ppc table has no statistics to plot.")
     if len(table) > max_panels:
         return _ppp_overview(table)
-    n = len(table)
-    ncols = min(3, n)
-    nrows = math.ceil(n / ncols)
-    fig = Figure(figsize=(3.6 * ncols, 1.9 * nrows + 0.5), layout="constrained")
-    grid = fig.subplots(nrows, ncols, squeeze=False)
-    flat = list(grid.ravel())
-    for ax in flat[n:]:
-        fig.delaxes(ax)
+    fig, flat = _panel_grid(len(table), panel_size=(3.6, 1.9))
     for ax, row in zip(flat, table.iter_rows(named=True), strict=False):
         ax.hlines(
             0,
@@ -730,14 +736,7 @@ def plot_prior_posterior(
         else:
             key = f"1|{name[3:]}"
             panels.append((f"sd of ({key})", spec.priors[key].describe(), pri, post, True))
-    n = len(panels)
-    ncols = min(3, n)
-    nrows = math.ceil(n / ncols)
-    fig = Figure(figsize=(3.8 * ncols, 2.7 * nrows + 0.5), layout="constrained")
-    grid = fig.subplots(nrows, ncols, squeeze=False)
-    flat = list(grid.ravel())
-    for ax in flat[n:]:
-        fig.delaxes(ax)
+    fig, flat = _panel_grid(len(panels), panel_size=(3.8, 2.7))
     for ax, (label, desc, pri, post, positive) in zip(flat, panels, strict=False):
         lo = min(float(np.quantile(pri, 0.005)), float(post.min()))
         hi = max(float(np.quantile(pri, 0.995)), float(post.max()))
