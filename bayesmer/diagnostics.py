@@ -19,6 +19,9 @@ RHAT_MAX = 1.01
 ESS_PER_CHAIN_MIN = 100
 EBFMI_MIN = 0.3
 
+#: Parameters diagnosed at once (bounds the memory of the vectorised estimators).
+DIAGNOSE_BLOCK = 128
+
 
 class ConvergenceWarning(UserWarning):
     """The sampler did not converge well enough to trust the numbers as they are."""
@@ -63,6 +66,15 @@ class Diagnostics:
         return float(self.table["ess_tail"].min())
 
 
+def _parameter_diagnostics(x: np.ndarray) -> tuple[np.ndarray, ...]:
+    """R-hat, bulk ESS, tail ESS and MCSE of the mean for draws of shape (k, chain, draw)."""
+    x = np.ascontiguousarray(x, dtype=float)
+    rhat, ess_bulk = rank_diagnostics(x)
+    ess_tail = ess_tail_quantiles(x, 0.05)
+    mcse = x.reshape(len(x), -1).std(axis=1, ddof=1) / np.sqrt(ess(_split_chains(x)))
+    return rhat, ess_bulk, ess_tail, mcse
+
+
 def _flatten(ds: xr.Dataset, names: list[str]) -> tuple[list[str], np.ndarray]:
     """Labels and (chain, draw, k) values of the named variables, one column per scalar."""
     labels: list[str] = []
@@ -94,13 +106,16 @@ def diagnose(posterior: xr.Dataset, sample_stats: xr.Dataset, names: list[str]) 
         Variables to check (the reported ones).
     """
     labels, values = _flatten(posterior, names)
-    arr = np.ascontiguousarray(np.moveaxis(values, -1, 0), dtype=float)  # (k, chain, draw)
-    rhat, ess_bulk = rank_diagnostics(arr)
-    ess_tail = ess_tail_quantiles(arr, 0.05)
-    split = _split_chains(arr)
-    mcse = arr.reshape(len(arr), -1).std(axis=1, ddof=1) / np.sqrt(ess(split))
+    arr = np.moveaxis(values, -1, 0)  # (k, chain, draw)
+    # In blocks of parameters, so the FFT and rank buffers stay small for many groups.
+    blocks = [
+        _parameter_diagnostics(arr[i : i + DIAGNOSE_BLOCK])
+        for i in range(0, len(arr), DIAGNOSE_BLOCK)
+    ]
+    columns = ("rhat", "ess_bulk", "ess_tail", "mcse")
     table = pl.DataFrame(
-        {"term": labels, "rhat": rhat, "ess_bulk": ess_bulk, "ess_tail": ess_tail, "mcse": mcse}
+        {"term": labels}
+        | {c: np.concatenate([b[j] for b in blocks]) for j, c in enumerate(columns)}
     )
     n_chains = posterior.sizes["chain"]
     div = sample_stats["diverging"].sum("draw").values.astype(int)
