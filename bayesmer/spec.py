@@ -24,7 +24,10 @@ from .formula import ParsedFormula
 from .priors import Prior, resolve_priors
 
 #: Information (approximate Fisher information about a group's mean on the link scale, from the
-#: observed data) at or above which a group's effect is sampled centred; below it non-centred.
+#: observed data) at or above which a group's effect may be sampled centred. A level is centred
+#: when its data are informative both absolutely (this bound) and relative to the spread of
+#: the groups (information x between-group variance >= 1: the data pin the level's mean
+#: down better than the population distribution does); otherwise it is non-centred.
 CENTRED_MIN_INFORMATION = 5.0
 
 
@@ -46,7 +49,7 @@ class GroupSpec:
         for Poisson (each with +0.5 continuity corrections).
     centred : np.ndarray of bool
         Per level, whether its effect is sampled centred (informative level) or non-centred
-        (see :mod:`bayesmer.pymc_model`).
+        (see :data:`CENTRED_MIN_INFORMATION` and :mod:`bayesmer.pymc_model`).
     """
 
     name: str
@@ -571,6 +574,22 @@ def _r_term_names(common: Any) -> list[str]:
     return names
 
 
+def between_group_variance(estimates: np.ndarray, variances: np.ndarray) -> float:
+    """DerSimonian-Laird estimate of the between-group variance on the link scale.
+
+    From each level's raw estimate and its sampling variance: zero unless the levels differ
+    more than their sampling noise explains (Cochran's Q above its degrees of freedom). It
+    ignores the fixed effects, so it errs on the large side when they differ between groups.
+    """
+    if len(estimates) < 2:
+        return 0.0
+    w = 1.0 / variances
+    mean = np.sum(w * estimates) / np.sum(w)
+    q = float(np.sum(w * (estimates - mean) ** 2))
+    scale = float(np.sum(w) - np.sum(w**2) / np.sum(w))
+    return max(0.0, (q - (len(estimates) - 1)) / scale)
+
+
 def _group_specs(
     groups: tuple[str, ...], levels: dict[str, list[str]], cells: pl.DataFrame, family: Family
 ) -> list[GroupSpec]:
@@ -582,10 +601,14 @@ def _group_specs(
         lv = levels[g]
         index = cells[g].cast(pl.Enum(lv)).to_physical().to_numpy().astype(np.int64)
         ys = np.bincount(index, weights=y, minlength=len(lv))
+        ns = np.bincount(index, weights=size, minlength=len(lv))
         if family.name == "binomial":
-            ns = np.bincount(index, weights=size, minlength=len(lv))
             info = (ys + 0.5) * (ns - ys + 0.5) / (ns + 1.0)
+            raw = np.log((ys + 0.5) / (ns - ys + 0.5))
         else:
             info = ys + 0.5
-        out.append(GroupSpec(g, lv, index, info, info >= CENTRED_MIN_INFORMATION))
+            raw = np.log((ys + 0.5) / ns)
+        tau2 = between_group_variance(raw, 1.0 / info)
+        centred = (info >= CENTRED_MIN_INFORMATION) & (info * tau2 >= 1.0)
+        out.append(GroupSpec(g, lv, index, info, centred))
     return out
