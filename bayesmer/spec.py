@@ -224,10 +224,6 @@ def to_lazy(data: Any) -> tuple[pl.LazyFrame, dict[str, list[str]]]:
     return lf, orders
 
 
-def _is_numeric(dtype: pl.DataType) -> bool:
-    return dtype.is_numeric()
-
-
 def _sorted_levels(values: pl.Series) -> list[str]:
     uniq = values.drop_nulls().unique()
     if uniq.dtype.is_numeric() or uniq.dtype == pl.Boolean:
@@ -288,7 +284,7 @@ def _response_expr(
     if family.name == "poisson":
         if resp.kind != "column":
             raise ValueError("cbind() responses are for the binomial family; Poisson takes counts.")
-        if not _is_numeric(schema[col]):
+        if not schema[col].is_numeric():
             raise ValueError(
                 f"Poisson outcome {col!r} must hold non-negative whole-number counts; it has "
                 f"type {schema[col]}."
@@ -318,7 +314,7 @@ def _response_expr(
     if resp.kind != "column":
         second = resp.second
         for c in resp.columns:
-            if not _is_numeric(schema[c]):
+            if not schema[c].is_numeric():
                 raise ValueError(f"cbind() column {c!r} must be numeric counts, has {schema[c]}.")
             if stats[f"{c}__min"] < 0:
                 raise ValueError(
@@ -341,7 +337,7 @@ def _response_expr(
     one = pl.lit(1, dtype=pl.Int64).alias(TRIALS)
     if dtype == pl.Boolean:
         return [pl.col(col).cast(pl.Int64).alias(Y), one], ("false", "true")
-    if _is_numeric(dtype):
+    if dtype.is_numeric():
         values = stats[f"{col}__values"]
         if not set(values) <= {0, 1}:
             shown = sorted(values)[:6]
@@ -418,10 +414,8 @@ def build_spec(
     not_missing = [pl.col(c).is_not_null() for c in cols]
     not_missing += [pl.col(c).is_not_nan() for c in cols if schema[c].is_float()]
     keep = pl.all_horizontal(not_missing)
-    stats_exprs: list[pl.Expr] = [pl.len().alias("__n_all"), keep.sum().alias("__n_keep")]
+    n_all, n = lf.select(pl.len(), keep.sum()).collect().row(0)  # one pass over the data
     clean = lf.filter(keep)
-    n = clean.select(pl.len()).collect().item()
-    n_all = lf.select(pl.len()).collect().item()
     n_dropped = n_all - n
     if n_all == 0:
         raise ValueError("The data has no rows.")
@@ -441,7 +435,7 @@ def build_spec(
     resp = parsed.response
     stats_exprs = []
     for c in [*resp.columns, parsed.exposure]:
-        if c is not None and _is_numeric(schema[c]):
+        if c is not None and schema[c].is_numeric():
             stats_exprs += [
                 pl.col(c).min().alias(f"{c}__min"),
                 (pl.col(c) == pl.col(c).round(0)).all().alias(f"{c}__whole")
@@ -470,7 +464,7 @@ def build_spec(
     factor_cols = [
         c
         for c in fixed_vars
-        if c in factors or not _is_numeric(schema[c]) or isinstance(schema[c], pl.Enum)
+        if c in factors or not schema[c].is_numeric() or isinstance(schema[c], pl.Enum)
     ]
     if any(c in parsed.groups for c in [resp.column]):
         raise ValueError(f"The outcome {resp.column!r} cannot also be a grouping column.")
