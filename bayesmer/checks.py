@@ -49,6 +49,16 @@ BAD_K = 1.0
 #: Largest number of floats held at once in a (draws x observations) block.
 BLOCK_VALUES = 2_000_000
 
+#: Columns of the table :func:`ppc` returns, in order.
+PPC_COLUMNS = (
+    "statistic",
+    "observed",
+    "replicated_mean",
+    "replicated_low",
+    "replicated_high",
+    "ppp",
+)
+
 _ROW, _OBS = "_row", "_obs"
 _TYPES = ("response", "link")
 _RE = ("zero", "marginal", "include")
@@ -819,7 +829,7 @@ def ppc(
                 "ppp": float(np.mean(rep >= observed[name])),
             }
         )
-    return pl.DataFrame(out)
+    return pl.DataFrame(out).select(PPC_COLUMNS)
 
 
 def simulate(model: Model, n: int = 1, random_seed: int | None = None) -> pl.DataFrame:

@@ -32,6 +32,7 @@ from matplotlib.figure import Figure
 from matplotlib.transforms import blended_transform_factory
 from scipy.stats import rankdata
 
+from .checks import PPC_COLUMNS
 from .draws import group_effects, group_sd, hdi, stacked
 
 if TYPE_CHECKING:
@@ -78,15 +79,6 @@ _CONTRAST_COLUMNS = {
     "ratio": "Ratio",
     "estimate": "Difference (link scale)",
 }
-#: Columns of the posterior predictive check table.
-_PPC_COLUMNS = (
-    "statistic",
-    "observed",
-    "replicated_mean",
-    "replicated_low",
-    "replicated_high",
-    "ppp",
-)
 
 _POINT = "#1f4e79"
 _OBSERVED = "#c0392b"
@@ -618,7 +610,7 @@ def ppc_figure(table: pl.DataFrame, max_panels: int = 12) -> Figure:
     matplotlib.figure.Figure
         One axes per statistic, or one axes in all when there are more than ``max_panels``.
     """
-    missing = [c for c in _PPC_COLUMNS if c not in table.columns]
+    missing = [c for c in PPC_COLUMNS if c not in table.columns]
     if missing:
         raise ValueError(f"Not a ppc table: columns {missing} are missing ({table.columns}).")
     if not isinstance(max_panels, int) or max_panels < 1:
