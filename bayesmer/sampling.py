@@ -31,28 +31,37 @@ import nutpie.compile_pymc
 import pymc as pm
 import xarray as xr
 
-from .spec import ModelSpec
+from .spec import CENTRED_MIN_INFORMATION, ModelSpec
 
-#: Target acceptance when a grouping factor has fewer levels than this (the sd posterior then
-#: has a long tail that needs small steps).
+#: Target acceptance is raised when a grouping factor has fewer levels than this (the sd
+#: posterior then has a long tail that needs small steps).
 FEW_GROUPS = 10
 
 
 def default_sampler_kwargs(spec: ModelSpec) -> dict[str, Any]:
     """nutpie settings chosen from the specification.
 
-    - ``target_accept``: 0.95 when a grouping factor has fewer than :data:`FEW_GROUPS` levels
-      (its sd posterior then has a long tail that needs small steps), otherwise nutpie's 0.8
-      (with many groups the sd is well identified; 0.9 cost 25% more gradient evaluations
-      for 1,000 groups with no gain in ESS per second).
+    - ``target_accept``: nutpie's 0.8 with many groups (their sd is well identified; 0.9 cost
+      25% more gradient evaluations for 1,000 groups with no gain in ESS per second). With a
+      grouping factor of fewer than :data:`FEW_GROUPS` levels its sd posterior has a long
+      tail: 0.95, and 0.98 when that factor also has informative levels sampled non-centred
+      (its groups do not clearly differ, see :data:`bayesmer.spec.CENTRED_MAX_P_VALUE`):
+      then the sd posterior reaches from zero, where centred levels would funnel, to values
+      where the non-centred informative levels do. Measured on 400 Bernoulli rows in 6
+      unequal groups without group variance, 12 data sets: 5 divergences in 48,000 draws at
+      0.95, none at 0.98, for about 1.5 times the gradient evaluations of a sub-second fit.
     - ``adaptation='low_rank'`` with two or more grouping factors: only one factor can carry
       the intercept, so the mean of the others' effects trades off against it along one
       direction, which nutpie's low-rank mass matrix learns (measured on crossed synthetic
       data: min bulk ESS 600-870 instead of 60-95 with the diagonal mass matrix).
     """
     out: dict[str, Any] = {"target_accept": 0.8}
-    if spec.groups and min(len(g.levels) for g in spec.groups) < FEW_GROUPS:
-        out["target_accept"] = 0.95
+    few = [g for g in spec.groups if len(g.levels) < FEW_GROUPS]
+    if few:
+        both_funnels = any(
+            ((g.information >= CENTRED_MIN_INFORMATION) & ~g.centred).any() for g in few
+        )
+        out["target_accept"] = 0.98 if both_funnels else 0.95
     if len(spec.groups) >= 2:
         out["adaptation"] = "low_rank"
     return out

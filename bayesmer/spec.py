@@ -16,6 +16,7 @@ import formulae
 import numpy as np
 import pandas as pd
 import polars as pl
+from scipy import stats
 
 from .collapse import EXPOSURE, ROWS, TRIALS, Collapsed, Y, collapse
 from .diagnostics import PACKAGE_DIR
@@ -26,9 +27,19 @@ from .priors import Prior, resolve_priors
 #: Information (approximate Fisher information about a group's mean on the link scale, from the
 #: observed data) at or above which a group's effect may be sampled centred. A level is centred
 #: when its data are informative both absolutely (this bound) and relative to the spread of
-#: the groups (information x between-group variance >= 1: the data pin the level's mean
-#: down better than the population distribution does); otherwise it is non-centred.
+#: the groups (information x a low estimate of the between-group variance >= 1: the data pin the
+#: level's mean down better than the population distribution does), and the groups clearly
+#: differ (see :data:`CENTRED_MAX_P_VALUE`); otherwise it is non-centred.
 CENTRED_MIN_INFORMATION = 5.0
+
+#: p-value of Cochran's Q test of equal levels at or above which no level of a factor is
+#: centred: the groups must clearly differ. Otherwise the group sd's posterior reaches down to
+#: zero, where a centred level's mean (and the intercept it carries) is squeezed against its
+#: centre: a funnel. Measured on 400 Bernoulli rows in 6 unequal groups (4 chains x 1000
+#: draws): with no group variance one level centred on a Q-test p of 0.08 gave 46
+#: divergences, all non-centred none; with group sd 0.5, p = 0.049 gave 27 divergences
+#: (all non-centred: 0-1), p = 0.012 and 0.007 gave 4 and 2, p <= 0.0002 none.
+CENTRED_MAX_P_VALUE = 0.001
 
 
 @dataclass(frozen=True)
@@ -568,20 +579,37 @@ def _r_term_names(common: Any) -> list[str]:
     return names
 
 
-def between_group_variance(estimates: np.ndarray, variances: np.ndarray) -> float:
-    """DerSimonian-Laird estimate of the between-group variance on the link scale.
+def heterogeneity(estimates: np.ndarray, variances: np.ndarray) -> tuple[float, float, float]:
+    """How much levels' raw link-scale estimates differ beyond their sampling noise.
 
-    From each level's raw estimate and its sampling variance: zero unless the levels differ
-    more than their sampling noise explains (Cochran's Q above its degrees of freedom). It
-    ignores the fixed effects, so it errs on the large side when they differ between groups.
+    With Cochran's ``Q = sum(w (estimate - weighted mean)^2)``, ``w = 1 / variance`` and
+    ``df = levels - 1``:
+
+    - ``tau2``: DerSimonian-Laird between-group variance,
+      ``max(0, (Q - df) / (sum(w) - sum(w^2) / sum(w)))``;
+    - ``tau2_low``: a low value of it, ``tau2 * chi2.ppf(0.1, df) / df`` (the 10% point of a
+      variance estimated on ``df`` degrees of freedom): with few levels the group sd's
+      posterior reaches far below its point estimate;
+    - ``p_value``: of the Q test of equal levels (Q ~ chi-square on ``df``).
+
+    They ignore the fixed effects, so they err on the large side when those differ between
+    groups.
+
+    Returns
+    -------
+    tau2, tau2_low, p_value : float
     """
-    if len(estimates) < 2:
-        return 0.0
+    df = len(estimates) - 1
+    if df < 1:
+        return 0.0, 0.0, 1.0
     w = 1.0 / variances
     mean = np.sum(w * estimates) / np.sum(w)
     q = float(np.sum(w * (estimates - mean) ** 2))
-    scale = float(np.sum(w) - np.sum(w**2) / np.sum(w))
-    return max(0.0, (q - (len(estimates) - 1)) / scale)
+    p_value = float(stats.chi2.sf(q, df))
+    if q <= df:
+        return 0.0, 0.0, p_value
+    tau2 = (q - df) / float(np.sum(w) - np.sum(w**2) / np.sum(w))
+    return tau2, tau2 * float(stats.chi2.ppf(0.1, df)) / df, p_value
 
 
 def _group_specs(
@@ -602,7 +630,11 @@ def _group_specs(
         else:
             info = ys + 0.5
             raw = np.log((ys + 0.5) / ns)
-        tau2 = between_group_variance(raw, 1.0 / info)
-        centred = (info >= CENTRED_MIN_INFORMATION) & (info * tau2 >= 1.0)
+        _, tau2_low, p_value = heterogeneity(raw, 1.0 / info)
+        centred = (
+            (info >= CENTRED_MIN_INFORMATION)
+            & (info * tau2_low >= 1.0)
+            & (p_value < CENTRED_MAX_P_VALUE)
+        )
         out.append(GroupSpec(g, lv, index, info, centred))
     return out
