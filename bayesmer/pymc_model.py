@@ -2,25 +2,36 @@
 
 The parametrization is chosen for the sampler, the reported quantities are the usual ones:
 
-- Non-intercept predictors are centred (at their mean over the data rows) so the intercept and
-  the slopes are nearly uncorrelated; the reported ``(Intercept)`` is shifted back.
+- Non-intercept predictors are centred (at their mean over the data rows) when the model has
+  an intercept, so the intercept and the slopes are nearly uncorrelated; the reported
+  ``(Intercept)`` is shifted back.
 - Hierarchical centring: the grouping factor with the most informative levels carries the
-  intercept, ``m_g ~ Normal(Intercept + W_g @ b_between, sd_g)`` with linear predictor
-  ``m_g[group] + Xc_within @ b_within``, where the ``W`` columns are the predictors constant
-  within every group (group-level predictors, such as a year that each brood belongs to).
-  This removes the intercept/group-mean ridge that makes the usual forms mix slowly.
+  intercept, ``m_g ~ Normal(Intercept + Xbar_g @ b, sd_g)``, and the linear predictor is
+  ``m_g[group] + (X - Xbar_g[group]) @ b``, where ``Xbar_g`` is each group's mean of the
+  (centred) predictors. The same model as ``Intercept + X @ b + u_g[group]``, without its
+  ridges: the intercept and the group means do not trade off, and neither do the slopes and
+  the group means (a predictor constant within groups, such as the year each brood belongs
+  to, enters the group means only).
+- Nesting: a factor whose every level lies within one level of another (broods within
+  locations, observations within broods) is centred on its parent's means,
+  ``m_child ~ Normal(m_parent[parent] + (Xbar_child - Xbar_parent[parent]) @ b, sd_child)``,
+  and only the innermost factor of such a chain enters the linear predictor. Factors not
+  nested in the carrier's chain are deviations around zero, nested among themselves the same
+  way.
 - Per level, the choice between centred (``m ~ Normal(centre, sd)``) and non-centred
   (``m = centre + sd * z``) follows how much information the level's own data carry (see
   :data:`bayesmer.spec.CENTRED_MIN_INFORMATION`): informative levels centred, weakly informed
-  levels non-centred. Other grouping factors are treated the same way around zero.
+  levels non-centred.
 
 Whatever the parametrization, the posterior holds the same reported variables:
 ``b`` (dims ``term``: every fixed coefficient, ``(Intercept)`` included, on the scale of the
 data), and per grouping factor ``g``: ``sd_g`` (the group sd) and ``u_g`` (dims ``g_level``: the
-group deviations, lme4's ranef).
+group deviations ``m_g - centre``, lme4's ranef).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import pymc as pm
@@ -32,18 +43,71 @@ from .spec import GroupSpec, ModelSpec
 OBSERVED = "loglik"
 
 
-def carrier(spec: ModelSpec) -> GroupSpec | None:
-    """The grouping factor whose group means carry the intercept, if any.
+@dataclass(frozen=True)
+class Nesting:
+    """A grouping factor's place in the model.
 
-    The factor with the most centred levels; none when no level of any factor is informative
-    enough to be centred.
+    Attributes
+    ----------
+    group : GroupSpec
+    parent : GroupSpec or None
+        The factor it is nested in and centred on (None: a root).
+    parent_level : np.ndarray or None
+        Per level of ``group``, the index of its level of ``parent``.
+    innermost : bool
+        Whether no factor is centred on this one (its means enter the linear predictor).
+    carries : bool
+        Whether it is in the chain that carries the intercept.
     """
-    if not spec.has_intercept:
-        return None
-    candidates = [g for g in spec.groups if g.centred.any()]
-    if not candidates:
-        return None
-    return max(candidates, key=lambda g: (int(g.centred.sum()), float(g.information.sum())))
+
+    group: GroupSpec
+    parent: GroupSpec | None
+    parent_level: np.ndarray | None
+    innermost: bool
+    carries: bool
+
+
+def nesting(spec: ModelSpec) -> list[Nesting]:
+    """The grouping factors in chains of nesting (see :attr:`GroupSpec.parent`), parents first.
+
+    The chain with the most centred levels carries the intercept (none when no level is
+    centred or the model has no intercept).
+    """
+    by_name = {g.name: g for g in spec.groups}
+    child = {g.parent: g for g in spec.groups if g.parent is not None}
+
+    def chain(root: GroupSpec) -> list[GroupSpec]:
+        out = [root]
+        while out[-1].name in child:
+            out.append(child[out[-1].name])
+        return out
+
+    chains = [chain(g) for g in spec.groups if g.parent is None]
+    carried: set[str] = set()
+    if spec.has_intercept:
+        scored = [
+            (sum(int(g.centred.sum()) for g in c), sum(float(g.information.sum()) for g in c), c)
+            for c in chains
+        ]
+        scored = [t for t in scored if t[0] > 0]
+        if scored:
+            carried = {g.name for g in max(scored, key=lambda t: (t[0], t[1]))[2]}
+    return [
+        Nesting(
+            group=g,
+            parent=by_name[g.parent] if g.parent is not None else None,
+            parent_level=g.parent_level,
+            innermost=g.name not in child,
+            carries=g.name in carried,
+        )
+        for c in chains
+        for g in c
+    ]
+
+
+def carrier(spec: ModelSpec) -> GroupSpec | None:
+    """The outermost grouping factor of the chain that carries the intercept, if any."""
+    return next((n.group for n in nesting(spec) if n.carries and n.parent is None), None)
 
 
 def coords(spec: ModelSpec) -> dict[str, list[str]]:
@@ -55,6 +119,17 @@ def coords(spec: ModelSpec) -> dict[str, list[str]]:
     for g in spec.groups:
         out[g.dim] = list(g.levels)
     return out
+
+
+def _predictor_means(
+    values: np.ndarray, index: np.ndarray, n_levels: int, weights: np.ndarray
+) -> np.ndarray:
+    """Weighted mean of each column of ``values`` per group (levels x columns)."""
+    total = np.bincount(index, weights=weights, minlength=n_levels)
+    out = np.zeros((n_levels, values.shape[1]))
+    for j in range(values.shape[1]):
+        out[:, j] = np.bincount(index, weights=weights * values[:, j], minlength=n_levels)
+    return out / total[:, None]
 
 
 def build_model(spec: ModelSpec, prior_only: bool = False) -> pm.Model:
@@ -74,43 +149,57 @@ def build_model(spec: ModelSpec, prior_only: bool = False) -> pm.Model:
     rows = spec.rows.astype(float)
     slope_idx = [j for j, t in enumerate(spec.terms) if t != "(Intercept)"]
     slopes = [spec.terms[j] for j in slope_idx]
-    xbar = np.average(X[:, slope_idx], axis=0, weights=rows) if slope_idx else np.zeros(0)
+    # Centring the predictors is a reparametrization only when an intercept absorbs it.
+    if slope_idx and spec.has_intercept:
+        xbar = np.average(X[:, slope_idx], axis=0, weights=rows)
+    else:
+        xbar = np.zeros(len(slope_idx))
     Xc = X[:, slope_idx] - xbar
-    top = carrier(spec)
-
-    # Slopes of predictors constant within every group of the carrier enter the group means
-    # (mu_g ~ Normal(Intercept + W_g @ b, sd)), the others the observation level.
-    between = (
-        _group_level_columns(Xc, top.index, len(top.levels))
-        if top
-        else np.zeros(len(slopes), dtype=bool)
-    )
+    layout = nesting(spec)
+    # Per carrying factor, its groups' predictor means (what its centres carry).
+    xbar_g = {
+        n.group.name: _predictor_means(Xc, n.group.index, len(n.group.levels), rows)
+        for n in layout
+        if n.carries
+    }
 
     with pm.Model(coords=coords(spec)) as model:
         eta = pt.zeros(X.shape[0])
         beta = _slope_vector(spec, slopes) if slopes else None
-        if slopes and (~between).any():
-            eta = eta + pt.dot(Xc[:, ~between], beta[np.flatnonzero(~between)])
-        if spec.has_intercept:
-            alpha = spec.priors["(Intercept)"].make("Intercept_c")
-            if top is None:
+        alpha = spec.priors["(Intercept)"].make("Intercept_c") if spec.has_intercept else None
+        innermost_carrier = next((n for n in layout if n.carries and n.innermost), None)
+        if innermost_carrier is None:
+            if alpha is not None:
                 eta = eta + alpha
-        for g in spec.groups:
+            if slopes:
+                eta = eta + pt.dot(Xc, beta)
+        elif slopes:
+            within = Xc - xbar_g[innermost_carrier.group.name][innermost_carrier.group.index]
+            eta = eta + _dot_nonzero(within, beta)
+        means: dict[str, pt.TensorVariable] = {}
+        for n in layout:
+            g = n.group
             sd = spec.priors[f"1|{g.name}"].make(g.sd_name)
-            centre = 0.0
-            if g is top:
-                centre = alpha
-                if between.any():
-                    W = _group_rows(Xc[:, between], g.index, len(g.levels))
-                    centre = alpha + pt.dot(W, beta[np.flatnonzero(between)])
+            centre = pt.zeros(len(g.levels))
+            if n.parent is not None:
+                centre = means[n.parent.name][n.parent_level]
+            if n.carries:
+                shift = xbar_g[g.name]
+                if n.parent is None:
+                    centre = centre + alpha
+                else:
+                    shift = shift - xbar_g[n.parent.name][n.parent_level]
+                if slopes:
+                    centre = centre + _dot_nonzero(shift, beta)
             level_mean = _group_means(g, centre, sd)
-            u = level_mean - centre
-            eta = eta + level_mean[g.index]
-            pm.Deterministic(g.effect_name, u, dims=g.dim)
+            means[g.name] = level_mean
+            pm.Deterministic(g.effect_name, level_mean - centre, dims=g.dim)
+            if n.innermost:
+                eta = eta + level_mean[g.index]
         b = pt.zeros(len(spec.terms))
         if slopes:
             b = pt.set_subtensor(b[slope_idx], beta)
-        if spec.has_intercept:
+        if alpha is not None:
             intercept = alpha - pt.dot(xbar, beta) if slopes else alpha
             b = pt.set_subtensor(b[spec.terms.index("(Intercept)")], intercept)
         pm.Deterministic("b", b, dims="term")
@@ -121,6 +210,19 @@ def build_model(spec: ModelSpec, prior_only: bool = False) -> pm.Model:
                 eta = eta + offset
             pm.Potential(OBSERVED, _log_likelihood(spec, eta))
     return model
+
+
+def _dot_nonzero(values: np.ndarray, beta):
+    """``values @ beta`` over the columns of ``values`` that are not all (numerically) zero.
+
+    Within-group centred columns of predictors constant within groups are zero up to
+    rounding: they are left out exactly.
+    """
+    scale = 1.0 + np.abs(values).max(axis=0, initial=0.0)
+    keep = np.flatnonzero(np.abs(values).max(axis=0, initial=0.0) > 1e-12 * scale)
+    if len(keep) == 0:
+        return pt.zeros(values.shape[0])
+    return pt.dot(values[:, keep], beta[keep])
 
 
 def _slope_vector(spec: ModelSpec, slopes: list[str]):
@@ -140,24 +242,6 @@ def _slope_vector(spec: ModelSpec, slopes: list[str]):
         return mu + sigma * z
     parts = [p.make(f"b_c[{t}]") for t, p in zip(slopes, priors, strict=True)]
     return pt.stack(parts)
-
-
-def _group_level_columns(Xc: np.ndarray, index: np.ndarray, n_levels: int) -> np.ndarray:
-    """Which columns are constant within every group (group-level predictors)."""
-    if Xc.shape[1] == 0:
-        return np.zeros(0, dtype=bool)
-    lo = np.full((n_levels, Xc.shape[1]), np.inf)
-    hi = np.full((n_levels, Xc.shape[1]), -np.inf)
-    np.minimum.at(lo, index, Xc)
-    np.maximum.at(hi, index, Xc)
-    return np.all(hi - lo <= 1e-12 * (1 + np.abs(hi)), axis=0)
-
-
-def _group_rows(W: np.ndarray, index: np.ndarray, n_levels: int) -> np.ndarray:
-    """The value of each group-level column in each group (levels x columns)."""
-    out = np.zeros((n_levels, W.shape[1]))
-    out[index] = W
-    return out
 
 
 def _group_means(g: GroupSpec, centre, sd):

@@ -1,5 +1,5 @@
 """The PyMC model: its likelihood equals the exact one up to a constant, and the
-parametrization (centring, group-level predictors) reports the usual quantities."""
+parametrization (centring, nesting, within-group predictors) reports the usual quantities."""
 
 import numpy as np
 import polars as pl
@@ -7,9 +7,9 @@ import pytest
 from scipy import stats
 
 from bayesmer import ConvergenceWarning, glm, glmer
-from bayesmer.pymc_model import OBSERVED, _group_level_columns, build_model, carrier
+from bayesmer.pymc_model import OBSERVED, build_model, carrier, nesting
 from bayesmer.sampling import default_sampler_kwargs
-from bayesmer.spec import heterogeneity
+from bayesmer.spec import heterogeneity, parent_levels
 
 
 def _potential_and_eta(model, spec, point):
@@ -59,14 +59,69 @@ def test_poisson_potential_is_exact_loglik_up_to_a_constant(grouseticks):
     assert pot1 - pot2 == pytest.approx(ex1 - ex2, rel=1e-9, abs=1e-7)
 
 
-def test_group_level_predictors_are_detected(grouseticks, titanic):
-    """Broods are nested in YEAR and sit at one altitude: both enter the brood means."""
-    spec = glmer("TICKS ~ YEAR + cHEIGHT + (1|BROOD)", grouseticks, family="poisson").spec
-    g = spec.groups[0]
-    assert _group_level_columns(spec.X[:, 1:], g.index, len(g.levels)).all()
-    spec = glmer("survived ~ sex + (1|pclass)", titanic).spec
-    g = spec.groups[0]
-    assert not _group_level_columns(spec.X[:, 1:], g.index, len(g.levels)).any()
+def test_nesting_of_grouping_factors(grouseticks, titanic):
+    """Observations within broods within locations form one chain; crossed factors do not."""
+    spec = glmer(
+        "TICKS ~ YEAR + cHEIGHT + (1|LOCATION) + (1|INDEX) + (1|BROOD)",
+        grouseticks,
+        family="poisson",
+    ).spec
+    layout = {n.group.name: n for n in nesting(spec)}
+    assert [n.group.name for n in nesting(spec)] == ["LOCATION", "BROOD", "INDEX"]
+    assert layout["LOCATION"].parent is None
+    assert layout["BROOD"].parent.name == "LOCATION"
+    assert layout["INDEX"].parent.name == "BROOD"
+    assert [n.innermost for n in layout.values()] == [False, False, True]
+    assert all(n.carries for n in layout.values())
+    assert carrier(spec).name == "LOCATION"
+    # the outermost factor is non-centred; nested (not crossed) factors keep nutpie's
+    # diagonal mass matrix
+    assert layout["LOCATION"].group.parametrization == "noncentered"
+    assert layout["BROOD"].group.centred.any()
+    assert "adaptation" not in default_sampler_kwargs(spec)
+    # each brood's location, as in the data
+    brood, location = layout["BROOD"].group, layout["LOCATION"].group
+    pairs = grouseticks.select("BROOD", "LOCATION").unique()
+    want = dict(zip(pairs["BROOD"].cast(str), pairs["LOCATION"].cast(str), strict=True))
+    got = parent_levels(brood.index, location.index, len(brood.levels))
+    assert {brood.levels[i]: location.levels[j] for i, j in enumerate(got)} == want
+    assert parent_levels(location.index, brood.index, len(location.levels)) is None
+
+    spec = glmer("survived ~ sex + (1|pclass) + (1|who)", titanic).spec
+    layout = nesting(spec)
+    assert all(n.parent is None and n.innermost for n in layout)
+    assert sum(n.carries for n in layout) == 1
+
+
+def test_nested_within_centred_model_is_the_usual_glmm(grouseticks):
+    """Whatever the nesting and centring, the likelihood sees X @ b + sum of u[group]."""
+    spec = glmer(
+        "TICKS ~ YEAR * cHEIGHT + (1|LOCATION) + (1|BROOD) + (1|INDEX)",
+        grouseticks,
+        family="poisson",
+    ).spec
+    model = build_model(spec)
+    values = []
+    for point in _random_points(model, seed=3):
+        pot, eta = _potential_and_eta(model, spec, point)
+        y = spec.y.astype(float)
+        values.append((pot, float(np.sum(y * eta - np.exp(eta)))))
+    for pot, exact in values:
+        assert pot == pytest.approx(exact, rel=1e-10)
+
+
+def test_no_intercept_model_is_not_centred():
+    """``0 + x``: centring x would silently add an intercept's worth of freedom."""
+    rng = np.random.default_rng(0)
+    x = rng.choice([1.0, 2.0, 3.0], 500)
+    y = rng.binomial(1, 1 / (1 + np.exp(-(0.5 * x - 1.0))))
+    spec = glm("y ~ 0 + x", pl.DataFrame({"y": y, "x": x})).spec
+    model = build_model(spec)
+    point = _random_points(model, seed=1)[0]
+    pot, eta = _potential_and_eta(model, spec, point)  # eta = X @ b, b as reported
+    n = spec.size.astype(float)
+    exact = float(np.sum(spec.y * eta - n * np.logaddexp(0.0, eta)))
+    assert pot == pytest.approx(exact, rel=1e-10)
 
 
 def test_centring_follows_information_per_level():
