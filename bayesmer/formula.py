@@ -160,8 +160,11 @@ def parse_formula(formula: str) -> ParsedFormula:
             )
         if not re.fullmatch(_IDENT, group):
             raise ValueError(
-                f"Random-effect term {m.group(0)!r}: the grouping must be one column "
-                "(nested '/' or ':' groupings are not supported yet; make a combined column)."
+                f"Random-effect term {m.group(0)!r}: the grouping must be one column. For "
+                "nested groups write one term per level, e.g. (1|site) + (1|plot): bayesmer "
+                "finds the nesting in the data when the inner labels are unique across the "
+                "outer ones (otherwise make a combined column first); ':' groupings are not "
+                "supported."
             )
         if group in groups:
             raise ValueError(f"The grouping column {group!r} appears twice in {formula!r}.")

@@ -44,7 +44,7 @@ def test_offsets():
     [
         ("y ~ x + (x | g)", "random slopes are not supported yet"),
         ("y ~ x + (1 + x | g)", "random slopes are not supported yet"),
-        ("y ~ x + (1 | g/h)", "nested"),
+        ("y ~ x + (1 | g/h)", r"For nested groups write one term per level, e.g. \(1\|site\)"),
         ("y ~ x + (1 || g)", "'\\|\\|' is not supported"),
         ("y ~ x + (1|g) + (1|g)", "appears twice"),
         ("y ~ log(x)", "Function calls"),
