@@ -50,10 +50,7 @@ class Nesting:
     Attributes
     ----------
     group : GroupSpec
-    parent : GroupSpec or None
-        The factor it is nested in and centred on (None: a root).
-    parent_level : np.ndarray or None
-        Per level of ``group``, the index of its level of ``parent``.
+        With the factor it is nested in and centred on, if any (``group.parent``).
     innermost : bool
         Whether no factor is centred on this one (its means enter the linear predictor).
     carries : bool
@@ -61,8 +58,6 @@ class Nesting:
     """
 
     group: GroupSpec
-    parent: GroupSpec | None
-    parent_level: np.ndarray | None
     innermost: bool
     carries: bool
 
@@ -73,7 +68,6 @@ def nesting(spec: ModelSpec) -> list[Nesting]:
     The chain with the most centred levels carries the intercept (none when no level is
     centred or the model has no intercept).
     """
-    by_name = {g.name: g for g in spec.groups}
     child = {g.parent: g for g in spec.groups if g.parent is not None}
 
     def chain(root: GroupSpec) -> list[GroupSpec]:
@@ -93,13 +87,7 @@ def nesting(spec: ModelSpec) -> list[Nesting]:
         if scored:
             carried = {g.name for g in max(scored, key=lambda t: (t[0], t[1]))[2]}
     return [
-        Nesting(
-            group=g,
-            parent=by_name[g.parent] if g.parent is not None else None,
-            parent_level=g.parent_level,
-            innermost=g.name not in child,
-            carries=g.name in carried,
-        )
+        Nesting(group=g, innermost=g.name not in child, carries=g.name in carried)
         for c in chains
         for g in c
     ]
@@ -107,7 +95,7 @@ def nesting(spec: ModelSpec) -> list[Nesting]:
 
 def carrier(spec: ModelSpec) -> GroupSpec | None:
     """The outermost grouping factor of the chain that carries the intercept, if any."""
-    return next((n.group for n in nesting(spec) if n.carries and n.parent is None), None)
+    return next((n.group for n in nesting(spec) if n.carries and n.group.parent is None), None)
 
 
 def coords(spec: ModelSpec) -> dict[str, list[str]]:
@@ -181,14 +169,14 @@ def build_model(spec: ModelSpec, prior_only: bool = False) -> pm.Model:
             g = n.group
             sd = spec.priors[f"1|{g.name}"].make(g.sd_name)
             centre = pt.zeros(len(g.levels))
-            if n.parent is not None:
-                centre = means[n.parent.name][n.parent_level]
+            if g.parent is not None:
+                centre = means[g.parent][g.parent_level]
             if n.carries:
                 shift = xbar_g[g.name]
-                if n.parent is None:
+                if g.parent is None:
                     centre = centre + alpha
                 else:
-                    shift = shift - xbar_g[n.parent.name][n.parent_level]
+                    shift = shift - xbar_g[g.parent][g.parent_level]
                 if slopes:
                     centre = centre + _dot_nonzero(shift, beta)
             level_mean = _group_means(g, centre, sd)
@@ -213,13 +201,12 @@ def build_model(spec: ModelSpec, prior_only: bool = False) -> pm.Model:
 
 
 def _dot_nonzero(values: np.ndarray, beta):
-    """``values @ beta`` over the columns of ``values`` that are not all (numerically) zero.
+    """``values @ beta``, leaving out the columns of ``values`` that are zero up to rounding.
 
-    Within-group centred columns of predictors constant within groups are zero up to
-    rounding: they are left out exactly.
+    A predictor constant within groups is zero once centred within them (up to rounding of
+    the group means, far below the 1e-9 used here): it is left out exactly.
     """
-    scale = 1.0 + np.abs(values).max(axis=0, initial=0.0)
-    keep = np.flatnonzero(np.abs(values).max(axis=0, initial=0.0) > 1e-12 * scale)
+    keep = np.flatnonzero(np.abs(values).max(axis=0, initial=0.0) > 1e-9)
     if len(keep) == 0:
         return pt.zeros(values.shape[0])
     return pt.dot(values[:, keep], beta[keep])

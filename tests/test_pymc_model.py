@@ -68,9 +68,9 @@ def test_nesting_of_grouping_factors(grouseticks, titanic):
     ).spec
     layout = {n.group.name: n for n in nesting(spec)}
     assert [n.group.name for n in nesting(spec)] == ["LOCATION", "BROOD", "INDEX"]
-    assert layout["LOCATION"].parent is None
-    assert layout["BROOD"].parent.name == "LOCATION"
-    assert layout["INDEX"].parent.name == "BROOD"
+    assert layout["LOCATION"].group.parent is None
+    assert layout["BROOD"].group.parent == "LOCATION"
+    assert layout["INDEX"].group.parent == "BROOD"
     assert [n.innermost for n in layout.values()] == [False, False, True]
     assert all(n.carries for n in layout.values())
     assert carrier(spec).name == "LOCATION"
@@ -89,7 +89,7 @@ def test_nesting_of_grouping_factors(grouseticks, titanic):
 
     spec = glmer("survived ~ sex + (1|pclass) + (1|who)", titanic).spec
     layout = nesting(spec)
-    assert all(n.parent is None and n.innermost for n in layout)
+    assert all(n.group.parent is None and n.innermost for n in layout)
     assert sum(n.carries for n in layout) == 1
 
 
