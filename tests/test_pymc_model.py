@@ -200,6 +200,13 @@ def test_heterogeneity_by_hand():
     tau2, tau2_low, p = heterogeneity(np.array([0.0, 0.1, -0.1]), np.full(3, 0.1))
     assert (tau2, tau2_low) == (0.0, 0.0) and p > 0.5
     assert heterogeneity(np.array([0.3]), np.array([0.1])) == (0.0, 0.0, 1.0)
+    # nested: levels against their parent's mean (parents' means 1 and 6): Q = 10 * 4 = 40 on
+    # df = 4 levels - 2 parents, sum(w) - sum over parents of sum(w^2) / sum(w) = 40 - 20
+    tau2, _, p = heterogeneity(
+        np.array([0.0, 2.0, 5.0, 7.0]), np.full(4, 0.1), within=np.array([0, 0, 1, 1])
+    )
+    assert tau2 == pytest.approx((40 - 2) / 20, rel=1e-12)
+    assert p == pytest.approx(np.exp(-20.0), rel=1e-9)
 
 
 def _six_unequal_groups(seed: int, sd: float) -> pl.DataFrame:
