@@ -302,7 +302,8 @@ class Model:
             + (f"; {spec.n_dropped} rows dropped for missing values" if spec.n_dropped else ""),
         ]
         for g in spec.groups:
-            header.append(f"Groups: {g.name} {len(g.levels)} ({g.parametrization})")
+            within = f" within {g.parent}" if g.parent else ""
+            header.append(f"Groups: {g.name} {len(g.levels)}{within} ({g.parametrization})")
         header.append(
             f"Sampler: nutpie NUTS, {self.chains} chains x {self.draws} draws "
             f"(tune {self.tune}), seed {self.random_seed}"

@@ -227,3 +227,7 @@ def test_nested_grouse_factors_sample_well(grouseticks):
     assert model.diagnostics["ess_bulk"].min() >= 250
     problems = [str(w.message) for w in caught if issubclass(w.category, ConvergenceWarning)]
     assert all("sd_LOCATION" in p for p in problems)
+    with pytest.warns(UserWarning, match="Pareto k > 0.7"):  # overdispersed counts
+        header = str(model.summary())
+    assert "Groups: BROOD 118 within LOCATION (mixed (59 of 118 centred))" in header
+    assert "Groups: LOCATION 63 (noncentered)" in header
