@@ -234,22 +234,21 @@ def _slope_vector(spec: ModelSpec, slopes: list[str]):
 def _group_means(g: GroupSpec, centre, sd):
     """Group means ``centre + u_g``, centred for informative levels, non-centred for the rest.
 
+    ``centre`` is a vector with one entry per level.
+
     Informative levels get ``m ~ Normal(centre, sd)`` (their data pin ``m`` down, so the
     sampler sees a well-conditioned variable); weakly informed levels get
     ``m = centre + sd * z`` with ``z ~ Normal(0, 1)`` (no funnel between ``sd`` and ``m``).
     """
-    n = len(g.levels)
     strong = np.flatnonzero(g.centred)
     weak = np.flatnonzero(~g.centred)
-    centre = pt.as_tensor_variable(centre)
-    centre_v = pt.broadcast_to(centre, (n,)) if centre.ndim == 0 else centre
-    m = pt.zeros(n)
+    m = pt.zeros(len(g.levels))
     if len(strong):
-        g_s = pm.Normal(f"m_{g.name}", centre_v[strong], sd, shape=len(strong))
+        g_s = pm.Normal(f"m_{g.name}", centre[strong], sd, shape=len(strong))
         m = pt.set_subtensor(m[strong], g_s)
     if len(weak):
         z = pm.Normal(f"z_{g.name}", 0.0, 1.0, shape=len(weak))
-        m = pt.set_subtensor(m[weak], centre_v[weak] + sd * z)
+        m = pt.set_subtensor(m[weak], centre[weak] + sd * z)
     return m
 
 
