@@ -27,7 +27,7 @@ from scipy import special
 from .collapse import ROWS
 from .draws import fixed, group_effects, group_sd, hdi, prob_direction
 from .families import Family
-from .spec import GroupSpec, ModelSpec
+from .spec import GroupSpec, ModelSpec, parent_levels
 
 if TYPE_CHECKING:
     from .models import Model
@@ -228,20 +228,25 @@ def empredict(
         handled as in :func:`emmeans`: numeric covariates at their mean, factors averaged on
         the link scale with equal weights. A grouping column of the random effects may be
         named too: its groups' estimated effects are then added (predictions for those
-        groups). ``at='data'`` predicts at every distinct combination of the fixed-effect
-        predictors observed in the data.
+        groups), together with the effects of the groups it is nested in (found from the
+        data: a brood's location), whose column is added to the result; naming both a nested
+        factor and its parent keeps only the pairs that occur in the data. ``at='data'``
+        predicts at every distinct combination of the fixed-effect predictors observed in the
+        data.
     type : {'response', 'link'}, default 'response'
     re : {'zero', 'marginal', 'groups'}, default 'zero'
-        For the grouping factors not named in ``at``: a typical group (effect zero), a new
-        group from the population, or the average of the observed groups (equal weights);
-        see :func:`emmeans`.
+        For the grouping factors neither named in ``at`` nor containing a named group: a
+        typical group (effect zero), a new group from the population, or the average of the
+        observed groups (equal weights; within a named group when nested in it, e.g. the
+        broods of a named location); see :func:`emmeans`.
     ci : float, optional
         Interval mass; defaults to the model's ``ci``.
 
     Returns
     -------
     polars.DataFrame
-        ``<at cols>, prob | rate | emmean, SD, lower_HPD, upper_HPD``, sorted by the ``at``
+        ``<at cols>, [containing group cols], prob | rate | emmean, SD, lower_HPD, upper_HPD``,
+        sorted by the ``at``
         columns (factors in level order). The point estimate is the posterior median; the
         interval is the link-scale HPD, back-transformed.
 
@@ -270,8 +275,8 @@ def empredict(
             raise ValueError(f"at must be a non-empty dict or 'data', got {at!r}.")
         values = _at_values(spec, at, allow_groups=True)
         axes = _axes(spec, values)
-        kept = list(values)
-        keys = _product(spec, {c: values[c] for c in kept})
+        keys = _nested_keys(spec, _product(spec, {c: values[c] for c in values}))
+        kept = keys.columns
         averaged = {c: axes[c] for c in axes if c not in kept}
     grid = _build_grid(spec, keys, averaged, "equal", re)
     link = _link_values(model, grid, re)
@@ -421,6 +426,58 @@ def _items(col: str, given: Any) -> list[Any]:
 # The reference grid
 
 
+def _containing(spec: ModelSpec, name: str) -> dict[str, np.ndarray]:
+    """The grouping factors that group ``name`` is nested in, each with its level per level.
+
+    Found from the data as :func:`bayesmer.spec.parent_levels` finds nesting: ``h`` contains
+    ``name`` when every level of ``name`` occurs within a single level of ``h``.
+    """
+    groups = _group_by_name(spec)
+    g = groups[name]
+    out = {}
+    for h in spec.groups:
+        if h.name == name or len(h.levels) > len(g.levels):
+            continue
+        mapping = parent_levels(g.index, h.index, len(g.levels))
+        if mapping is not None:
+            out[h.name] = mapping
+    return out
+
+
+def _nested_keys(spec: ModelSpec, keys: pl.DataFrame) -> pl.DataFrame:
+    """Grid keys with every group a named group sits in, and only pairs that exist.
+
+    A brood's prediction carries the effect of the location it lies in: naming ``BROOD`` adds
+    its ``LOCATION`` column (its effect is then added whatever ``re`` says), and naming both
+    keeps only the (brood, location) pairs of the data.
+    """
+    groups = _group_by_name(spec)
+    named = [c for c in keys.columns if c in groups]
+    keep = np.ones(keys.height, dtype=bool)
+    added: dict[str, list[str]] = {}
+    for name in named:
+        child = keys[name].cast(pl.String).cast(pl.Enum(groups[name].levels)).to_physical()
+        for outer, mapping in _containing(spec, name).items():
+            labels = [groups[outer].levels[i] for i in mapping[child.to_numpy()]]
+            if outer in keys.columns:
+                keep &= np.array(labels) == keys[outer].cast(pl.String).to_numpy()
+            elif outer not in added:
+                added[outer] = labels
+            else:
+                keep &= np.array(labels) == np.array(added[outer])
+    if not keep.any():
+        raise ValueError(
+            "at: no combination of the given group levels occurs in the data (a level of a "
+            "nested factor lies within one level of the factor it is nested in): "
+            + "; ".join(f"{c} {keys[c].unique().to_list()}" for c in named)
+            + "."
+        )
+    extra = [
+        pl.Series(c, labels, dtype=_column_dtype(spec, c, labels)) for c, labels in added.items()
+    ]
+    return keys.with_columns(extra).filter(pl.Series(keep))
+
+
 def _numeric_mean(spec: ModelSpec, col: str) -> float:
     """Mean of a numeric covariate over the data rows used in the fit."""
     return float(np.average(spec.cells[col].to_numpy(), weights=spec.rows.astype(float)))
@@ -563,7 +620,11 @@ def _build_grid(
         combos = np.column_stack(
             [observed[g.name].cast(pl.Enum(g.levels)).to_physical().to_numpy() for g in remaining]
         ).astype(np.int64)
-        group_w = _group_weights(spec, frame, observed, count_cols, gcols)
+        # Groups nested in a group of the grid are averaged within it: a location's broods.
+        outer = {c for g in remaining for c in _containing(spec, g.name) if c in frame.columns}
+        cols = [*(count_cols or []), *sorted(outer)]
+        equal = count_cols is None
+        group_w = _group_weights(spec, frame, observed, cols if cols else count_cols, gcols, equal)
     return _Grid(keys, frame, w, remaining, combos, group_w)
 
 
@@ -573,11 +634,13 @@ def _group_weights(
     observed: pl.DataFrame,
     cols: list[str] | None,
     gcols: list[str],
+    equal: bool = False,
 ) -> np.ndarray:
     """(grid points, K) weights of the observed group combinations.
 
     ``cols`` None gives equal weights; otherwise each combination is weighted by its number of
-    data rows among the rows sharing the grid point's values of ``cols``.
+    data rows among the rows sharing the grid point's values of ``cols`` (with ``equal``, the
+    combinations that occur there get equal weights).
     """
     n_grid, n_combos = (frame.height if frame.width else 1), observed.height
     if cols is None:
@@ -604,6 +667,8 @@ def _group_weights(
         n_keys = 1
     matrix = np.zeros((n_keys + 1, n_combos))
     matrix[counts["__r"].to_numpy(), counts["__k"].to_numpy()] = counts["__n"].to_numpy()
+    if equal:
+        matrix = (matrix > 0).astype(float)
     out = matrix[point]
     totals = out.sum(axis=1, keepdims=True)
     # A grid point without data carries no weight in the link-scale average (the fixed-effect

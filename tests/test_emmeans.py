@@ -582,3 +582,44 @@ def test_weights_cells_with_an_empty_cell(titanic):
     assert res.height == 4
     with pytest.raises(ValueError, match="no rows for pclass=2, sex=female"):
         emmeans(model, "sex", by="pclass", weights="cells")
+
+
+def test_empredict_nested_group_carries_its_parent(grouseticks):
+    """A brood's prediction adds the effect of the location it lies in (issue 10, item 1)."""
+    model = fake_posterior(
+        glmer("TICKS ~ YEAR + (1|BROOD) + (1|LOCATION)", data=grouseticks, family="poisson"),
+        sd_scale=0.5,
+    )
+    post = model.posterior
+    brood, location = model.spec.groups
+    b = fixed(post)
+    pairs = grouseticks.select(pl.col("BROOD").cast(pl.String), "LOCATION").unique()
+    where = dict(zip(pairs["BROOD"].to_list(), pairs["LOCATION"].to_list(), strict=True))
+    chosen = brood.levels[:3]
+    for re in ("zero", "groups", "marginal"):
+        pred = empredict(model, {"YEAR": "95", "BROOD": chosen}, re=re, type="link").sort("BROOD")
+        assert pred.columns[:3] == ["YEAR", "BROOD", "LOCATION"]
+        assert pred["LOCATION"].cast(pl.String).to_list() == [where[c] for c in chosen]
+        for i, lv in enumerate(chosen):
+            bi, li = brood.levels.index(lv), location.levels.index(where[lv])
+            expected = (
+                b[:, 0] + group_effects(post, brood)[:, bi] + group_effects(post, location)[:, li]
+            )
+            np.testing.assert_allclose(pred["emmean"][i], np.median(expected), rtol=1e-10)
+    # Naming both columns keeps the pairs that exist; a pair that does not exist is an error.
+    locs = [where[c] for c in chosen]
+    both = empredict(model, {"BROOD": chosen, "LOCATION": locs, "YEAR": "95"}, re="zero")
+    assert both.height == len(chosen)
+    other = next(loc for loc in location.levels if loc != where[chosen[0]])
+    with pytest.raises(ValueError, match="no combination of the given group levels occurs"):
+        empredict(model, {"BROOD": chosen[0], "LOCATION": other})
+    # A named location averages re='groups' over its own broods only.
+    loc = where[chosen[0]]
+    inside = [bv for bv, lv in where.items() if lv == loc]
+    pred = empredict(model, {"YEAR": "95", "LOCATION": loc}, re="groups", type="link")
+    li = location.levels.index(loc)
+    bis = [brood.levels.index(bv) for bv in inside]
+    rate = np.exp(
+        b[:, [0]] + group_effects(post, location)[:, [li]] + group_effects(post, brood)[:, bis]
+    ).mean(axis=1)
+    np.testing.assert_allclose(pred["emmean"][0], np.median(np.log(rate)), rtol=1e-10)
