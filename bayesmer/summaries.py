@@ -80,13 +80,18 @@ def fixef_table(
 ) -> pl.DataFrame | dict[str, pl.DataFrame]:
     """Per-group coefficients (lme4's ``coef()``): fixed effects plus the group deviation.
 
-    Computed per draw, then summarised by the median.
+    Computed per draw, then summarised by the median. In a model without a fixed intercept
+    (``y ~ 0 + x + (1|g)``) the group deviation is the ``(Intercept)`` column, placed first,
+    as lme4 fills in a random term that has no fixed counterpart.
     """
     b = fixed(trace)
     out = {}
     for g in spec.groups:
         u = group_effects(trace, g)
         cols: dict[str, object] = {"level": g.levels}
+        if "(Intercept)" not in spec.terms:
+            est = np.median(u, axis=0)
+            cols["(Intercept)"] = np.exp(est) if exponentiate else est
         for j, term in enumerate(spec.terms):
             per_group = b[:, [j]] + (u if term == "(Intercept)" else 0.0)
             per_group = np.broadcast_to(per_group, u.shape)

@@ -231,3 +231,34 @@ def test_nested_grouse_factors_sample_well(grouseticks):
         header = str(model.summary())
     assert "Groups: BROOD 118 within LOCATION (mixed (59 of 118 centred))" in header
     assert "Groups: LOCATION 63 (noncentered)" in header
+
+
+def test_fixef_without_fixed_intercept_shows_group_intercepts(titanic):
+    """``y ~ 0 + sex + (1|pclass)``: lme4's coef() puts the group deviation in (Intercept)."""
+    import xarray as xr
+
+    from bayesmer.summaries import fixef_table
+
+    model = glmer("survived ~ 0 + sex + (1|pclass)", data=titanic, family="binomial")
+    spec = model.spec
+    assert "(Intercept)" not in spec.terms
+    g = spec.groups[0]
+    rng = np.random.default_rng(3)
+    b = rng.normal(size=(2, 50, len(spec.terms)))
+    u = rng.normal(size=(2, 50, len(g.levels)))
+    trace = xr.DataTree.from_dict(
+        {
+            "posterior": xr.Dataset(
+                {"b": (("chain", "draw", "term"), b), g.effect_name: (("chain", "draw", g.dim), u)},
+                coords={"term": spec.terms, g.dim: g.levels},
+            )
+        }
+    )
+    for exponentiate in (False, True):
+        table = fixef_table(spec, trace, exponentiate)
+        assert table.columns == ["level", "(Intercept)", *spec.terms]
+        est = np.median(u.reshape(100, -1), axis=0)
+        np.testing.assert_allclose(table["(Intercept)"], np.exp(est) if exponentiate else est)
+        # the rows differ by group, and the fixed columns are the same for every group
+        assert table["(Intercept)"].n_unique() == len(g.levels)
+        assert table[spec.terms[0]].n_unique() == 1
