@@ -278,6 +278,15 @@ def level_expr(col: str, dtype: pl.DataType) -> pl.Expr:
     return pl.col(col).cast(pl.String).alias(col)
 
 
+def _used_levels(order: list[str], present: set[str]) -> list[str]:
+    """A categorical dtype's levels that occur in the rows used, in the dtype's order.
+
+    As R's ``drop.unused.levels``: a filtered pandas Categorical or polars Enum keeps the
+    categories of the whole column, and those that no row has are not levels of the model.
+    """
+    return [lv for lv in order if lv in present]
+
+
 def _check_levels(col: str, given: list[str], present: list[str]) -> list[str]:
     missing_in_data = [lv for lv in given if lv not in present]
     if missing_in_data:
@@ -476,8 +485,9 @@ def build_spec(
             values.head(50).to_list() if len(values) > 50 else (values.to_list())
         )
     response_levels_given = factors.get(resp.column) if resp.kind == "column" else None
-    if response_levels_given is None:
-        response_levels_given = orders.get(resp.column)
+    if response_levels_given is None and resp.column in orders:
+        present = {_level_str(v) for v in stats.get(f"{resp.column}__values", [])}
+        response_levels_given = _used_levels(orders[resp.column], present)
     resp_exprs, response_levels = _response_expr(
         parsed, family, schema, stats, response_levels_given
     )
@@ -500,8 +510,12 @@ def build_spec(
     levels: dict[str, list[str]] = {}
     for c in level_cols:
         present = _sorted_levels(uniques[c].explode())
-        given = factors.get(c) or orders.get(c)
-        levels[c] = _check_levels(c, [str(v) for v in given], present) if given else present
+        if factors.get(c):
+            levels[c] = _check_levels(c, [str(v) for v in factors[c]], present)
+        elif c in orders:
+            levels[c] = _used_levels(orders[c], set(present))
+        else:
+            levels[c] = present
     for g in parsed.groups:
         if len(levels[g]) < 2:
             raise ValueError(

@@ -6,6 +6,7 @@ import polars as pl
 import pytest
 
 from bayesmer import NotFittedError, glm, glmer
+from bayesmer.collapse import Y
 
 
 @pytest.fixture
@@ -188,3 +189,32 @@ def test_boolean_predictor_is_a_factor(titanic):
     assert spec.terms == ["(Intercept)", "adult_maletrue"]
     grid = pl.DataFrame({"adult_male": ["false", "true"]})
     np.testing.assert_array_equal(spec.design_matrix(grid), [[1.0, 0.0], [1.0, 1.0]])
+
+
+def test_unused_categorical_levels_are_dropped(titanic):
+    """A filtered Categorical/Enum keeps its unused categories; the model drops them, in order."""
+    kept = titanic.filter(pl.col("pclass") != 3)
+    enum = pl.Enum(["3", "2", "1"])
+    data = kept.with_columns(pl.col("pclass").cast(pl.String).cast(enum))
+    pdf = data.to_pandas()
+    pdf["sex"] = pd.Categorical(pdf["sex"], categories=["other", "male", "female"])
+    pdf["pclass"] = pd.Categorical(pdf["pclass"].astype(str), categories=["3", "2", "1"])
+    for frame in (data, pdf):
+        spec = glm("survived ~ pclass", frame).spec
+        assert spec.factors["pclass"] == ["2", "1"]
+        assert spec.terms == ["(Intercept)", "pclass1"]
+    spec = glmer("survived ~ sex + (1|pclass)", pdf).spec
+    assert spec.factors["sex"] == ["male", "female"]
+    assert spec.groups[0].levels == ["2", "1"]
+    # A two-level outcome stored as a categorical with an unused third category.
+    pdf["alive"] = pd.Categorical(
+        np.where(pdf["survived"] == 1, "yes", "no"), categories=["maybe", "no", "yes"]
+    )
+    alive = glm("alive ~ sex", pdf).spec
+    assert alive.terms == ["(Intercept)", "sexfemale"]
+    assert alive.cells[Y].sum() == int(pdf["survived"].sum())  # 'yes' is the success
+    # Levels named by set_factors still have to occur.
+    model = glm("survived ~ pclass", data)
+    model.set_factors({"pclass": ["3", "2", "1"]})
+    with pytest.raises(ValueError, match=r"levels \['3'\] for 'pclass' that do not occur"):
+        model.spec
