@@ -217,4 +217,4 @@ def test_unused_categorical_levels_are_dropped(titanic):
     model = glm("survived ~ pclass", data)
     model.set_factors({"pclass": ["3", "2", "1"]})
     with pytest.raises(ValueError, match=r"levels \['3'\] for 'pclass' that do not occur"):
-        model.spec
+        _ = model.spec
