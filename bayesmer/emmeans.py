@@ -91,14 +91,15 @@ def emmeans(
         set of means or contrasts per combination.
     contrasts : dict or str, optional
         A dict of named weight vectors over the levels of ``marginal_var`` in level order,
-        e.g. ``{'female_minus_male': [-1, 1]}``, or ``'pairwise'`` (each level minus each
-        later one), ``'revpairwise'`` (each later level minus each earlier one) or
-        ``'trt.vs.ctrl'`` (each level minus the first). A contrast is computed per draw on the
-        link scale. With ``type='response'`` it is reported as ``exp()`` of that: an odds
-        ratio (``odds_ratio``, logit link), a rate ratio (``ratio``, log link) or a ratio of
-        cumulative hazards (``ratio``, cloglog link); a probit contrast on the response scale
-        is the same weighted sum of the probabilities (``estimate``), as exp() of a probit
-        difference means nothing.
+        e.g. ``{'male_vs_female': [-1, 1]}`` (male minus female on the link scale: with
+        levels ``female, male`` the weights follow that order; their sum must be 0), or
+        ``'pairwise'`` (each level minus each later one), ``'revpairwise'`` (each later
+        level minus each earlier one) or ``'trt.vs.ctrl'`` (each level minus the first). A
+        contrast is computed per draw on the link scale. With ``type='response'`` it is
+        reported as ``exp()`` of that: an odds ratio (``odds_ratio``, logit link), a rate
+        ratio (``ratio``, log link) or a ratio of cumulative hazards (``ratio``, cloglog
+        link); a probit contrast on the response scale is the same weighted sum of the
+        probabilities (``estimate``), as exp() of a probit difference means nothing.
     type : {'response', 'link'}, default 'response'
         Report probabilities or rates (``prob``/``rate``) or link-scale values (``emmean``).
     ci : float, optional
@@ -155,8 +156,9 @@ def emmeans(
     Raises
     ------
     ValueError
-        For an unknown variable or level, a contrast of the wrong length, contrasts on a
-        numeric variable, and ``type``, ``re``, ``weights`` or ``ci`` out of range.
+        For an unknown variable or level, a contrast of the wrong length or whose weights do
+        not sum to zero, contrasts on a numeric variable, and ``type``, ``re``, ``weights``
+        or ``ci`` out of range.
     """
     spec = model.spec
     family = spec.family
@@ -906,7 +908,7 @@ def _contrast_matrix(
     if not isinstance(contrasts, dict) or not contrasts:
         raise ValueError(
             "contrasts must be a non-empty dict of named weight vectors, e.g. "
-            "{'female_minus_male': [-1, 1]}, or one of "
+            "{'male_vs_female': [-1, 1]}, or one of "
             f"{list(NAMED_CONTRASTS)}; got {contrasts!r}."
         )
     names, rows = [], []
@@ -926,6 +928,13 @@ def _contrast_matrix(
             )
         if not np.all(np.isfinite(w)):
             raise ValueError(f"contrast {name!r} has weights that are not finite: {vector!r}.")
+        if abs(w.sum()) > 1e-9 * np.abs(w).sum():
+            raise ValueError(
+                f"contrast {name!r} has weights {vector!r} that sum to {w.sum():g}, not 0. A "
+                "contrast compares levels, so its weights must sum to zero (only then is "
+                "exp() of it an odds ratio or a rate ratio); a weighted average of levels is "
+                "a mean, not a contrast: use emmeans() without contrasts (weights=, at=)."
+            )
         names.append(name)
         rows.append(w)
     return names, np.vstack(rows)

@@ -485,6 +485,13 @@ def test_by_and_at_with_interaction(sex_class):
     assert pair["contrast"].cast(pl.String).to_list() == ["1 / 3"]
     with pytest.raises(ValueError, match="has 3 weights but 'pclass' has 2 levels"):
         emmeans(sex_class, "pclass", at={"pclass": [1, 3]}, contrasts={"c": [1, 0, -1]})
+    # Weights that do not sum to zero average levels: that is a mean, not a contrast.
+    with pytest.raises(ValueError, match=r"sum to 1, not 0\. A contrast compares levels"):
+        emmeans(sex_class, "pclass", contrasts={"avg": [0.5, 0.5, 0]})
+    with pytest.raises(ValueError, match="'lopsided' has weights"):
+        emmeans(sex_class, "sex", contrasts={"ok": [-1, 1], "lopsided": [1, 0]})
+    thirds = emmeans(sex_class, "pclass", contrasts={"c": [1 / 3, 1 / 3, -2 / 3]})
+    assert thirds.height == 1
     per_class = emmeans(sex_class, "sex", by="pclass", contrasts="pairwise")
     assert per_class.height == 3
     assert per_class["contrast"].cast(pl.String).to_list() == ["female / male"] * 3
