@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+from types import MappingProxyType
 from typing import Any
 
 import polars as pl
@@ -75,11 +76,9 @@ class Model:
             )
         self.data = data
         self._check_columns()
-        if priors is not None and not isinstance(priors, dict):
-            raise TypeError(f"priors must be a dict keyed by term, got {type(priors).__name__}.")
-        self.priors = dict(priors or {})
         self.factors: dict[str, list[str] | None] = {}
         self._spec: ModelSpec | None = None
+        self.priors = priors
         self._sampler: Sampler | None = None
         self.posterior: xr.DataTree | None = None
         self.exponentiate = False
@@ -152,20 +151,44 @@ class Model:
         self.factors = {}
         self._invalidate()
 
+    @property
+    def priors(self) -> MappingProxyType:
+        """The user's priors keyed by term (read-only; assign a new dict to change them).
+
+        Assigning forgets the specification, the fit and any prior draws, which belong to the
+        old priors.
+        """
+        return self._priors
+
+    @priors.setter
+    def priors(self, priors: dict[str, Any] | None) -> None:
+        if priors is not None and not isinstance(priors, dict | MappingProxyType):
+            raise TypeError(f"priors must be a dict keyed by term, got {type(priors).__name__}.")
+        self._priors = MappingProxyType(dict(priors or {}))
+        self._invalidate()
+
     def _invalidate(self) -> None:
+        """Forget everything built from the formula, data, factors and priors."""
         self._spec = None
         self._sampler = None
         self.posterior = None
         self._diag = None
         self.result_emmeans = None
+        self.prior = None
+        self._loo_cache = None
 
     @property
     def spec(self) -> ModelSpec:
         """The model specification (built from formula and data on first use)."""
+        if self._spec is not None and self._spec_factors != self.factors:
+            self._invalidate()  # factors assigned directly rather than through set_factors
         if self._spec is None:
             self._spec = build_spec(
-                self._parsed, self.data, self._family, self.factors, self.priors
+                self._parsed, self.data, self._family, self.factors, dict(self.priors)
             )
+            self._spec_factors = {
+                k: None if v is None else list(v) for k, v in self.factors.items()
+            }
         return self._spec
 
     # -- fitting -----------------------------------------------------------------------------

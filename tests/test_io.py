@@ -84,7 +84,7 @@ def test_user_priors_and_prior_draws_survive(saved_glmer, tmp_path):
         "sexmale": ("normal", 0, 2.5),
         "1|pclass": bambi.Prior("HalfNormal", sigma=2.5),
     }
-    model._spec = None
+    model.fit(random_seed=4, progressbar=False)
     model.sample_prior(draws=100, random_seed=4)
     path = tmp_path / "again.bayesmer"
     save_model(model, path)

@@ -128,3 +128,32 @@ def test_tight_user_prior_pulls_the_posterior(titanic, titanic_glm, tight):
     assert row["prior"] == "Normal(mu=0, sigma=0.05)"
     pulled = model.params.filter(term="sexmale")["estimate"].item()
     assert -0.5 < pulled < 0
+
+
+def test_changes_to_factors_or_priors_forget_stale_state(titanic):
+    """Prior draws and specs built for other factors or priors are never reused (item 8)."""
+    model = glm("survived ~ sex", data=titanic)
+    model.sample_prior(draws=200, random_seed=1)
+    assert model.spec.terms == ["(Intercept)", "sexmale"]
+    # Releveling renames the terms: old prior draws would be paired with the wrong term.
+    model.set_factors({"sex": ["male", "female"]})
+    assert model.prior is None
+    assert model.spec.terms == ["(Intercept)", "sexfemale"]
+    model.sample_prior(draws=200, random_seed=1)
+    assert list(model.prior["prior"]["b"].coords["term"].values) == ["(Intercept)", "sexfemale"]
+    model.unset_factors()
+    assert model.prior is None
+    assert model.spec.terms == ["(Intercept)", "sexmale"]
+    # New priors: a new spec and no prior draws from the old ones.
+    model.sample_prior(draws=200, random_seed=1)
+    model.priors = {"sexmale": ("normal", 3, 0.1)}
+    assert model.prior is None
+    assert model.spec.priors["sexmale"].describe() == "Normal(mu=3, sigma=0.1)"
+    b = model.sample_prior(draws=400, random_seed=1)["prior"]["b"].sel(term="sexmale").values
+    assert np.mean(b) == pytest.approx(3.0, abs=0.05)
+    with pytest.raises(TypeError, match="does not support item assignment"):
+        model.priors["sexmale"] = ("normal", 0, 1)
+    # Factors assigned directly (not through set_factors) are seen as well.
+    model.priors = {}
+    model.factors = {"sex": ["male", "female"]}
+    assert model.spec.terms == ["(Intercept)", "sexfemale"]
