@@ -146,9 +146,9 @@ def emmeans(
         Contrasts: ``contrast, [by cols], odds_ratio | ratio | estimate, SD, lower_HPD,
         upper_HPD, pd, prob_gt_null``.
         The point estimate is the posterior median, ``SD`` the posterior sd. The interval is
-        the highest-density interval of the link-scale draws, back-transformed (as emmeans
-        does; it holds the same posterior mass on both scales); for slopes and probit
-        response-scale contrasts it is the HPD of the reported draws. ``pd`` is the
+        the highest-density interval of the reported draws, on the reported scale (R's
+        emmeans instead back-transforms the link-scale HPD, which is then not the HPD of the
+        probabilities or ratios shown; both hold the stated posterior mass). ``pd`` is the
         probability of direction and ``prob_gt_null`` the posterior probability that the
         contrast is above its null (1 for ratios, 0 otherwise). Factor columns are
         ``pl.Enum`` in level order; rows are sorted by ``by`` then ``marginal_var``.
@@ -248,9 +248,8 @@ def empredict(
     -------
     polars.DataFrame
         ``<at cols>, [containing group cols], prob | rate | emmean, SD, lower_HPD, upper_HPD``,
-        sorted by the ``at``
-        columns (factors in level order). The point estimate is the posterior median; the
-        interval is the link-scale HPD, back-transformed.
+        sorted by the ``at`` columns (factors in level order). The point estimate is the
+        posterior median; the interval is the HPD of the reported draws.
 
     Raises
     ------
@@ -948,15 +947,14 @@ def _summary_table(
     ci: float,
     contrast: bool = False,
 ) -> pl.DataFrame:
-    """Median, SD and HPD of each column of ``values`` (draws x rows).
+    """Median, SD and HPD of each column of ``values`` (draws x rows), on the reported scale.
 
-    ``values`` are on the scale the HPD is computed on; ``transform`` (increasing) maps them
-    to the reported scale.
+    ``transform`` (increasing) maps ``values`` to the reported scale; the HPD is that of the
+    reported draws (an HPD is not invariant to a change of scale, so a link-scale HPD mapped
+    back would not be the HPD of the probabilities or ratios shown).
     """
     reported = values if transform is None else transform(values)
-    bounds = hdi(values, ci)
-    if transform is not None:
-        bounds = transform(bounds)
+    bounds = hdi(reported, ci)
     stats: dict[str, Any] = {
         name: np.median(reported, axis=0),
         "SD": reported.std(axis=0, ddof=1),

@@ -456,13 +456,13 @@ def plot_ranef(model: Model, ci: float | None = None, exponentiate: bool | None 
     axes = fig.subplots(1, len(spec.groups), squeeze=False)[0]
     for ax, g in zip(axes, spec.groups, strict=True):
         u = group_effects(model.posterior, g)
+        if exponentiate:
+            u = np.exp(u)  # the HDI of the multipliers themselves
         est = np.median(u, axis=0)
         bounds = hdi(u, ci)
         order = np.argsort(-est)  # largest at the top
         low, high = bounds[order, 0], bounds[order, 1]
         est = est[order]
-        if exponentiate:
-            est, low, high = np.exp(est), np.exp(low), np.exp(high)
         ax.axvline(1.0 if exponentiate else 0.0, color="black", linestyle="--", linewidth=1)
         _draw_rows(ax, est, low, high, [g.levels[i] for i in order])
         if len(g.levels) > 60:

@@ -28,17 +28,18 @@ def params_table(spec: ModelSpec, trace: xr.DataTree, exponentiate: bool) -> pl.
 
 def _interval_rows(values: np.ndarray, ci: float, exponentiate: bool) -> dict[str, np.ndarray]:
     """Median, sd, HDI and pd of the columns of ``values`` (draws x k)."""
-    bounds = hdi(values, ci)
     pd_ = prob_direction(values)
     if exponentiate:
         ev = np.exp(values)
+        bounds = hdi(ev, ci)
         return {
             "estimate": np.exp(np.median(values, axis=0)),
             "sd": ev.std(axis=0, ddof=1),
-            "conf_low": np.exp(bounds[..., 0]),
-            "conf_high": np.exp(bounds[..., 1]),
+            "conf_low": bounds[..., 0],
+            "conf_high": bounds[..., 1],
             "pd": pd_,
         }
+    bounds = hdi(values, ci)
     return {
         "estimate": np.median(values, axis=0),
         "sd": values.std(axis=0, ddof=1),
@@ -53,8 +54,8 @@ def result_fit_table(
 ) -> pl.DataFrame:
     """``term, estimate, sd, conf_low, conf_high, pd, rhat, ess_bulk, ess_tail``.
 
-    With ``exponentiate=True`` the estimate and interval are exp() of the log-scale ones
-    (HDI bounds on the log scale, mapped through exp) and ``sd`` is the sd of exp(draws).
+    With ``exponentiate=True`` the estimate is exp() of the log-scale median, and ``sd`` and
+    the interval are those of exp(draws): the HDI of the odds or rate ratios themselves.
     """
     rows = _interval_rows(fixed(trace), ci, exponentiate)
     table = pl.DataFrame({"term": spec.terms, **rows})

@@ -71,7 +71,9 @@ def test_glm_means_match_reference_and_draws(titanic_glm):
     p = special.expit(eta)
     np.testing.assert_allclose(prob, np.median(p, axis=0), rtol=1e-12)
     np.testing.assert_allclose(column(res, "SD"), p.std(axis=0, ddof=1), rtol=1e-10)
-    bounds = special.expit(hdi(eta, 0.95))
+    # The HPD of the probabilities themselves, not the link-scale HPD mapped through expit.
+    bounds = hdi(p, 0.95)
+    assert np.abs(bounds - special.expit(hdi(eta, 0.95))).max() > 1e-4
     np.testing.assert_allclose(column(res, "lower_HPD"), bounds[:, 0], rtol=1e-10)
     np.testing.assert_allclose(column(res, "upper_HPD"), bounds[:, 1], rtol=1e-10)
     # The reference 95% interval for females is 0.691-0.787 (no Sidak adjustment).
