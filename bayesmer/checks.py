@@ -36,7 +36,7 @@ from .collapse import CELL, EXPOSURE, ROWS, TRIALS, WEIGHT, Y
 from .diagnostics import PACKAGE_DIR
 from .draws import fixed, group_effects, group_sd, hdi
 from .emmeans import QUADRATURE_NODES, marginal_link
-from .spec import ModelSpec, level_expr, to_lazy
+from .spec import ModelSpec, level_expr, to_lazy, with_group_columns
 
 if TYPE_CHECKING:
     from .models import Model
@@ -149,17 +149,16 @@ def row_table(model: Model) -> pl.DataFrame:
     cols = spec.formula.columns
     keys = _keys(spec)
     size_col = spec.size_col
-    rows = (
-        lf.with_row_index(_ROW)
-        .select(_ROW, *cols)
-        .filter(_not_missing(cols, schema))
-        .select(
-            pl.col(_ROW).cast(pl.Int64),
-            *_predictor_exprs(spec, schema, keys),
-            *_outcome_exprs(spec, schema),
-        )
-        .collect(engine="streaming")
+    used, schema = with_group_columns(
+        lf.with_row_index(_ROW).select(_ROW, *cols).filter(_not_missing(cols, schema)),
+        spec.formula,
+        schema,
     )
+    rows = used.select(
+        pl.col(_ROW).cast(pl.Int64),
+        *_predictor_exprs(spec, schema, keys),
+        *_outcome_exprs(spec, schema),
+    ).collect(engine="streaming")
     cell_dtype = spec.cells.schema[CELL]
     if not spec.collapsed:
         rows = rows.with_columns(pl.int_range(pl.len(), dtype=cell_dtype).alias(CELL))
@@ -911,15 +910,14 @@ def _new_design(model: Model, data: Any, re: str) -> _Design:
     lf, _ = to_lazy(data)
     schema = dict(lf.collect_schema())
     predictors = list(parsed.fixed_variables)
-    if re == "include":
-        predictors = list(dict.fromkeys([*predictors, *parsed.groups]))
+    sources = [c for g in parsed.groups for c in parsed.group_sources(g)] if re == "include" else []
     offset_col = parsed.exposure or parsed.offset
-    needed = list(dict.fromkeys([*predictors, *([offset_col] if offset_col else [])]))
+    needed = list(dict.fromkeys([*predictors, *sources, *([offset_col] if offset_col else [])]))
     missing = [c for c in needed if c not in schema]
     if missing:
         raise ValueError(
             f"predict() needs the column(s) {missing} in data (used by {parsed.formula!r}"
-            + (", with re='include'" if set(missing) & set(parsed.groups) else "")
+            + (", with re='include'" if set(missing) & set(sources) else "")
             + f"); the data has {list(schema)}."
         )
     raw = lf.select(needed).collect()
@@ -938,6 +936,10 @@ def _new_design(model: Model, data: Any, re: str) -> _Design:
             f"predict(): column(s) {not_numeric} must be numeric, as in the fit; got "
             f"{[str(schema[c]) for c in not_numeric]}."
         )
+    if re == "include":
+        combined, schema = with_group_columns(raw.lazy(), parsed, schema)
+        raw = combined.collect()
+        predictors = list(dict.fromkeys([*predictors, *parsed.groups]))
     converted = raw.select(_predictor_exprs(spec, schema, predictors))
     for col, levels in spec.factors.items():
         unknown = sorted(set(converted[col].to_list()) - set(levels))

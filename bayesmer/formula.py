@@ -10,7 +10,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-_IDENT = r"[A-Za-z_][A-Za-z0-9_.]*"
+from .transforms import IDENT as _IDENT
+from .transforms import Call, column_name, find_calls
+
 _RANDOM = re.compile(r"\(([^()]*?)\|{1,2}([^()]*)\)")
 _OFFSET = re.compile(r"offset\(\s*(log\(\s*(" + _IDENT + r")\s*\)|(" + _IDENT + r"))\s*\)")
 _CBIND = re.compile(
@@ -62,13 +64,18 @@ class ParsedFormula:
     response : Response
         The outcome.
     fixed : str
-        Right-hand side of the fixed effects in formulae/Wilkinson syntax (``"1"`` if empty).
+        Right-hand side of the fixed effects in Wilkinson syntax (``"1"`` if empty), calls such
+        as ``log(x)`` or ``I(x^2)`` as written.
     groups : tuple of str
-        Grouping columns of the random intercepts ``(1|g)``, in formula order.
+        Grouping factors of the random intercepts, in formula order: a column (``(1|g)``) or
+        a combination of columns named as lme4 names it (``'site:plot'`` for ``(1|site:plot)``;
+        ``(1|site/plot)`` gives ``'site'`` and ``'site:plot'``).
     exposure : str or None
         Column holding the exposure when the formula has ``offset(log(col))``.
     offset : str or None
         Column holding a log-scale offset when the formula has ``offset(col)``.
+    calls : tuple of Call
+        The calls in the fixed part (see :mod:`bayesmer.transforms`).
     """
 
     formula: str
@@ -77,19 +84,36 @@ class ParsedFormula:
     groups: tuple[str, ...]
     exposure: str | None = None
     offset: str | None = None
+    calls: tuple[Call, ...] = ()
 
     @property
     def fixed_variables(self) -> list[str]:
-        """Column names used by the fixed effects, in order of first appearance."""
-        names = re.findall(_IDENT, self.fixed)
-        return list(dict.fromkeys(names))
+        """Data columns used by the fixed effects, in order of first appearance."""
+        text = self.fixed
+        for call in self.calls:
+            text = text.replace(call.text, " " + " ".join(call.variables) + " ", 1)
+        return list(dict.fromkeys(re.findall(_IDENT, text)))
+
+    def group_sources(self, group: str) -> list[str]:
+        """The data columns a grouping factor is made of (``'site:plot'`` -> site, plot)."""
+        return group.split(":")
 
     @property
     def columns(self) -> list[str]:
         """Every data column the formula uses."""
-        cols = [*self.response.columns, *self.fixed_variables, *self.groups]
+        cols = [*self.response.columns, *self.fixed_variables]
+        cols += [c for g in self.groups for c in self.group_sources(g)]
         cols += [c for c in (self.exposure, self.offset) if c is not None]
         return list(dict.fromkeys(cols))
+
+    @property
+    def fixed_for_formulae(self) -> str:
+        """The fixed part as formulae reads it: each call replaced by the name of the column
+        that holds its values (:func:`bayesmer.transforms.column_name`)."""
+        text = self.fixed
+        for k, call in enumerate(self.calls):
+            text = text.replace(call.text, column_name(k), 1)
+        return text
 
 
 def _parse_response(lhs: str) -> Response:
@@ -134,8 +158,8 @@ def parse_formula(formula: str) -> ParsedFormula:
     Raises
     ------
     ValueError
-        If the formula has no single ``~``, uses random slopes, nested or crossed-by-colon
-        grouping, or function calls in the fixed part.
+        If the formula has no single ``~``, uses random slopes, or a call in the fixed part
+        that bayesmer does not support (see :mod:`bayesmer.transforms`).
     TypeError
         If ``formula`` is not a string.
     """
@@ -158,17 +182,13 @@ def parse_formula(formula: str) -> ParsedFormula:
                 f"Random-effect term {m.group(0)!r}: random slopes are not supported yet; "
                 "only random intercepts such as (1|group) are."
             )
-        if not re.fullmatch(_IDENT, group):
-            raise ValueError(
-                f"Random-effect term {m.group(0)!r}: the grouping must be one column. For "
-                "nested groups write one term per level, e.g. (1|site) + (1|plot): bayesmer "
-                "finds the nesting in the data when the inner labels are unique across the "
-                "outer ones (otherwise make a combined column first); ':' groupings are not "
-                "supported."
-            )
-        if group in groups:
-            raise ValueError(f"The grouping column {group!r} appears twice in {formula!r}.")
-        groups.append(group)
+        for name in _grouping_factors(group, m.group(0)):
+            if name in groups:
+                raise ValueError(
+                    f"The grouping factor {name!r} appears twice in {formula!r}"
+                    + (" ((1|a/b) already means (1|a) + (1|a:b))." if ":" in name else ".")
+                )
+            groups.append(name)
     rest = _RANDOM.sub(" ", rhs)
 
     exposure = offset = None
@@ -186,20 +206,34 @@ def parse_formula(formula: str) -> ParsedFormula:
         raise ValueError(
             f"Could not read the random-effect part of {formula!r}: write it as (1 | group)."
         )
-    call = re.search(_IDENT + r"\s*\(", fixed)
-    if call:
-        raise ValueError(
-            f"Function calls such as {call.group(0)}...) are not supported in the fixed part "
-            f"of {formula!r}: transform the column in the data first."
-        )
-    bad = re.sub(_IDENT, "", fixed)
+    calls = tuple(find_calls(fixed))
+    outside = fixed
+    for call in calls:
+        outside = outside.replace(call.text, " ", 1)
+    bad = re.sub(_IDENT, "", outside)
     bad = re.sub(r"[\s+*:\-()0-9]", "", bad)
     if bad:
         raise ValueError(
             f"Unexpected characters {bad!r} in the fixed part of {formula!r}: "
-            "use column names joined by +, *, : and -1."
+            "use column names joined by +, *, : and -1, or calls such as log(x) and I(x^2)."
         )
-    return ParsedFormula(formula, response, fixed, tuple(groups), exposure, offset)
+    return ParsedFormula(formula, response, fixed, tuple(groups), exposure, offset, calls)
+
+
+def _grouping_factors(group: str, term: str) -> list[str]:
+    """``g`` -> [g]; ``a:b`` -> ['a:b'] (one factor of the combinations); ``a/b`` -> [a, a:b]."""
+    parts = re.split(r"\s*([/:])\s*", group.strip())
+    names, seps = parts[::2], set(parts[1::2])
+    if not all(re.fullmatch(_IDENT, n) for n in names) or len(seps) > 1:
+        raise ValueError(
+            f"Random-effect term {term!r}: write the grouping as one column (1|g), nested "
+            "columns (1|site/plot), or a combination of columns (1|site:plot)."
+        )
+    if len(set(names)) != len(names):
+        raise ValueError(f"Random-effect term {term!r} names a column twice.")
+    if seps == {"/"}:
+        return [":".join(names[: k + 1]) for k in range(len(names))]
+    return [":".join(names)]
 
 
 def _tidy_terms(rhs: str) -> str:

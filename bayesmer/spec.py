@@ -23,6 +23,7 @@ from .diagnostics import PACKAGE_DIR
 from .families import Family
 from .formula import ParsedFormula
 from .priors import Prior, resolve_priors
+from .transforms import column_name, relabel
 
 #: Information (approximate Fisher information about a group's mean on the link scale, from the
 #: observed data) at or above which a group's effect may be sampled centred. A level is centred
@@ -138,6 +139,8 @@ class ModelSpec:
         Whether rows were collapsed into cells.
     response_levels : tuple or None
         (failure, success) labels when a binomial outcome was a two-level column.
+    scaling : dict
+        Training (mean, sd) over the data rows of each column in ``scale()``/``center()``.
     """
 
     formula: ParsedFormula
@@ -154,6 +157,7 @@ class ModelSpec:
     n_dropped: int
     collapsed: bool
     response_levels: tuple[str, str] | None = None
+    scaling: dict[str, tuple[float, float]] = field(default_factory=dict)
     _design: Any = field(default=None, repr=False)
 
     @property
@@ -208,15 +212,8 @@ class ModelSpec:
         return np.asarray(new.design_matrix, dtype=float)
 
     def to_pandas(self, frame: pl.DataFrame) -> pd.DataFrame:
-        """Predictor columns as pandas with categorical levels in model order."""
-        out = {}
-        for col in self.formula.fixed_variables:
-            if col in self.factors:
-                values = frame[col].cast(pl.String).to_list()
-                out[col] = pd.Categorical(values, categories=self.factors[col], ordered=True)
-            else:
-                out[col] = frame[col].cast(pl.Float64).to_numpy()
-        return pd.DataFrame(out, index=pd.RangeIndex(len(frame)))
+        """Predictor columns as formulae reads them (see :func:`design_frame`)."""
+        return design_frame(self.formula, frame, self.factors, self.scaling)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -392,6 +389,26 @@ def _response_expr(
     return [expr, one], (order[0], order[1])
 
 
+def with_group_columns(
+    lf: pl.LazyFrame, parsed: ParsedFormula, schema: dict[str, pl.DataType]
+) -> tuple[pl.LazyFrame, dict[str, pl.DataType]]:
+    """Add the grouping factors made of several columns (``'site:plot'``) to ``lf``.
+
+    Each is the columns' level labels joined by ``':'`` (null where any of them is null),
+    lme4's labels for ``(1|site:plot)``. Returns the frame and its schema.
+    """
+    combined = [g for g in parsed.groups if len(parsed.group_sources(g)) > 1]
+    if not combined:
+        return lf, schema
+    exprs = [
+        pl.concat_str(
+            [level_expr(c, schema[c]) for c in parsed.group_sources(g)], separator=":"
+        ).alias(g)
+        for g in combined
+    ]
+    return lf.with_columns(exprs), {**schema, **dict.fromkeys(combined, pl.String)}
+
+
 def check_columns(parsed: ParsedFormula, available: list[str]) -> None:
     """Raise a ValueError naming the formula's columns that are not in ``available``."""
     missing = [c for c in parsed.columns if c not in available]
@@ -440,7 +457,7 @@ def build_spec(
             f"available columns: {list(schema)}."
         )
     cols = parsed.columns
-    lf = lf.select(cols)
+    lf, schema = with_group_columns(lf.select(cols), parsed, schema)
 
     # Missing values: drop rows with a null (or NaN) in any used column.
     not_missing = [pl.col(c).is_not_null() for c in cols]
@@ -494,11 +511,19 @@ def build_spec(
 
     # Factor columns and their level order.
     fixed_vars = parsed.fixed_variables
+    in_c = {v for call in parsed.calls if call.name == "C" for v in call.variables}
     factor_cols = [
         c
         for c in fixed_vars
-        if c in factors or not schema[c].is_numeric() or isinstance(schema[c], pl.Enum)
+        if c in factors or c in in_c or not schema[c].is_numeric() or isinstance(schema[c], pl.Enum)
     ]
+    for call in parsed.calls:
+        not_numeric = [v for v in call.variables if call.numeric and v in factor_cols]
+        if not_numeric:
+            raise ValueError(
+                f"The term {call.text} in {parsed.formula!r} needs numeric columns, but "
+                f"{not_numeric} {'is a factor' if len(not_numeric) == 1 else 'are factors'}."
+            )
     if any(c in parsed.groups for c in [resp.column]):
         raise ValueError(f"The outcome {resp.column!r} cannot also be a grouping column.")
     level_cols = list(dict.fromkeys([*factor_cols, *parsed.groups]))
@@ -534,14 +559,23 @@ def build_spec(
 
     # Fixed-effects design from formulae, on the cells only.
     factor_levels = {c: levels[c] for c in factor_cols}
-    frame = _cells_to_pandas(cells, fixed_vars, factor_levels)
+    scaling = _scaling(parsed, clean)
+    frame = design_frame(parsed, cells, factor_levels, scaling)
     frame["bayesmerresponse"] = 0.0  # formulae needs a response; the design ignores it
-    dm = formulae.design_matrices(f"bayesmerresponse ~ {parsed.fixed}", frame, na_action="error")
+    dm = formulae.design_matrices(
+        f"bayesmerresponse ~ {parsed.fixed_for_formulae}", frame, na_action="pass"
+    )
     common = dm.common
     if common is None:
         raise ValueError(f"The formula {parsed.formula!r} has no fixed effects and no intercept.")
     X = np.asarray(common.design_matrix, dtype=float)
-    terms = _r_term_names(common)
+    terms = _r_term_names(common, parsed)
+    not_finite = [t for t, ok in zip(terms, np.isfinite(X).all(axis=0), strict=True) if not ok]
+    if not_finite:
+        raise ValueError(
+            f"The term(s) {not_finite} of {parsed.formula!r} are not finite for some rows "
+            "(the log or square root of a value <= 0?); transform or filter the data first."
+        )
     if np.linalg.matrix_rank(X) < X.shape[1]:
         raise ValueError(
             f"The fixed effects of {parsed.formula!r} are not identifiable from the data (the "
@@ -573,34 +607,64 @@ def build_spec(
         n_dropped=n_dropped,
         collapsed=col_data.collapsed,
         response_levels=response_levels,
+        scaling=scaling,
         _design=common,
     )
 
 
-def _cells_to_pandas(
-    cells: pl.DataFrame, variables: list[str], factor_levels: dict[str, list[str]]
+def design_frame(
+    parsed: ParsedFormula,
+    frame: pl.DataFrame,
+    factor_levels: dict[str, list[str]],
+    scaling: dict[str, tuple[float, float]],
 ) -> pd.DataFrame:
+    """The fixed-effect columns as formulae reads them.
+
+    Factors become pandas categoricals with the model's levels, numeric columns floats, and
+    each call of the formula (``log(x)``, ``I(x^2)``, ``scale(x)``, ``C(g)``) a column of its
+    values under :func:`bayesmer.transforms.column_name`, computed with the training
+    ``scaling``.
+    """
     out = {}
-    for col in variables:
+    for col in parsed.fixed_variables:
         if col in factor_levels:
-            out[col] = pd.Categorical(
-                cells[col].to_list(), categories=factor_levels[col], ordered=True
-            )
+            values = frame[col].cast(pl.String).to_list()
+            out[col] = pd.Categorical(values, categories=factor_levels[col], ordered=True)
         else:
-            out[col] = cells[col].to_numpy()
-    if not out:
-        return pd.DataFrame(index=pd.RangeIndex(len(cells)))
-    return pd.DataFrame(out)
+            out[col] = frame[col].cast(pl.Float64).to_numpy()
+    for k, call in enumerate(parsed.calls):
+        # C(x) is the factor x itself (x is declared a factor); the rest are computed here
+        out[column_name(k)] = call.evaluate(out, scaling) if call.numeric else out[call.inner]
+    return pd.DataFrame(out, index=pd.RangeIndex(len(frame)))
 
 
-def _r_term_names(common: Any) -> list[str]:
-    """formulae labels ('sex[male]:pclass[2]') -> R labels ('sexmale:pclass2')."""
+def _scaling(parsed: ParsedFormula, rows: pl.LazyFrame) -> dict[str, tuple[float, float]]:
+    """Mean and sd (``ddof=1``, as R's ``scale``) over the data rows of every scaled column."""
+    cols = sorted({call.inner for call in parsed.calls if call.stateful})
+    if not cols:
+        return {}
+    values = rows.select(
+        *[pl.col(c).cast(pl.Float64).mean().alias(f"{c}__mean") for c in cols],
+        *[pl.col(c).cast(pl.Float64).std(ddof=1).alias(f"{c}__sd") for c in cols],
+    ).collect()
+    out = {}
+    for c in cols:
+        mean, sd = values[f"{c}__mean"].item(), values[f"{c}__sd"].item()
+        if any(call.name == "scale" and call.inner == c for call in parsed.calls) and not sd:
+            raise ValueError(f"scale({c}): the column {c!r} is constant, so it has no sd.")
+        out[c] = (float(mean), float(sd or 0.0))
+    return out
+
+
+def _r_term_names(common: Any, parsed: ParsedFormula) -> list[str]:
+    """formulae labels ('sex[male]:bayesmer_call0_') -> R labels ('sexmale:I(age^2)')."""
     names: list[str] = []
     for term in common.terms.values():
         for label in term.labels:
             if label == "Intercept":
                 names.append("(Intercept)")
             else:
+                label = relabel(label, parsed.calls)
                 names.append(re.sub(r"\[([^\]]*)\]", r"\1", label))
     return names
 

@@ -44,10 +44,18 @@ def test_offsets():
     [
         ("y ~ x + (x | g)", "random slopes are not supported yet"),
         ("y ~ x + (1 + x | g)", "random slopes are not supported yet"),
-        ("y ~ x + (1 | g/h)", r"For nested groups write one term per level, e.g. \(1\|site\)"),
+        ("y ~ x + (1 | g/h:k)", r"nested columns \(1\|site/plot\), or a combination"),
+        ("y ~ x + (1 | g/g)", "names a column twice"),
+        ("y ~ x + (1|g) + (1|g/h)", r"'g' appears twice"),
+        ("y ~ x + (1|g/h) + (1|g:h)", r"already means \(1\|a\) \+ \(1\|a:b\)"),
+        ("y ~ poly(x, 2)", r"poly\(\) in the term 'poly\(x, 2\)' is not supported"),
+        ("y ~ I(x > 2)", "Could not read the term 'I\\(x > 2\\)'"),
+        ("y ~ I(gamma(x))", r"gamma\(\) inside 'I\(gamma\(x\)\)' is not supported"),
+        ("y ~ scale(x + z)", r"scale\(\) takes one column"),
+        ("y ~ log(2)", "reads no column"),
+        ("y ~ log(x", "Unbalanced parentheses"),
         ("y ~ x + (1 || g)", "'\\|\\|' is not supported"),
         ("y ~ x + (1|g) + (1|g)", "appears twice"),
-        ("y ~ log(x)", "Function calls"),
         ("y x", "exactly one '~'"),
         ("y ~ x ~ z", "exactly one '~'"),
         (" ~ x", "no response"),
@@ -65,3 +73,22 @@ def test_unsupported_formulas_are_named(formula, message):
 def test_formula_must_be_a_string():
     with pytest.raises(TypeError, match="formula must be a string"):
         parse_formula(["y ~ x"])
+
+
+def test_nested_and_combined_grouping_factors():
+    f = parse_formula("y ~ x + (1 | site/plot/tree) + (1|a:b)")
+    assert f.groups == ("site", "site:plot", "site:plot:tree", "a:b")
+    assert f.group_sources("site:plot") == ["site", "plot"]
+    assert f.columns == ["y", "x", "site", "plot", "tree", "a", "b"]
+
+
+def test_calls_in_the_fixed_part():
+    f = parse_formula("use ~ age + I(age ^ 2) + urban + log(dose*2) + scale(x) + C(k) + (1|g)")
+    assert f.fixed_variables == ["age", "urban", "dose", "x", "k"]
+    assert [c.label for c in f.calls] == ["I(age^2)", "log(dose * 2)", "scale(x)", "C(k)"]
+    assert [c.variables for c in f.calls] == [("age",), ("dose",), ("x",), ("k",)]
+    assert f.fixed_for_formulae == (
+        "age + bayesmer_call0_ + urban + bayesmer_call1_ + bayesmer_call2_ + bayesmer_call3_"
+    )
+    assert parse_formula("y ~ I(x**2)").calls[0].label == "I(x^2)"
+    assert parse_formula("y ~ I(log(x)/2)").calls[0].variables == ("x",)

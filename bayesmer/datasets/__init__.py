@@ -9,6 +9,9 @@ import polars as pl
 _DATASETS = {
     "titanic": "titanic.csv",
     "grouseticks": "grouseticks.csv",
+    "sleepstudy": "sleepstudy.csv",
+    "contraception": "contraception.csv",
+    "salamanders": "salamanders.csv",
 }
 _SCHEMAS = {
     # Keep identifiers as strings so they read as labels, not numbers.
@@ -18,6 +21,9 @@ _SCHEMAS = {
         "YEAR": pl.String,
         "LOCATION": pl.String,
     },
+    "sleepstudy": {"Subject": pl.String},
+    "contraception": {"woman": pl.String, "district": pl.String, "livch": pl.String},
+    "salamanders": {"site": pl.String},
 }
 
 
@@ -27,7 +33,9 @@ def load_dataset(name: str | None = None) -> pl.DataFrame | list[str]:
     Parameters
     ----------
     name : str, optional
-        ``'titanic'`` or ``'grouseticks'``. Without a name, the list of dataset names.
+        ``'titanic'``, ``'grouseticks'``, ``'sleepstudy'``, ``'contraception'`` or
+        ``'salamanders'`` (provenance in ``bayesmer/datasets/README.md``). Without a name, the
+        list of dataset names.
 
     Returns
     -------
