@@ -342,13 +342,17 @@ class Model:
         )
         random = None
         if spec.groups:
-            random = self.ranef_var
+            from .pooling import scale_note, with_scale_columns
+
+            random = with_scale_columns(self, self.ranef_var)
         fixed = self.result_fit.select("term", "estimate", "sd", "conf_low", "conf_high", "pd")
         scale = "exp() of the link scale" if self.exponentiate else "link scale"
         footer = [
             f"Fixed effects are posterior medians on the {scale}; pd is the probability "
             "of direction."
         ]
+        if spec.groups:
+            footer.append(scale_note(self))
         if d.problems:
             footer.append("WARNING: " + " ".join(d.problems))
         return summaries.Summary(header, random, fixed, footer)
@@ -399,6 +403,20 @@ class Model:
         return empredict(self, at, type=type, re=re, ci=ci)
 
     # -- checking and reporting (bayesmer.checks, bayesmer.priors, bayesmer.plots, bayesmer.io)
+
+    def shrinkage(self, group: str | None = None) -> pl.DataFrame:
+        """No, partial and complete pooling per group; see :func:`bayesmer.pooling.shrinkage`."""
+        self._require_fit("shrinkage")
+        from .pooling import shrinkage
+
+        return shrinkage(self, group=group)
+
+    def icc(self, ci: float | None = None) -> pl.DataFrame:
+        """Latent ICC and median odds/rate ratio per group; see :func:`bayesmer.pooling.icc`."""
+        self._require_fit("icc")
+        from .pooling import icc
+
+        return icc(self, ci=ci)
 
     def loo(self) -> Any:
         """PSIS-LOO per original observation; see :func:`bayesmer.checks.loo`."""
@@ -491,6 +509,13 @@ class Model:
         from .plots import plot_ppc
 
         return plot_ppc(self, **kwargs)
+
+    def plot_shrinkage(self, group: str | None = None, **kwargs: Any) -> Any:
+        """Shrinkage plot of the group estimates; see :func:`bayesmer.plots.plot_shrinkage`."""
+        self._require_fit("plot_shrinkage")
+        from .plots import plot_shrinkage
+
+        return plot_shrinkage(self, group=group, **kwargs)
 
     def plot_prior_posterior(self, **kwargs: Any) -> Any:
         """Prior against posterior densities; see :func:`bayesmer.plots.plot_prior_posterior`."""
