@@ -62,6 +62,8 @@ PPC_COLUMNS = (
 _ROW, _OBS = "_row", "_obs"
 _TYPES = ("response", "link")
 _RE = ("zero", "marginal", "include")
+#: Allowed values of ``re`` in :func:`ppc`.
+PPC_RE = ("groups", "new")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -646,6 +648,18 @@ def _replicate(
     return rng.poisson(mean * size)
 
 
+def _new_group_draws(spec: ModelSpec, draws: _Draws, rng: np.random.Generator) -> _Draws:
+    """The draws with fresh group effects: per draw and level, ``sd * z`` with z ~ N(0, 1).
+
+    Drawn in the order of ``spec.groups``, one (draws x levels) array each, from ``rng``.
+    """
+    u = {
+        g.name: draws.sd[g.name][:, None] * rng.standard_normal((draws.n, len(g.levels)))
+        for g in spec.groups
+    }
+    return _Draws(draws.b, u, draws.sd, draws.n_chains)
+
+
 Statistic = Callable[[np.ndarray, pl.DataFrame], np.ndarray]
 
 #: Statistics ``ppc`` knows by name.
@@ -752,7 +766,11 @@ def _evaluate(name: str, f: Statistic, y: np.ndarray, rows: pl.DataFrame) -> np.
 
 
 def ppc(
-    model: Model, stat: Any = None, ci: float | None = None, random_seed: int | None = None
+    model: Model,
+    stat: Any = None,
+    ci: float | None = None,
+    random_seed: int | None = None,
+    re: str = "groups",
 ) -> pl.DataFrame:
     """Posterior predictive check: observed statistics against replicated data sets.
 
@@ -780,6 +798,26 @@ def ppc(
         ``ci`` by default.
     random_seed : int, optional
         Seed of the replication.
+    re : {'groups', 'new'}, default 'groups'
+        The group effects of the replicated data (models with random effects only):
+
+        - ``'groups'``: the fitted effects of the observed groups, draw by draw: new chicks in
+          the same broods. This check is lenient about the groups: effects fitted to many
+          small groups absorb extra variation, so the per-group statistics are reproduced
+          almost whatever the model assumes about how the groups vary.
+        - ``'new'``: per posterior draw, fresh effects ``u ~ N(0, sd)`` for every level of
+          every grouping factor (one effect per level, shared by its rows): a new set of
+          broods of the same sizes and predictors. It checks the population model of the
+          groups (is a normal spread of that size enough to produce the observed spread of
+          the group means?); statistics about particular groups (``mean[group=level]``)
+          are compared with the spread of any new group, so only their overall pattern is
+          informative.
+
+        Neither shows that the model predicts well: ppp values near 0.5 only say that the
+        chosen statistics are not at odds with the model, and a statistic that the model
+        fits directly (the overall mean, the mean of each level of a fixed factor) is
+        reproduced by construction. New-group replication is drawn first, then the
+        outcomes, from the same ``random_seed`` stream.
 
     Returns
     -------
@@ -794,17 +832,23 @@ def ppc(
     ------
     ValueError
         For an unknown statistic name, a statistic that does not return one value per data
-        set, or a ``ci`` outside (0, 1).
+        set, a ``ci`` outside (0, 1), or an unknown ``re``.
     TypeError
         If ``stat`` is none of the accepted kinds.
     """
     model._require_fit("ppc")
+    if not isinstance(re, str) or re not in PPC_RE:
+        raise ValueError(f"re must be one of {list(PPC_RE)}, got {re!r}.")
+    if re == "new" and not model.spec.groups:
+        raise ValueError("re='new' draws new group effects, and this model has none.")
     ci = _check_ci(ci, model)
     spec = model.spec
     rows = row_table(model)
     stats = _statistics(stat, spec, rows)
     draws = _Draws.read(spec, model.posterior)
     rng = np.random.default_rng(random_seed)
+    if re == "new":
+        draws = _new_group_draws(spec, draws, rng)
     y_obs = rows[Y].to_numpy()
     data = _public_rows(spec, rows)
     observed = {

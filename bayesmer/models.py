@@ -370,6 +370,7 @@ class Model:
         re: str = "zero",
         at: dict[str, Any] | None = None,
         draws: bool = False,
+        random_seed: int | None = None,
     ) -> pl.DataFrame:
         """Estimated marginal means or contrasts, computed from every posterior draw.
 
@@ -389,18 +390,24 @@ class Model:
             re=re,
             at=at,
             draws=draws,
+            random_seed=random_seed,
         )
         self.result_emmeans = result
         return result
 
     def empredict(
-        self, at: dict[str, Any], type: str = "response", re: str = "zero", ci: float | None = None
+        self,
+        at: dict[str, Any],
+        type: str = "response",
+        re: str = "zero",
+        ci: float | None = None,
+        random_seed: int | None = None,
     ) -> pl.DataFrame:
         """Predictions at given predictor values; see :func:`bayesmer.emmeans.empredict`."""
         self._require_fit("empredict")
         from .emmeans import empredict
 
-        return empredict(self, at, type=type, re=re, ci=ci)
+        return empredict(self, at, type=type, re=re, ci=ci, random_seed=random_seed)
 
     # -- checking and reporting (bayesmer.checks, bayesmer.priors, bayesmer.plots, bayesmer.io)
 
@@ -426,13 +433,17 @@ class Model:
         return loo(self)
 
     def ppc(
-        self, stat: Any = None, ci: float | None = None, random_seed: int | None = None
+        self,
+        stat: Any = None,
+        ci: float | None = None,
+        random_seed: int | None = None,
+        re: str = "groups",
     ) -> pl.DataFrame:
         """Posterior predictive check table; see :func:`bayesmer.checks.ppc`."""
         self._require_fit("ppc")
         from .checks import ppc
 
-        return ppc(self, stat=stat, ci=ci, random_seed=random_seed)
+        return ppc(self, stat=stat, ci=ci, random_seed=random_seed, re=re)
 
     def simulate(self, n: int = 1, random_seed: int | None = None) -> pl.DataFrame:
         """Replicated data sets from the posterior; see :func:`bayesmer.checks.simulate`."""

@@ -699,7 +699,9 @@ def plot_ppc(model: Model, max_panels: int = 12, **ppc_kwargs: Any) -> Figure:
         more statistics (one per group level, say), one panel of the ppp of every statistic;
         values near 0 or 1 (shaded) flag what the model does not reproduce.
     **ppc_kwargs
-        Passed to ``model.ppc`` (``stat``, ``ci``, ``random_seed``).
+        Passed to ``model.ppc`` (``stat``, ``ci``, ``random_seed``, ``re``: ``'groups'``
+        replicates with the fitted group effects, ``'new'`` with fresh effects drawn from the
+        population, a new set of groups; see :func:`bayesmer.checks.ppc`).
 
     Returns
     -------
