@@ -432,6 +432,15 @@ class Model:
 
         return loo(self)
 
+    def kfold(
+        self, group: str, k: int = 10, random_seed: int | None = None, progressbar: bool = True
+    ) -> Any:
+        """K-fold cross-validation by group (new groups); see :func:`bayesmer.kfold.kfold`."""
+        self._require_fit("kfold")
+        from .kfold import kfold
+
+        return kfold(self, group, k=k, random_seed=random_seed, progressbar=progressbar)
+
     def ppc(
         self,
         stat: Any = None,
