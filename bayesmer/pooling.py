@@ -300,5 +300,5 @@ def scale_note(model: Model) -> str:
     }[link]
     text = f"icc: latent-scale intraclass correlation, sd^2 / (sum of group variances + {residual})"
     if link in RATIO_NAMES:
-        text += f"; {RATIO_NAMES[link]}: exp(sqrt(2) * sd * 0.6745) (Merlo)"
-    return text + "; intervals from icc()."
+        text += f";\n{RATIO_NAMES[link]}: exp(sqrt(2) * sd * 0.6745) (Merlo)"
+    return text + "; model.icc() gives their intervals."
