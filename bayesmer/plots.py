@@ -485,7 +485,7 @@ def plot_ranef(model: Model, ci: float | None = None, exponentiate: bool | None 
 
 
 def plot_shrinkage(
-    model: Model, group: str | None = None, type: str = "response", ax: Axes | None = None
+    model: Model, group: str | None = None, type: str = "link", ax: Axes | None = None
 ) -> Figure:
     """Shrinkage plot: each group's own data against the model's estimate for it.
 
@@ -502,10 +502,12 @@ def plot_shrinkage(
         A fitted mixed model.
     group : str, optional
         The grouping factor; needed only when the model has several.
-    type : {'response', 'link'}, default 'response'
-        ``'response'``: probabilities or rates; the no-pooling point is the observed
-        proportion (or rate) itself, and the model's values go through the inverse link.
-        ``'link'``: the table's link-scale values (no pooling with its continuity correction).
+    type : {'link', 'response'}, default 'link'
+        ``'link'``: the table's link-scale values (no pooling with its continuity correction,
+        so a group without successes or events sits at a finite value), the scale on which
+        the model pools the groups. ``'response'``: probabilities or rates; the no-pooling
+        point is the observed proportion (or rate) itself, and the model's values go through
+        the inverse link.
     ax : matplotlib.axes.Axes, optional
         Draw into these axes instead of a new figure.
 
@@ -546,10 +548,21 @@ def plot_shrinkage(
         fig = ax.figure
     if np.ptp(complete) <= 1e-12 * max(1.0, abs(complete[0])):
         ax.axhline(
-            complete[0], color="black", linestyle="--", linewidth=1, label="complete pooling"
+            complete[0],
+            color="black",
+            linestyle="--",
+            linewidth=1,
+            label="complete pooling (fixed effects only)",
         )
     else:
-        ax.plot(x, complete, "_", color="black", markersize=9, label="complete pooling")
+        ax.plot(
+            x,
+            complete,
+            "_",
+            color="black",
+            markersize=9,
+            label="complete pooling (fixed effects only)",
+        )
     ax.quiver(
         x,
         alone,
@@ -563,9 +576,15 @@ def plot_shrinkage(
         zorder=2,
     )
     ax.scatter(
-        x, alone, s=size, facecolors="none", edgecolors=_OBSERVED, zorder=3, label="no pooling"
+        x,
+        alone,
+        s=size,
+        facecolors="none",
+        edgecolors=_OBSERVED,
+        zorder=3,
+        label="no pooling (own data)",
     )
-    ax.scatter(x, partial, s=size, color=_POINT, zorder=4, label="partial pooling")
+    ax.scatter(x, partial, s=size, color=_POINT, zorder=4, label="partial pooling (model)")
     sizes = np.unique(n)
     if len(sizes) <= 15:
         top = blended_transform_factory(ax.transData, ax.transAxes)
@@ -573,6 +592,8 @@ def plot_shrinkage(
             where = np.flatnonzero(n == value)
             if where[0] > 0:
                 ax.axvline(where[0] - 0.5, color="0.85", linewidth=1, zorder=1)
+            if len(where) < len(x) / 30:
+                continue  # too narrow to label
             ax.text(
                 where.mean(),
                 1.01,
