@@ -485,10 +485,29 @@ def _compute_loo(model: Model) -> LooResult:
         r_eff=r_eff,
     )
     if (k_i > GOOD_K).any():
-        warnings.warn(
-            _high_k_message(spec, pointwise), UserWarning, skip_file_prefixes=(PACKAGE_DIR,)
-        )
+        message = _high_k_message(spec, pointwise) + _many_parameters_note(spec, p_loo, weight)
+        warnings.warn(message, UserWarning, skip_file_prefixes=(PACKAGE_DIR,))
     return result
+
+
+def _many_parameters_note(spec: ModelSpec, p_loo: float, weight: np.ndarray) -> str:
+    """A note for the high-k warning when p_loo exceeds n / 5 in a model with groups.
+
+    With that many effective parameters per observation (one effect per small group), leaving
+    one row out moves its group's effect a lot, and high Pareto k values are expected even
+    when the model is right (Vehtari, Gelman & Gabry 2017; loo's ``pareto-k-diagnostic``).
+    """
+    n = float(weight.sum())
+    if not spec.groups or p_loo <= n / 5:
+        return ""
+    names = ", ".join(repr(g.name) for g in spec.groups)
+    return (
+        f" Note: p_loo ({p_loo:.0f}) exceeds n/5 ({n / 5:.0f}): the model has many effective "
+        "parameters per observation (one effect per small group), and then high k values are "
+        "expected even for a correct model, as leaving one row out moves its group's effect. "
+        f"To judge predictions for new groups, cross-validate by group: kfold(group) with "
+        f"group one of {names}."
+    )
 
 
 def _high_k_message(spec: ModelSpec, pointwise: pl.DataFrame, shown: int = 5) -> str:
@@ -705,13 +724,38 @@ def _by_level(column: str, spec: ModelSpec, rows: pl.DataFrame) -> dict[str, Sta
     return out
 
 
-def _statistics(stat: Any, spec: ModelSpec, rows: pl.DataFrame) -> dict[str, Statistic]:
-    """Resolve ``stat`` into named statistics ``f(y (data sets, rows), data) -> (data sets,)``."""
+def _spread(column: str, spec: ModelSpec, rows: pl.DataFrame) -> Statistic:
+    """The sd (ddof=1) across the levels of a grouping column of their mean outcomes.
+
+    Means as in :func:`_by_level`: the proportion of successes, or the mean count.
+    """
+    levels, index = np.unique(rows[column].to_numpy(), return_inverse=True)
+    if spec.family.name == "binomial":
+        denom = np.bincount(index, rows[TRIALS].to_numpy().astype(float), len(levels))
+    else:
+        denom = np.bincount(index, minlength=len(levels)).astype(float)
+    members = np.zeros((len(rows), len(levels)))
+    members[np.arange(len(rows)), index] = 1.0 / denom[index]
+    return lambda y, d: (y @ members).std(axis=1, ddof=1)
+
+
+def _statistics(
+    stat: Any, spec: ModelSpec, rows: pl.DataFrame, new_groups: bool = False
+) -> dict[str, Statistic]:
+    """Resolve ``stat`` into named statistics ``f(y (data sets, rows), data) -> (data sets,)``.
+
+    With ``new_groups`` the default statistics summarise each grouping column by the spread
+    of its level means (``sd[<col> means]``) instead of one mean per level.
+    """
     level_cols = [*spec.factors, *(g.name for g in spec.groups)]
     if stat is None:
         out = {"mean": _named_stat("mean", spec, rows)}
+        group_cols = {g.name for g in spec.groups}
         for col in dict.fromkeys(level_cols):
-            out.update(_by_level(col, spec, rows))
+            if new_groups and col in group_cols:
+                out[f"sd[{col} means]"] = _spread(col, spec, rows)
+            else:
+                out.update(_by_level(col, spec, rows))
         if spec.family.name == "poisson":
             out["zeros"] = _named_stat("zeros", spec, rows)
             out["var"] = _named_stat("var", spec, rows)
@@ -785,7 +829,8 @@ def ppc(
     stat : str, callable, list or dict, optional
         The statistics. By default: ``mean`` (the proportion of successes for binomial
         models, the mean count for Poisson ones), ``mean[col=level]`` for every level of every
-        factor and grouping column, and for Poisson models ``zeros`` (share of zero counts) and
+        factor and grouping column (with ``re='new'``, ``sd[col means]`` for a grouping
+        column instead, see ``re``), and for Poisson models ``zeros`` (share of zero counts) and
         ``var`` (variance of the counts across rows; above its replicated range in
         overdispersed data). Names: ``'mean'``, ``'var'``, ``'sd'``, ``'zeros'``, ``'max'``,
         ``'min'``, or a factor/group column (its per-level means). A callable
@@ -809,9 +854,9 @@ def ppc(
           every grouping factor (one effect per level, shared by its rows): a new set of
           broods of the same sizes and predictors. It checks the population model of the
           groups (is a normal spread of that size enough to produce the observed spread of
-          the group means?); statistics about particular groups (``mean[group=level]``)
-          are compared with the spread of any new group, so only their overall pattern is
-          informative.
+          the group means?). Its default statistics therefore replace the per-level means of
+          each grouping column by ``sd[<col> means]``, the sd across its levels of their mean
+          outcomes (a particular group's mean compared with any new group's says little).
 
         Neither shows that the model predicts well: ppp values near 0.5 only say that the
         chosen statistics are not at odds with the model, and a statistic that the model
@@ -844,7 +889,7 @@ def ppc(
     ci = _check_ci(ci, model)
     spec = model.spec
     rows = row_table(model)
-    stats = _statistics(stat, spec, rows)
+    stats = _statistics(stat, spec, rows, new_groups=re == "new")
     draws = _Draws.read(spec, model.posterior)
     rng = np.random.default_rng(random_seed)
     if re == "new":

@@ -8,6 +8,7 @@ import pytest
 from scipy import integrate, stats
 
 from bayesmer import glmer
+from bayesmer.draws import fixed, group_effects, group_sd
 from bayesmer.families import get_family
 from bayesmer.kfold import group_log_likelihood
 
@@ -110,3 +111,66 @@ def test_kfold_holds_every_group_out_once():
     # minus a margin: the model is no worse than guessing by far.
     assert (table["elpd_kfold"] < 0).all() and (table["elpd_kfold"] > 4 * np.log(0.5) - 2).all()
     assert "3-fold cross-validation by brood" in str(res)
+
+
+def test_loo_warning_explains_high_k_with_many_parameters(grouse_glmer):
+    from bayesmer.checks import _compute_loo, _many_parameters_note
+
+    # 118 broods of 1-10 chicks: p_loo is far above n/5, and high k values are expected.
+    with pytest.warns(UserWarning, match=r"p_loo \(\d+\) exceeds n/5 \(81\).*kfold\(group\)"):
+        res = _compute_loo(grouse_glmer)
+    assert res.p_loo > 403 / 5
+    assert _many_parameters_note(grouse_glmer.spec, 80.0, np.ones(403)) == ""
+
+
+def test_held_out_group_uses_seen_levels_and_integrates_unseen_ones():
+    import xarray as xr
+    from scipy import special
+
+    from bayesmer.kfold import _score_group
+
+    train = pl.DataFrame(
+        {
+            "y": [0, 1, 1, 0, 1, 1, 0, 0, 1, 0, 1, 1],
+            "brood": ["b0", "b0", "b1", "b1", "b2", "b2", "b3", "b3", "b4", "b4", "b5", "b5"],
+            "loc": ["L0"] * 4 + ["L1"] * 4 + ["L2"] * 4,
+        }
+    )
+    refit = glmer("y ~ 1 + (1|brood) + (1|loc)", train)
+    spec = refit.spec
+    rng = np.random.default_rng(0)
+    S = 50
+    data = {"b": (("chain", "draw", "term"), rng.normal(0, 0.5, (1, S, 1)))}
+    coords = {"term": spec.terms}
+    for g in spec.groups:
+        data[g.sd_name] = (("chain", "draw"), rng.uniform(0.3, 1.5, (1, S)))
+        data[g.effect_name] = (("chain", "draw", g.dim), rng.normal(0, 1, (1, S, len(g.levels))))
+        coords[g.dim] = g.levels
+    refit.posterior = xr.DataTree.from_dict({"posterior": xr.Dataset(data, coords=coords)})
+    b = fixed(refit.posterior)[:, 0]
+    sd_brood, sd_loc = (group_sd(refit.posterior, g) for g in spec.groups)
+    u_loc = group_effects(refit.posterior, spec.groups[1])
+
+    def rows(brood, locs, y):
+        return pl.DataFrame(
+            {"brood": [brood] * len(y), "loc": locs, "_y": y, "_n": [1] * len(y)},
+            schema_overrides={"_y": pl.Int64, "_n": pl.Int64},
+        )
+
+    def expected(eta, y, sd):
+        ll = group_log_likelihood(
+            spec, np.repeat(eta[:, None], len(y), 1), np.array(y), np.ones(len(y)), sd
+        )
+        return special.logsumexp(ll) - np.log(S)
+
+    y = [1, 0, 1]
+    # A new brood in a known location: that location's fitted effect.
+    seen = _score_group(refit, rows("b9", ["L1"] * 3, y), "brood", 0)
+    assert seen == pytest.approx(expected(b + u_loc[:, 1], y, sd_brood), rel=1e-12)
+    # A new brood in a new location: both effects integrated, variances added.
+    new = _score_group(refit, rows("b8", ["L7"] * 3, y), "brood", 0)
+    assert new == pytest.approx(expected(b, y, np.sqrt(sd_brood**2 + sd_loc**2)), rel=1e-12)
+    with pytest.raises(ValueError, match="not one level shared by all of them"):
+        _score_group(refit, rows("b7", ["L5", "L6", "L6"], y), "brood", 0)
+    with pytest.raises(ValueError, match="not one level shared by all of them"):
+        _score_group(refit, rows("b7", ["L5", "L1", "L1"], y), "brood", 0)

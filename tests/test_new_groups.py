@@ -143,3 +143,28 @@ def test_new_groups_replicate_a_wider_spread_of_group_means():
     # Fitted effects follow each brood; new ones centre every brood on the population mean.
     spread = lambda t: np.std(t["replicated_mean"].to_numpy())  # noqa: E731
     assert spread(fitted) > 2 * spread(new)
+
+
+def test_ppc_new_groups_checks_the_spread_of_group_means(classes):
+    model = fake(glmer("y ~ sex + (1|cls)", classes), n_draws=300)
+    res = model.ppc(re="new", random_seed=11)
+    assert res["statistic"].to_list() == ["mean", "mean[sex=f]", "mean[sex=m]", "sd[cls means]"]
+    spec = model.spec
+    g = spec.groups[0]
+    b = fixed(model.posterior)
+    rng = np.random.default_rng(11)
+    u = group_sd(model.posterior, g)[:, None] * rng.standard_normal((b.shape[0], len(g.levels)))
+    x = (classes["sex"] == "m").to_numpy().astype(float)
+    level = np.array([g.levels.index(c) for c in classes["cls"]])
+    y_rep = rng.binomial(1, special.expit(b[:, [0]] + b[:, [1]] * x + u[:, level]))
+    members = np.zeros((len(x), len(g.levels)))
+    members[np.arange(len(x)), level] = 1.0
+    members /= members.sum(axis=0)
+    row = res.filter(statistic="sd[cls means]").row(0, named=True)
+    observed = classes.group_by("cls").agg(pl.col("y").mean())["y"].to_numpy()
+    assert row["observed"] == pytest.approx(np.std(observed, ddof=1), rel=1e-12)
+    assert row["replicated_mean"] == pytest.approx(
+        np.mean((y_rep @ members).std(axis=1, ddof=1)), rel=1e-12
+    )
+    # Fitted-group replication keeps one mean per class.
+    assert "mean[cls=c0]" in model.ppc(random_seed=1)["statistic"].to_list()
