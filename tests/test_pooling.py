@@ -13,7 +13,7 @@ import xarray as xr
 from matplotlib.figure import Figure
 from scipy import special
 
-from bayesmer import glmer
+from bayesmer import glm, glmer
 from bayesmer.draws import fixed, group_effects, group_sd, hdi
 
 
@@ -186,4 +186,29 @@ def test_summary_reports_icc_and_median_odds_ratio(titanic_glmer):
     assert f"{icc:.3f}" in text
     assert "icc: latent-scale intraclass correlation, sd^2 / (sum of group variances + pi^2/3)" in (
         text
+    )
+
+
+def test_icc_and_shrinkage_need_groups_and_a_valid_ci(broods):
+    model = fake_posterior(glm("y ~ x", broods))
+    with pytest.raises(ValueError, match=r"icc needs random effects"):
+        model.icc()
+    with pytest.raises(ValueError, match=r"shrinkage needs random effects"):
+        model.shrinkage()
+    model = fake_posterior(glmer("y ~ x + (1|brood)", broods))
+    with pytest.raises(ValueError, match="ci must be between 0 and 1, got 1.5"):
+        model.icc(ci=1.5)
+    assert model.icc(ci=0.5)["conf_high"][0] < model.icc(ci=0.9)["conf_high"][0]
+
+
+def test_plot_shrinkage_on_given_axes_and_the_response_scale(broods):
+    model = fake_posterior(glmer("y ~ x + (1|brood)", broods))
+    fig = Figure()
+    ax = fig.subplots()
+    assert model.plot_shrinkage(type="response", ax=ax) is fig
+    table = model.shrinkage().sort(["n", "no_pooling"])
+    offsets = [c.get_offsets() for c in ax.collections if c.get_offsets().shape[0] == 3]
+    np.testing.assert_allclose(offsets[-2][:, 1], table["observed"].to_numpy())
+    np.testing.assert_allclose(
+        offsets[-1][:, 1], special.expit(table["partial_pooling"].to_numpy()), rtol=1e-12
     )
