@@ -8,7 +8,7 @@ approximation.
 The reference grid follows R's emmeans: every level of the factors asked for, the other factors
 averaged over, numeric covariates at their mean over the data unless ``at`` says otherwise.
 Averaging over the other factors happens on the link scale, per draw, and the average is then
-back-transformed (emmeans' convention). Random effects are handled in one of three ways, see
+back-transformed (emmeans' convention). Random effects are handled in one of four ways, see
 :func:`emmeans`.
 """
 
@@ -121,14 +121,14 @@ def emmeans(
           effect is the median one). lme4 + emmeans' convention.
         - ``'marginal'``: per draw, the inverse link averaged over the group-effect
           distribution ``N(0, sd)`` (for several grouping factors, the sum of independent
-          effects, ``N(0, sqrt(sum of sd^2))``), i.e. **a new group drawn from the
-          population** (population-averaged). Computed by quadrature, not by sampling:
-          Gauss-Hermite (``numpy.polynomial.hermite_e.hermegauss``) while the sd is small, a
-          quantile rule over the link's own logistic or Gumbel distribution for larger sds
-          (accurate to about 1e-6 throughout); exact formulas for the probit and log links.
-          For logit models it pulls probabilities toward 0.5. This is the **average over new
-          groups**: its interval is the uncertainty about that average, not the range in which
-          one new group would fall.
+          effects, ``N(0, sqrt(sum of sd^2))``), i.e. **the average over new groups drawn
+          from the population** (population-averaged): its interval is the uncertainty about
+          that average, not the range in which one new group would fall (see ``'new'``).
+          Computed by quadrature, not by sampling: Gauss-Hermite
+          (``numpy.polynomial.hermite_e.hermegauss``) while the sd is small, a quantile rule
+          over the link's own logistic or Gumbel distribution for larger sds (accurate to
+          about 1e-6 throughout); exact formulas for the probit and log links. For logit
+          models it pulls probabilities toward 0.5.
         - ``'new'``: **one new group**: per draw, one group effect drawn from
           ``N(0, sqrt(sum of sd^2))`` (the same effect at every grid point, so contrasts
           compare levels within that one group) and added on the link scale. The values are
