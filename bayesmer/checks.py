@@ -62,6 +62,8 @@ PPC_COLUMNS = (
 _ROW, _OBS = "_row", "_obs"
 _TYPES = ("response", "link")
 _RE = ("zero", "marginal", "include")
+#: Allowed values of ``re`` in :func:`ppc`.
+PPC_RE = ("groups", "new")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -482,10 +484,29 @@ def _compute_loo(model: Model) -> LooResult:
         r_eff=r_eff,
     )
     if (k_i > GOOD_K).any():
-        warnings.warn(
-            _high_k_message(spec, pointwise), UserWarning, skip_file_prefixes=(PACKAGE_DIR,)
-        )
+        message = _high_k_message(spec, pointwise) + _many_parameters_note(spec, p_loo, weight)
+        warnings.warn(message, UserWarning, skip_file_prefixes=(PACKAGE_DIR,))
     return result
+
+
+def _many_parameters_note(spec: ModelSpec, p_loo: float, weight: np.ndarray) -> str:
+    """A note for the high-k warning when p_loo exceeds n / 5 in a model with groups.
+
+    With that many effective parameters per observation (one effect per small group), leaving
+    one row out moves its group's effect a lot, and high Pareto k values are expected even
+    when the model is right (Vehtari, Gelman & Gabry 2017; loo's ``pareto-k-diagnostic``).
+    """
+    n = float(weight.sum())
+    if not spec.groups or p_loo <= n / 5:
+        return ""
+    names = ", ".join(repr(g.name) for g in spec.groups)
+    return (
+        f" Note: p_loo ({p_loo:.0f}) exceeds n/5 ({n / 5:.0f}): the model has many effective "
+        "parameters per observation (one effect per small group), and then high k values are "
+        "expected even for a correct model, as leaving one row out moves its group's effect. "
+        f"To judge predictions for new groups, cross-validate by group: kfold(group) with "
+        f"group one of {names}."
+    )
 
 
 def _high_k_message(spec: ModelSpec, pointwise: pl.DataFrame, shown: int = 5) -> str:
@@ -645,6 +666,18 @@ def _replicate(
     return rng.poisson(mean * size)
 
 
+def _new_group_draws(spec: ModelSpec, draws: _Draws, rng: np.random.Generator) -> _Draws:
+    """The draws with fresh group effects: per draw and level, ``sd * z`` with z ~ N(0, 1).
+
+    Drawn in the order of ``spec.groups``, one (draws x levels) array each, from ``rng``.
+    """
+    u = {
+        g.name: draws.sd[g.name][:, None] * rng.standard_normal((draws.n, len(g.levels)))
+        for g in spec.groups
+    }
+    return _Draws(draws.b, u, draws.sd, draws.n_chains)
+
+
 Statistic = Callable[[np.ndarray, pl.DataFrame], np.ndarray]
 
 #: Statistics ``ppc`` knows by name.
@@ -690,13 +723,38 @@ def _by_level(column: str, spec: ModelSpec, rows: pl.DataFrame) -> dict[str, Sta
     return out
 
 
-def _statistics(stat: Any, spec: ModelSpec, rows: pl.DataFrame) -> dict[str, Statistic]:
-    """Resolve ``stat`` into named statistics ``f(y (data sets, rows), data) -> (data sets,)``."""
+def _spread(column: str, spec: ModelSpec, rows: pl.DataFrame) -> Statistic:
+    """The sd (ddof=1) across the levels of a grouping column of their mean outcomes.
+
+    Means as in :func:`_by_level`: the proportion of successes, or the mean count.
+    """
+    levels, index = np.unique(rows[column].to_numpy(), return_inverse=True)
+    if spec.family.name == "binomial":
+        denom = np.bincount(index, rows[TRIALS].to_numpy().astype(float), len(levels))
+    else:
+        denom = np.bincount(index, minlength=len(levels)).astype(float)
+    members = np.zeros((len(rows), len(levels)))
+    members[np.arange(len(rows)), index] = 1.0 / denom[index]
+    return lambda y, d: (y @ members).std(axis=1, ddof=1)
+
+
+def _statistics(
+    stat: Any, spec: ModelSpec, rows: pl.DataFrame, new_groups: bool = False
+) -> dict[str, Statistic]:
+    """Resolve ``stat`` into named statistics ``f(y (data sets, rows), data) -> (data sets,)``.
+
+    With ``new_groups`` the default statistics summarise each grouping column by the spread
+    of its level means (``sd[<col> means]``) instead of one mean per level.
+    """
     level_cols = [*spec.factors, *(g.name for g in spec.groups)]
     if stat is None:
         out = {"mean": _named_stat("mean", spec, rows)}
+        group_cols = {g.name for g in spec.groups}
         for col in dict.fromkeys(level_cols):
-            out.update(_by_level(col, spec, rows))
+            if new_groups and col in group_cols:
+                out[f"sd[{col} means]"] = _spread(col, spec, rows)
+            else:
+                out.update(_by_level(col, spec, rows))
         if spec.family.name == "poisson":
             out["zeros"] = _named_stat("zeros", spec, rows)
             out["var"] = _named_stat("var", spec, rows)
@@ -751,7 +809,11 @@ def _evaluate(name: str, f: Statistic, y: np.ndarray, rows: pl.DataFrame) -> np.
 
 
 def ppc(
-    model: Model, stat: Any = None, ci: float | None = None, random_seed: int | None = None
+    model: Model,
+    stat: Any = None,
+    ci: float | None = None,
+    random_seed: int | None = None,
+    re: str = "groups",
 ) -> pl.DataFrame:
     """Posterior predictive check: observed statistics against replicated data sets.
 
@@ -766,7 +828,8 @@ def ppc(
     stat : str, callable, list or dict, optional
         The statistics. By default: ``mean`` (the proportion of successes for binomial
         models, the mean count for Poisson ones), ``mean[col=level]`` for every level of every
-        factor and grouping column, and for Poisson models ``zeros`` (share of zero counts) and
+        factor and grouping column (with ``re='new'``, ``sd[col means]`` for a grouping
+        column instead, see ``re``), and for Poisson models ``zeros`` (share of zero counts) and
         ``var`` (variance of the counts across rows; above its replicated range in
         overdispersed data). Names: ``'mean'``, ``'var'``, ``'sd'``, ``'zeros'``, ``'max'``,
         ``'min'``, or a factor/group column (its per-level means). A callable
@@ -779,6 +842,26 @@ def ppc(
         ``ci`` by default.
     random_seed : int, optional
         Seed of the replication.
+    re : {'groups', 'new'}, default 'groups'
+        The group effects of the replicated data (models with random effects only):
+
+        - ``'groups'``: the fitted effects of the observed groups, draw by draw: new chicks in
+          the same broods. This check is lenient about the groups: effects fitted to many
+          small groups absorb extra variation, so the per-group statistics are reproduced
+          almost whatever the model assumes about how the groups vary.
+        - ``'new'``: per posterior draw, fresh effects ``u ~ N(0, sd)`` for every level of
+          every grouping factor (one effect per level, shared by its rows): a new set of
+          broods of the same sizes and predictors. It checks the population model of the
+          groups (is a normal spread of that size enough to produce the observed spread of
+          the group means?). Its default statistics therefore replace the per-level means of
+          each grouping column by ``sd[<col> means]``, the sd across its levels of their mean
+          outcomes (a particular group's mean compared with any new group's says little).
+
+        Neither shows that the model predicts well: ppp values near 0.5 only say that the
+        chosen statistics are not at odds with the model, and a statistic that the model
+        fits directly (the overall mean, the mean of each level of a fixed factor) is
+        reproduced by construction. New-group replication is drawn first, then the
+        outcomes, from the same ``random_seed`` stream.
 
     Returns
     -------
@@ -793,17 +876,23 @@ def ppc(
     ------
     ValueError
         For an unknown statistic name, a statistic that does not return one value per data
-        set, or a ``ci`` outside (0, 1).
+        set, a ``ci`` outside (0, 1), or an unknown ``re``.
     TypeError
         If ``stat`` is none of the accepted kinds.
     """
     model._require_fit("ppc")
+    if not isinstance(re, str) or re not in PPC_RE:
+        raise ValueError(f"re must be one of {list(PPC_RE)}, got {re!r}.")
+    if re == "new" and not model.spec.groups:
+        raise ValueError("re='new' draws new group effects, and this model has none.")
     ci = _check_ci(ci, model)
     spec = model.spec
     rows = row_table(model)
-    stats = _statistics(stat, spec, rows)
+    stats = _statistics(stat, spec, rows, new_groups=re == "new")
     draws = _Draws.read(spec, model.posterior)
     rng = np.random.default_rng(random_seed)
+    if re == "new":
+        draws = _new_group_draws(spec, draws, rng)
     y_obs = rows[Y].to_numpy()
     data = _public_rows(spec, rows)
     observed = {

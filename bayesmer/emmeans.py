@@ -8,7 +8,7 @@ approximation.
 The reference grid follows R's emmeans: every level of the factors asked for, the other factors
 averaged over, numeric covariates at their mean over the data unless ``at`` says otherwise.
 Averaging over the other factors happens on the link scale, per draw, and the average is then
-back-transformed (emmeans' convention). Random effects are handled in one of three ways, see
+back-transformed (emmeans' convention). Random effects are handled in one of four ways, see
 :func:`emmeans`.
 """
 
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
 #: Allowed values of ``type``, ``re`` and ``weights``.
 TYPES = ("response", "link")
-RE_CHOICES = ("zero", "marginal", "groups")
+RE_CHOICES = ("zero", "marginal", "groups", "new")
 WEIGHTS = ("equal", "proportional", "cells")
 #: Named contrast families (R emmeans names).
 NAMED_CONTRASTS = ("pairwise", "revpairwise", "trt.vs.ctrl")
@@ -46,6 +46,9 @@ DRAW = ".draw"
 #: (both about 1e-6 there, far smaller on either side).
 QUADRATURE_NODES = 100
 HERMITE_MAX_SD = {"logit": 4.5, "cloglog": 2.5}
+#: Seed of the new-group effects of ``re='new'`` when no ``random_seed`` is given, so that the
+#: same call gives the same answer.
+NEW_GROUP_SEED = 0
 #: Upper bound on draws x grid points x groups held in memory at once for ``re='groups'``.
 _CHUNK_ELEMENTS = 4_000_000
 
@@ -65,6 +68,7 @@ def emmeans(
     re: str = "zero",
     at: dict[str, Any] | None = None,
     draws: bool = False,
+    random_seed: int | None = None,
 ) -> pl.DataFrame:
     """Estimated marginal means (or slopes, or contrasts) from every posterior draw.
 
@@ -110,19 +114,29 @@ def emmeans(
         ``'proportional'`` weighs each combination by its frequency in the whole data;
         ``'cells'`` by its frequency within each row of the result (so the mix of the data
         within that row is reproduced).
-    re : {'zero', 'marginal', 'groups'}, default 'zero'
-        Three answers to three different questions (models with random effects only):
+    re : {'zero', 'marginal', 'groups', 'new'}, default 'zero'
+        Four answers to four different questions (models with random effects only):
 
         - ``'zero'``: every group effect at zero, i.e. **a typical group** (the group whose
           effect is the median one). lme4 + emmeans' convention.
         - ``'marginal'``: per draw, the inverse link averaged over the group-effect
           distribution ``N(0, sd)`` (for several grouping factors, the sum of independent
-          effects, ``N(0, sqrt(sum of sd^2))``), i.e. **a new group drawn from the
-          population** (population-averaged). Computed by quadrature, not by sampling:
-          Gauss-Hermite (``numpy.polynomial.hermite_e.hermegauss``) while the sd is small, a
-          quantile rule over the link's own logistic or Gumbel distribution for larger sds
-          (accurate to about 1e-6 throughout); exact formulas for the probit and log links.
-          For logit models it pulls probabilities toward 0.5.
+          effects, ``N(0, sqrt(sum of sd^2))``), i.e. **the average over new groups drawn
+          from the population** (population-averaged): its interval is the uncertainty about
+          that average, not the range in which one new group would fall (see ``'new'``).
+          Computed by quadrature, not by sampling: Gauss-Hermite
+          (``numpy.polynomial.hermite_e.hermegauss``) while the sd is small, a quantile rule
+          over the link's own logistic or Gumbel distribution for larger sds (accurate to
+          about 1e-6 throughout); exact formulas for the probit and log links. For logit
+          models it pulls probabilities toward 0.5.
+        - ``'new'``: **one new group**: per draw, one group effect drawn from
+          ``N(0, sqrt(sum of sd^2))`` (the same effect at every grid point, so contrasts
+          compare levels within that one group) and added on the link scale. The values are
+          the posterior predictive distribution of a single new group's probability or rate;
+          their interval adds the between-group spread to the uncertainty about the
+          parameters, so it is wider than ``'marginal'``'s, and the median sits near the
+          ``'zero'`` value (a typical group), not at the population average. Drawn with
+          ``random_seed``.
         - ``'groups'``: per draw, the inverse link averaged over **the observed groups**
           (their effects as estimated), weighted as ``weights`` says; ``weights='cells'``
           reproduces the mix of groups in the data.
@@ -136,6 +150,9 @@ def emmeans(
     draws : bool, default False
         Return the per-draw values in long form instead: the key columns, ``.draw``, and the
         value column on the scale of ``type``.
+    random_seed : int, optional
+        Seed of the new-group effects of ``re='new'`` (``NEW_GROUP_SEED``, 0, when None, so
+        the same call gives the same answer); unused otherwise.
 
     Returns
     -------
@@ -196,10 +213,10 @@ def emmeans(
 
     if trend:
         shown = [marginal_var, *by_cols] if marginal_var in kept else list(by_cols)
-        slopes = _slopes(model, grid, re, type, marginal_var)
+        slopes = _slopes(model, grid, re, type, marginal_var, random_seed)
         return _finish(grid.keys.select(shown), f"{marginal_var}_trend", slopes, None, ci, draws)
 
-    link = _link_values(model, grid, re)
+    link = _link_values(model, grid, re, random_seed=random_seed)
     display = grid.keys.select([marginal_var, *by_cols])
     if contrasts is None:
         if type == "link":
@@ -217,6 +234,7 @@ def empredict(
     type: str = "response",
     re: str = "zero",
     ci: float | None = None,
+    random_seed: int | None = None,
 ) -> pl.DataFrame:
     """Predictions at given predictor values, from every posterior draw.
 
@@ -236,13 +254,16 @@ def empredict(
         predicts at every distinct combination of the fixed-effect predictors observed in the
         data.
     type : {'response', 'link'}, default 'response'
-    re : {'zero', 'marginal', 'groups'}, default 'zero'
+    re : {'zero', 'marginal', 'groups', 'new'}, default 'zero'
         For the grouping factors neither named in ``at`` nor containing a named group: a
-        typical group (effect zero), a new group from the population, or the average of the
-        observed groups (equal weights; within a named group when nested in it, e.g. the
-        broods of a named location); see :func:`emmeans`.
+        typical group (effect zero), the average over new groups from the population, the
+        average of the observed groups (equal weights; within a named group when nested in
+        it, e.g. the broods of a named location), or one new group (where a single new group
+        would fall); see :func:`emmeans`.
     ci : float, optional
         Interval mass; defaults to the model's ``ci``.
+    random_seed : int, optional
+        Seed of the new-group effects of ``re='new'``; see :func:`emmeans`.
 
     Returns
     -------
@@ -280,7 +301,7 @@ def empredict(
         kept = keys.columns
         averaged = {c: axes[c] for c in axes if c not in kept}
     grid = _build_grid(spec, keys, averaged, "equal", re)
-    link = _link_values(model, grid, re)
+    link = _link_values(model, grid, re, random_seed=random_seed)
     display = grid.keys.select(kept)
     if type == "link":
         return _finish(display, "emmean", link, None, ci, draws=False)
@@ -331,8 +352,8 @@ def _check_fixed_variable(spec: ModelSpec, col: str, arg: str) -> None:
     if col in [g.name for g in spec.groups]:
         raise ValueError(
             f"{arg}: {col!r} is a grouping factor of the random effects (1|{col}), not a fixed "
-            f"effect; emmeans handles it through re= ('zero', 'marginal' or 'groups'). For "
-            f"predictions in given groups use empredict(at={{{col!r}: [...]}})."
+            f"effect; emmeans handles it through re= ('zero', 'marginal', 'groups' or 'new'). "
+            f"For predictions in given groups use empredict(at={{{col!r}: [...]}})."
         )
     raise ValueError(
         f"{arg}: unknown variable {col!r}; the fixed-effect variables of this model are "
@@ -698,7 +719,11 @@ def _column_chunks(n_draws: int, n_cols: int, depth: int) -> list[slice]:
 
 
 def _link_values(
-    model: Model, grid: _Grid, re: str, shift: tuple[str, float] | None = None
+    model: Model,
+    grid: _Grid,
+    re: str,
+    shift: tuple[str, float] | None = None,
+    random_seed: int | None = None,
 ) -> np.ndarray:
     """Link-scale values of the result rows, per draw: shape (S, result rows).
 
@@ -720,6 +745,8 @@ def _link_values(
     if grid.remaining and re == "marginal":
         variance = sum(group_sd(trace, g) ** 2 for g in grid.remaining)
         eta = marginal_link(spec.family, eta, np.sqrt(variance))
+    elif grid.remaining and re == "new":
+        eta = eta + new_group_effect(trace, grid.remaining, random_seed)[:, None]
     elif grid.remaining and re == "groups":
         effects = sum(
             group_effects(trace, g)[:, grid.combos[:, i]] for i, g in enumerate(grid.remaining)
@@ -730,6 +757,30 @@ def _link_values(
             out[:, part] = _link_of_mean(spec.family, nodes, grid.group_weights[None, part])
         eta = out
     return eta @ grid.weights.T
+
+
+def new_group_effect(
+    trace: Any, groups: list[GroupSpec], random_seed: int | None = None
+) -> np.ndarray:
+    """One new group's summed effect per draw: ``sqrt(sum of sd^2) * z``, z ~ N(0, 1).
+
+    Parameters
+    ----------
+    trace : xarray.DataTree
+        The posterior.
+    groups : list of GroupSpec
+        The grouping factors whose effects are drawn anew.
+    random_seed : int, optional
+        Seed of ``numpy.random.default_rng``; :data:`NEW_GROUP_SEED` when None.
+
+    Returns
+    -------
+    np.ndarray
+        Shape (S,): one effect per posterior draw (chains stacked).
+    """
+    sigma = np.sqrt(sum(group_sd(trace, g) ** 2 for g in groups))
+    rng = np.random.default_rng(NEW_GROUP_SEED if random_seed is None else random_seed)
+    return sigma * rng.standard_normal(sigma.shape[0])
 
 
 def _cdf(link: str, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -818,11 +869,13 @@ def _trend_step(spec: ModelSpec, col: str) -> float:
 # Contrasts and tables
 
 
-def _slopes(model: Model, grid: _Grid, re: str, type: str, var: str) -> np.ndarray:
+def _slopes(
+    model: Model, grid: _Grid, re: str, type: str, var: str, random_seed: int | None = None
+) -> np.ndarray:
     """Per-draw slopes of the marginal means in ``var``, by central differences."""
     step = _trend_step(model.spec, var)
-    upper = _link_values(model, grid, re, shift=(var, step))
-    lower = _link_values(model, grid, re, shift=(var, -step))
+    upper = _link_values(model, grid, re, shift=(var, step), random_seed=random_seed)
+    lower = _link_values(model, grid, re, shift=(var, -step), random_seed=random_seed)
     if type == "link":
         return (upper - lower) / (2 * step)
     inverse = model.spec.family.inverse_link

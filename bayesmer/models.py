@@ -342,13 +342,17 @@ class Model:
         )
         random = None
         if spec.groups:
-            random = self.ranef_var
+            from .pooling import scale_note, with_scale_columns
+
+            random = with_scale_columns(self, self.ranef_var)
         fixed = self.result_fit.select("term", "estimate", "sd", "conf_low", "conf_high", "pd")
         scale = "exp() of the link scale" if self.exponentiate else "link scale"
         footer = [
             f"Fixed effects are posterior medians on the {scale}; pd is the probability "
             "of direction."
         ]
+        if spec.groups:
+            footer.append(scale_note(self))
         if d.problems:
             footer.append("WARNING: " + " ".join(d.problems))
         return summaries.Summary(header, random, fixed, footer)
@@ -366,6 +370,7 @@ class Model:
         re: str = "zero",
         at: dict[str, Any] | None = None,
         draws: bool = False,
+        random_seed: int | None = None,
     ) -> pl.DataFrame:
         """Estimated marginal means or contrasts, computed from every posterior draw.
 
@@ -385,20 +390,40 @@ class Model:
             re=re,
             at=at,
             draws=draws,
+            random_seed=random_seed,
         )
         self.result_emmeans = result
         return result
 
     def empredict(
-        self, at: dict[str, Any], type: str = "response", re: str = "zero", ci: float | None = None
+        self,
+        at: dict[str, Any],
+        type: str = "response",
+        re: str = "zero",
+        ci: float | None = None,
+        random_seed: int | None = None,
     ) -> pl.DataFrame:
         """Predictions at given predictor values; see :func:`bayesmer.emmeans.empredict`."""
         self._require_fit("empredict")
         from .emmeans import empredict
 
-        return empredict(self, at, type=type, re=re, ci=ci)
+        return empredict(self, at, type=type, re=re, ci=ci, random_seed=random_seed)
 
     # -- checking and reporting (bayesmer.checks, bayesmer.priors, bayesmer.plots, bayesmer.io)
+
+    def shrinkage(self, group: str | None = None) -> pl.DataFrame:
+        """No, partial and complete pooling per group; see :func:`bayesmer.pooling.shrinkage`."""
+        self._require_fit("shrinkage")
+        from .pooling import shrinkage
+
+        return shrinkage(self, group=group)
+
+    def icc(self, ci: float | None = None) -> pl.DataFrame:
+        """Latent ICC and median odds/rate ratio per group; see :func:`bayesmer.pooling.icc`."""
+        self._require_fit("icc")
+        from .pooling import icc
+
+        return icc(self, ci=ci)
 
     def loo(self) -> Any:
         """PSIS-LOO per original observation; see :func:`bayesmer.checks.loo`."""
@@ -407,14 +432,27 @@ class Model:
 
         return loo(self)
 
+    def kfold(
+        self, group: str, k: int = 10, random_seed: int | None = None, progressbar: bool = True
+    ) -> Any:
+        """K-fold cross-validation by group (new groups); see :func:`bayesmer.kfold.kfold`."""
+        self._require_fit("kfold")
+        from .kfold import kfold
+
+        return kfold(self, group, k=k, random_seed=random_seed, progressbar=progressbar)
+
     def ppc(
-        self, stat: Any = None, ci: float | None = None, random_seed: int | None = None
+        self,
+        stat: Any = None,
+        ci: float | None = None,
+        random_seed: int | None = None,
+        re: str = "groups",
     ) -> pl.DataFrame:
         """Posterior predictive check table; see :func:`bayesmer.checks.ppc`."""
         self._require_fit("ppc")
         from .checks import ppc
 
-        return ppc(self, stat=stat, ci=ci, random_seed=random_seed)
+        return ppc(self, stat=stat, ci=ci, random_seed=random_seed, re=re)
 
     def simulate(self, n: int = 1, random_seed: int | None = None) -> pl.DataFrame:
         """Replicated data sets from the posterior; see :func:`bayesmer.checks.simulate`."""
@@ -491,6 +529,13 @@ class Model:
         from .plots import plot_ppc
 
         return plot_ppc(self, **kwargs)
+
+    def plot_shrinkage(self, group: str | None = None, **kwargs: Any) -> Any:
+        """Shrinkage plot of the group estimates; see :func:`bayesmer.plots.plot_shrinkage`."""
+        self._require_fit("plot_shrinkage")
+        from .plots import plot_shrinkage
+
+        return plot_shrinkage(self, group=group, **kwargs)
 
     def plot_prior_posterior(self, **kwargs: Any) -> Any:
         """Prior against posterior densities; see :func:`bayesmer.plots.plot_prior_posterior`."""

@@ -11,6 +11,8 @@ display of figures, which IPython otherwise sets up only once pyplot has been us
   ratios, 0 on the link scale).
 - :func:`plot_ranef`: caterpillar plot of the group deviations, one panel per grouping factor.
 - :func:`plot_trace`: trace and rank plots of every chain, one row per parameter.
+- :func:`plot_shrinkage`: each group's own data against the model's estimate for it (partial
+  pooling), with the complete-pooling value.
 - :func:`plot_ppc`: the posterior predictive check table of ``model.ppc()``.
 - :func:`plot_prior_posterior`: prior against posterior density of the fixed effects and the
   group sds.
@@ -482,6 +484,139 @@ def plot_ranef(model: Model, ci: float | None = None, exponentiate: bool | None 
     return fig
 
 
+def plot_shrinkage(
+    model: Model, group: str | None = None, type: str = "link", ax: Axes | None = None
+) -> Figure:
+    """Shrinkage plot: each group's own data against the model's estimate for it.
+
+    One column per level of the grouping factor, levels sorted by their number of rows ``n``
+    (then by their observed value): an open circle at the group's own data (no pooling), an
+    arrow to the model's estimate for the group (partial pooling, filled circle), and a dash
+    at the fixed part alone (complete pooling). Marker areas grow with ``n``: small groups
+    move furthest towards the complete-pooling value. The values are those of
+    :func:`bayesmer.pooling.shrinkage`.
+
+    Parameters
+    ----------
+    model : glmer
+        A fitted mixed model.
+    group : str, optional
+        The grouping factor; needed only when the model has several.
+    type : {'link', 'response'}, default 'link'
+        ``'link'``: the table's link-scale values (no pooling with its continuity correction,
+        so a group without successes or events sits at a finite value), the scale on which
+        the model pools the groups. ``'response'``: probabilities or rates; the no-pooling
+        point is the observed proportion (or rate) itself, and the model's values go through
+        the inverse link.
+    ax : matplotlib.axes.Axes, optional
+        Draw into these axes instead of a new figure.
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        The new figure, or the figure holding ``ax``.
+
+    Raises
+    ------
+    ValueError
+        If the model has no random effects, ``group`` is not one of them, or ``type`` is not
+        ``'response'`` or ``'link'``.
+    """
+    model._require_fit("plot_shrinkage")
+    if type not in ("response", "link"):
+        raise ValueError(f"type must be 'response' or 'link', got {type!r}.")
+    from .pooling import _pick_group, shrinkage
+
+    name = _pick_group(model.spec, group, "plot_shrinkage").name
+    table = shrinkage(model, name).sort(["n", "no_pooling"])
+    n = table["n"].to_numpy()
+    partial = table["partial_pooling"].to_numpy()
+    complete = table["complete_pooling"].to_numpy()
+    if type == "response":
+        inverse = model.spec.family.inverse_link
+        alone, partial, complete = table["observed"].to_numpy(), inverse(partial), inverse(complete)
+        label = "Probability" if model.family == "binomial" else "Rate per unit exposure"
+    else:
+        alone = table["no_pooling"].to_numpy()
+        label = f"Link scale ({model.link})"
+    x = np.arange(len(table))
+    size = 15.0 + 85.0 * n / n.max()
+    if ax is None:
+        fig = Figure(figsize=(min(max(6.0, 0.07 * len(x) + 4.0), 14.0), 4.4), layout="constrained")
+        ax = fig.subplots()
+    else:
+        fig = ax.figure
+    if np.ptp(complete) <= 1e-12 * max(1.0, abs(complete[0])):
+        ax.axhline(
+            complete[0],
+            color="black",
+            linestyle="--",
+            linewidth=1,
+            label="complete pooling (fixed effects only)",
+        )
+    else:
+        ax.plot(
+            x,
+            complete,
+            "_",
+            color="black",
+            markersize=9,
+            label="complete pooling (fixed effects only)",
+        )
+    ax.quiver(
+        x,
+        alone,
+        np.zeros_like(x, dtype=float),
+        partial - alone,
+        angles="xy",
+        scale_units="xy",
+        scale=1.0,
+        color=_PRIOR,
+        width=0.0025,
+        zorder=2,
+    )
+    ax.scatter(
+        x,
+        alone,
+        s=size,
+        facecolors="none",
+        edgecolors=_OBSERVED,
+        zorder=3,
+        label="no pooling (own data)",
+    )
+    ax.scatter(x, partial, s=size, color=_POINT, zorder=4, label="partial pooling (model)")
+    sizes = np.unique(n)
+    if len(sizes) <= 15:
+        top = blended_transform_factory(ax.transData, ax.transAxes)
+        for value in sizes:
+            where = np.flatnonzero(n == value)
+            if where[0] > 0:
+                ax.axvline(where[0] - 0.5, color="0.85", linewidth=1, zorder=1)
+            if len(where) < len(x) / 30:
+                continue  # too narrow to label
+            ax.text(
+                where.mean(),
+                1.01,
+                f"n={value}",
+                transform=top,
+                ha="center",
+                va="bottom",
+                fontsize=8,
+            )
+    ax.set_xticks([])
+    ax.set_xlim(-1, len(x))
+    ax.set_xlabel(f"levels of {name}, sorted by n (marker size: rows per level)")
+    ax.set_ylabel(label)
+    ax.legend(fontsize=8, loc="best", frameon=False)
+    ax.set_title(
+        f"Shrinkage of the {len(x)} levels of {name}: own data (open) to the model's estimate "
+        "(filled)",
+        fontsize=10,
+        pad=16 if len(sizes) <= 15 else 6,
+    )
+    return fig
+
+
 # ---------------------------------------------------------------------------------------------
 # Sampler diagnostics
 
@@ -585,7 +720,9 @@ def plot_ppc(model: Model, max_panels: int = 12, **ppc_kwargs: Any) -> Figure:
         more statistics (one per group level, say), one panel of the ppp of every statistic;
         values near 0 or 1 (shaded) flag what the model does not reproduce.
     **ppc_kwargs
-        Passed to ``model.ppc`` (``stat``, ``ci``, ``random_seed``).
+        Passed to ``model.ppc`` (``stat``, ``ci``, ``random_seed``, ``re``: ``'groups'``
+        replicates with the fitted group effects, ``'new'`` with fresh effects drawn from the
+        population, a new set of groups; see :func:`bayesmer.checks.ppc`).
 
     Returns
     -------

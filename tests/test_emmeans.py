@@ -219,7 +219,7 @@ def test_bad_input_empredict(titanic_glm, titanic_glmer):
     with pytest.raises(ValueError, match="at must be a dict or 'data'"):
         empredict(titanic_glm, "everything")
     with pytest.raises(ValueError, match="re must be one of"):
-        empredict(titanic_glmer, {"sex": "male"}, re="new")
+        empredict(titanic_glmer, {"sex": "male"}, re="population")
 
 
 def test_bad_input_glmer_and_numeric(titanic_glmer, grouse_glmer):
