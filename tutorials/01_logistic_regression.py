@@ -18,7 +18,9 @@
 # way it shows the three scales a logistic model lives on (log-odds, odds, probability), how
 # `bayesmer.glm` reports its estimates on each of them, and how to ask questions directly on
 # the probability scale with `emmeans`, where every answer comes with its full posterior
-# uncertainty.
+# uncertainty. "How many times more likely" has two common answers, a ratio of probabilities
+# (the *risk ratio*) and a ratio of odds (the *odds ratio*); here they differ by a factor of
+# three, and the tutorial shows both.
 #
 # The model is fitted by Markov chain Monte Carlo (PyMC, sampled with nutpie). Instead of a
 # single best estimate and a standard error, a fit gives thousands of plausible parameter
@@ -30,6 +32,7 @@ import numpy as np
 import polars as pl
 
 from bayesmer import glm, load_dataset
+from bayesmer.draws import hdi  # highest-density interval of draws, as bayesmer computes it
 
 # Show every column of the tables and three decimals.
 pl.Config.set_tbl_cols(-1)
@@ -163,8 +166,14 @@ print(model.params)
 model.fit(exponentiate=True, random_seed=SEED, progressbar=False)
 print(model.params)
 
+# %%
+odds_ratio_median = model.params.filter(pl.col("term") == "sexmale")["estimate"].item()
+print(
+    f"A man's odds of surviving were {odds_ratio_median:.3f} times a woman's: "
+    f"about 1/{1 / odds_ratio_median:.0f}."
+)
+
 # %% [markdown]
-# A man's odds of surviving were about 0.08 times a woman's: roughly one twelfth.
 #
 # `result_fit` adds the uncertainty: the posterior standard deviation (`sd`), the bounds of the
 # 95% highest-density credible interval (`conf_low`, `conf_high`), the probability of
@@ -228,11 +237,53 @@ print(model.emmeans("sex", contrasts=contrast))
 print(model.emmeans("sex", contrasts=contrast, type="link"))
 
 # %% [markdown]
-# Reversing the weights puts women in the numerator: their odds of surviving were about twelve
-# times those of men. This time the name says what the weights compute.
+# Reversing the weights puts women in the numerator: the odds ratio of women to men. This time
+# the name says what the weights compute.
 
 # %%
 print(model.emmeans("sex", contrasts={"female_over_male": [1, -1]}))
+
+# %% [markdown]
+# ### Odds ratio or risk ratio?
+#
+# "Women's odds of surviving were about twelve times men's" is true, but it does **not** mean
+# that women were twelve times as likely to survive. "Times as likely" is a ratio of
+# probabilities, the *risk ratio*. The two ratios agree only when the outcome is rare in both
+# groups (then odds and probabilities are close); here three women in four survived, and the
+# odds ratio is far from the risk ratio. Both come from the same draws: `emmeans(...,
+# draws=True)` gives every draw of each probability, and their ratio per draw is the
+# posterior of the risk ratio.
+
+# %%
+per_draw = model.emmeans("sex", draws=True)
+wide = per_draw.pivot(on="sex", index=".draw", values="prob")
+p_f, p_m = wide["female"].to_numpy(), wide["male"].to_numpy()
+ratios = {
+    "risk ratio, women / men": p_f / p_m,
+    "odds ratio, women / men": (p_f / (1 - p_f)) / (p_m / (1 - p_m)),
+    "risk difference, women - men": p_f - p_m,
+}
+side_by_side = pl.DataFrame(
+    [
+        {
+            "quantity": name,
+            "median": float(np.median(v)),
+            "lower_HPD": float(hdi(v[:, None], 0.95)[0, 0]),
+            "upper_HPD": float(hdi(v[:, None], 0.95)[0, 1]),
+        }
+        for name, v in ratios.items()
+    ]
+)
+print(side_by_side)
+rr, orr = np.median(ratios["risk ratio, women / men"]), np.median(ratios["odds ratio, women / men"])
+print(f"Women were about {rr:.1f} times as likely to survive as men; their odds were {orr:.0f}x.")
+
+# %% [markdown]
+# Report the ratio that answers the question asked: "how many times as likely" is the risk
+# ratio; the odds ratio is what a logistic model's coefficient gives, and it is the right
+# number for other purposes (it is the same in a case-control sample, and it is what
+# `exponentiate=True` reports). The risk difference, in percentage points, is often the
+# clearest of all.
 
 # %% [markdown]
 # `plot_emmeans` draws the marginal means with their intervals.
@@ -241,22 +292,28 @@ print(model.emmeans("sex", contrasts={"female_over_male": [1, -1]}))
 model.plot_emmeans("sex")
 
 # %% [markdown]
-# ## What a credible interval and pd say that a p-value does not
+# ## What a credible interval says, and what pd does not
 #
 # A frequentist analysis of these data reports a p-value far below 0.001 for `sexmale`. That
 # number is a statement about *data*: if men and women had had exactly the same odds of
 # surviving, data showing a difference this large would almost never occur. It does not say how
-# big the difference is or how sure we should be of any particular size.
+# big the difference is.
 #
 # The posterior is a statement about the *quantity we care about*, given the data and the
 # priors. Because it is a distribution over the odds ratio, we can read off direct answers:
 #
-# - **Credible interval.** There is a 95% probability that the odds ratio lies between the two
-#   bounds of the interval. (A 95% confidence interval does not license that sentence.)
-# - **Probability of direction (pd).** The share of the posterior on the side of the null that
-#   the median is on. Here every draw has men at lower odds than women, so pd = 1.
-# - **Any other question** is a count over draws: for example, the probability that men's odds
-#   were less than a tenth of women's.
+# - **Credible interval.** Given the model and priors, there is a 95% probability that the odds
+#   ratio lies between the two bounds (the 95% highest-density interval of the odds-ratio
+#   draws). (A 95% confidence interval does not license that sentence.) It speaks about size.
+# - **Probability of direction (pd).** The share of the draws on the side of the null (an odds
+#   ratio of 1) where the median lies. pd is *not* something new that a p-value lacks: with
+#   weak priors it is close to 1 - p/2 (p the two-sided p-value), the same information on
+#   another scale, and like a p-value it says nothing about size: a negligible effect measured
+#   precisely also has pd near 1. And it is counted from draws: when all 4,000 draws are on one
+#   side it prints as 1, which only means it is above about 0.9997.
+# - **Any question about size** is a count over draws: for example, the probability that men's
+#   odds were less than a tenth of women's. Pair pd with such a statement, or with the
+#   interval.
 #
 # The draws of every parameter are in `model.posterior` (an ArviZ DataTree). Here are those of
 # the odds ratio, with the 95% credible interval from `result_fit` shaded.
@@ -268,7 +325,13 @@ row = model.result_fit.filter(pl.col("term") == "sexmale").row(0, named=True)
 
 fig, ax = plt.subplots(figsize=(6, 3))
 ax.hist(odds_ratio, bins=60, color="tab:blue", alpha=0.7)
-ax.axvspan(row["conf_low"], row["conf_high"], color="tab:orange", alpha=0.2, label="95% HDI")
+ax.axvspan(
+    row["conf_low"],
+    row["conf_high"],
+    color="tab:orange",
+    alpha=0.2,
+    label="95% HDI of the odds ratio",
+)
 ax.axvline(row["estimate"], color="black", lw=1, label="posterior median")
 ax.set(xlabel="odds ratio, men / women", ylabel="draws", title="Posterior of the odds ratio")
 ax.legend(frameon=False)
@@ -276,20 +339,21 @@ ax.spines[["top", "right"]].set_visible(False)
 fig.tight_layout()
 
 print(f"95% credible interval: {row['conf_low']:.3f} to {row['conf_high']:.3f}")
-print(f"P(odds ratio < 1)   = {np.mean(odds_ratio < 1):.3f}")
-print(f"P(odds ratio < 0.1) = {np.mean(odds_ratio < 0.1):.3f}")
+n_draws = odds_ratio.size
+pd_odds = np.mean(odds_ratio < 1)
+shown = f"> {1 - 1 / n_draws:.4f}" if pd_odds == 1 else f"{pd_odds:.4f}"
+print(f"pd = P(odds ratio < 1) = {shown} ({n_draws} draws)")
+print(f"P(odds ratio < 0.1)    = {np.mean(odds_ratio < 0.1):.3f}   <- a statement about size")
 
 # %% [markdown]
 # The same works on the probability scale. With `draws=True`, `emmeans` returns every
 # posterior draw of each marginal mean (one row per level and draw, numbered in the `.draw`
 # column) instead of a summary, so we can compute any derived quantity ourselves: here, the
-# difference in survival probability between women and men, in percentage points.
+# difference in survival probability between women and men, in percentage points, and the
+# probability that it exceeds 50 points.
 
 # %%
-per_draw = model.emmeans("sex", draws=True)
 print(per_draw.head())
-
-wide = per_draw.pivot(on="sex", index=".draw", values="prob")
 gap = (wide["female"] - wide["male"]) * 100
 print(f"female - male survival, median {gap.median():.1f} percentage points")
 print(f"P(gap > 50 points) = {(gap > 50).mean():.3f}")
@@ -300,10 +364,14 @@ print(f"P(gap > 50 points) = {(gap > 50).mean():.3f}")
 # - A logistic regression works on the log-odds scale; `exp()` turns its coefficients into odds
 #   and odds ratios, and the logistic curve turns log-odds into probabilities.
 # - `glm('survived ~ sex')` with `set_factors('sex')` reproduces the observed survival shares:
-#   `params` gives log-odds, and `fit(exponentiate=True)` gives odds (intercept) and an odds
-#   ratio (`sexmale`) of about 0.08 for men against women.
-# - `emmeans('sex')` answers on the probability scale (about 0.74 for women, 0.19 for men), and
-#   the contrast `[-1, 1]` gives the same odds ratio, computed draw by draw.
+#   `params` gives log-odds, and `fit(exponentiate=True)` gives odds (intercept) and the odds
+#   ratio of men to women (`sexmale`).
+# - `emmeans('sex')` answers on the probability scale, and the contrast `[-1, 1]` gives the
+#   same odds ratio, computed draw by draw.
+# - An odds ratio is not a risk ratio: "how many times as likely" is the ratio of
+#   probabilities, computed here from the same draws; with a common outcome the two differ a
+#   lot.
 # - Every result is a summary of posterior draws. A credible interval is a probability
-#   statement about the effect itself; pd and any other probability (such as P(odds ratio <
-#   0.1)) are counts over the draws, which a p-value cannot provide.
+#   statement about the size of the effect. pd carries about the same information as a
+#   p-value and says nothing about size; pair it with an interval or with the probability of an
+#   effect beyond a size that matters (such as P(odds ratio < 0.1)).

@@ -18,11 +18,13 @@
 # class gets its own baseline log-odds of survival, and those baselines are treated as draws
 # from a common distribution whose spread (the group standard deviation) is estimated too.
 #
-# It covers the per-class estimates on the odds scale (`ranef`, `fixef`), three different
-# questions a "probability of survival" can answer in a multilevel model (`re='zero'`,
-# `re='marginal'`, `re='groups'`), why three groups tell us little about the group standard
-# deviation, and how to read the convergence diagnostics, including what to do when they
-# complain.
+# It covers the per-class estimates on the odds scale (`ranef`, `fixef`), why adding class
+# moves the odds ratio away from 1 while it moves the risk difference towards 0
+# (non-collapsibility), whether one odds ratio fits every class, the size of the class
+# spread on a readable scale (ICC, median odds ratio), the different questions a "probability
+# of survival" can answer in a multilevel model (`re='zero'`, `'marginal'`, `'new'`,
+# `'groups'`), why three groups tell us little about the group standard deviation, and how to
+# read the convergence diagnostics, including what to do when they complain.
 
 # %%
 import matplotlib.pyplot as plt
@@ -30,7 +32,7 @@ import numpy as np
 import polars as pl
 from scipy import stats
 
-from bayesmer import glmer, load_dataset
+from bayesmer import compare, glm, glmer, load_dataset
 
 pl.Config.set_tbl_cols(-1)
 pl.Config.set_tbl_width_chars(140)
@@ -70,32 +72,124 @@ fig.tight_layout()
 #
 # `glmer` accepts lme4's random-effects syntax: `(1|pclass)` gives each class its own
 # intercept, drawn from a normal distribution centred on the overall intercept with a standard
-# deviation that the model also estimates. The class labels are numbers in the data, so we
-# declare `pclass` a factor.
+# deviation that the model also estimates. A grouping column is always read as labels, so the
+# numbers 1, 2, 3 of `pclass` need no `set_factors` here (declaring it does no harm).
 #
 # `fit(summary=True)` returns the summary, and `exponentiate=True` reports the fixed effects as
 # odds (the intercept) and odds ratios (`sexmale`).
 
 # %%
 model = glmer("survived ~ sex + (1|pclass)", data=titanic, family="binomial")
-model.set_factors("pclass")
 print(model.fit(exponentiate=True, summary=True, random_seed=SEED, progressbar=False))
 
 # %% [markdown]
-# The odds ratio for men against women is close to tutorial 1's, a little further from 1,
-# because comparing men and women *within* a class removes the part of the gap that came from
-# women being more often in first class. The intercept, the odds of survival for a woman in a
-# typical class, is very uncertain: its interval spans a factor of ten or more. We come back
-# to why below.
+# The intercept, the odds of survival for a woman in a typical class, is very uncertain: its
+# interval spans a factor of ten or more. We come back to why below. First, the sex effect.
+#
+# ## Why the odds ratio moves away from 1: non-collapsibility
+#
+# The odds ratio of men to women is further from 1 here than in tutorial 1's model without
+# class. It is tempting to read that as confounding removed (women were more often in first
+# class, where everybody survived more often). But removing that confounding moves a
+# difference in *probabilities* towards 0, not away from it. The table below compares the
+# sexes three ways, in the data: across all passengers and within each class.
+
+
+# %%
+def compare_sexes(frame):
+    shares = frame.group_by("sex").agg(p=pl.col("survived").mean()).sort("sex")["p"].to_list()
+    p_f, p_m = shares
+    return {
+        "risk difference (m - f)": p_m - p_f,
+        "risk ratio (m / f)": p_m / p_f,
+        "odds ratio (m / f)": (p_m / (1 - p_m)) / (p_f / (1 - p_f)),
+    }
+
+
+rows = [{"passengers": "all classes", **compare_sexes(titanic)}]
+for cls in (1, 2, 3):
+    rows.append(
+        {"passengers": f"class {cls}", **compare_sexes(titanic.filter(pl.col("pclass") == cls))}
+    )
+print(pl.DataFrame(rows))
+
+# %% [markdown]
+# Within classes the men's odds are far lower relative to women's than across all passengers.
+# Now the same comparison from the model, on a common footing: the probability of survival for
+# each sex *standardised to the class mix of all passengers* (`re='groups'` averages over the
+# observed classes; `weights='proportional'` gives each class its share of all passengers,
+# the same for both sexes), against the model's conditional odds ratio (one class at a time).
+
+# %%
+std = model.emmeans("sex", re="groups", weights="proportional", draws=True)
+std = std.pivot(on="sex", index=".draw", values="prob")
+p_f, p_m = std["female"].to_numpy(), std["male"].to_numpy()
+odds_ratio_conditional = np.exp(model.posterior["posterior"]["b"].sel(term="sexmale").values)
+table = pl.DataFrame(
+    {
+        "quantity": [
+            "risk difference (m - f), standardised",
+            "risk ratio (m / f), standardised",
+            "odds ratio (m / f), standardised",
+            "odds ratio (m / f) within a class (sexmale)",
+        ],
+        "model median": [
+            float(np.median(p_m - p_f)),
+            float(np.median(p_m / p_f)),
+            float(np.median((p_m / (1 - p_m)) / (p_f / (1 - p_f)))),
+            float(np.median(odds_ratio_conditional)),
+        ],
+    }
+)
+print(table)
+crude = compare_sexes(titanic)
+print(
+    f"across all passengers, unadjusted: risk difference {crude['risk difference (m - f)']:.3f},"
+    f" odds ratio {crude['odds ratio (m / f)']:.3f}"
+)
+
+# %% [markdown]
+# Standardising to one class mix moves the risk difference towards 0 (less of a gap once
+# women's better classes are accounted for), yet the odds ratio *within* a class is further
+# from 1 than any odds ratio computed across classes. Both are correct: the odds ratio is
+# **non-collapsible**. Averaging probabilities over groups with different baselines gives an
+# odds ratio closer to 1 than the odds ratio inside each group, even with no confounding at
+# all. So a change in an odds ratio when a covariate is added is not, by itself, evidence of
+# confounding; compare risk differences (or risk ratios, which are collapsible when there is no
+# confounding) for that.
+#
+# ## One odds ratio for every class?
+#
+# The model gives every class the same sex effect. The data disagree: in the table above, the
+# within-class odds ratios of classes 1 and 2 are far below that of class 3. An interaction
+# `sex * pclass` (fixed effects: one odds ratio per class) lets them differ, and LOO compares
+# the two models' predictions. (Random slopes, `(sex | pclass)`, would let the sex effect vary
+# by class as a random effect; with three classes fixed effects are the simpler choice.)
+
+# %%
+interaction = glm("survived ~ sex * pclass", data=titanic, family="binomial")
+interaction.set_factors("pclass")
+interaction.fit(random_seed=SEED, progressbar=False)
+print(interaction.emmeans("sex", by="pclass", contrasts={"male_vs_female": [-1, 1]}))
+print(compare(model, interaction, names=["one odds ratio", "one per class"]))
+
+# %% [markdown]
+# The per-class odds ratios reproduce the data, and LOO prefers the interaction model. The
+# single odds ratio of the random-intercept model is a compromise that fits no class well;
+# report the per-class effects when the classes differ this much.
 #
 # ## The classes on the odds scale
 #
 # `ranef` gives each class's deviation from the overall intercept. With `exponentiate=True`
-# these are multipliers of the odds: a first-class passenger's odds of survival were about
-# twice those of a typical class, a third-class passenger's about a third.
+# these are multipliers of the odds relative to a typical class.
 
 # %%
 print(model.ranef)
+first, second, third = model.ranef["(Intercept)"].to_list()
+print(
+    f"first class: {first:.1f} times the odds of a typical class; third class: "
+    f"{third:.2f} times (about 1/{1 / third:.1f})"
+)
 
 # %% [markdown]
 # `fixef` combines the fixed effects with each class's deviation (lme4's `coef()`): the
@@ -141,6 +235,16 @@ print(pl.DataFrame(per_class).with_columns(ratio_high_to_low=pl.col("high") / pl
 print(model.ranef_var)
 
 # %% [markdown]
+# `icc()` puts the same spread on scales people read: the latent-scale intraclass correlation
+# (the share of the variance of the latent log-odds that lies between classes; a logistic
+# model's residual variance on that scale is pi^2/3) and the median odds ratio (for two
+# passengers alike in everything but class, picked from two random classes, the median ratio
+# of the higher odds to the lower).
+
+# %%
+print(model.icc())
+
+# %% [markdown]
 # The interval is wide. This is not a flaw of the sampler: the spread of a population is
 # estimated from the members we observe, and here we observe three classes. Three values tell
 # us roughly where a standard deviation lies, but not much more, however many passengers each
@@ -180,7 +284,6 @@ tight = glmer(
     family="binomial",
     priors={"1|pclass": ("halfnormal", 1)},
 )
-tight.set_factors("pclass")
 tight.fit(exponentiate=True, random_seed=SEED, progressbar=False)
 print(
     pl.concat(
@@ -204,15 +307,19 @@ print(
 # %% [markdown]
 # ## Which probability of survival?
 #
-# In a model with random intercepts "the probability that a woman survived" can mean three
+# In a model with random intercepts "the probability that a woman survived" can mean four
 # different things, and `emmeans` answers each one when asked with `re=`:
 #
 # - `re='zero'` (the default, as in lme4 and R's emmeans): the class effect set to zero, that
 #   is, a woman in a **typical class**, one sitting exactly at the centre of the distribution of
 #   classes.
-# - `re='marginal'`: averaged over the whole distribution of class effects, that is, a woman in
-#   a **new class drawn from the population** of classes (a population-averaged probability).
-#   Because the logistic curve bends, averaging over classes pulls probabilities towards 0.5.
+# - `re='marginal'`: the probability **averaged over the whole population of classes** (a
+#   population-averaged probability). Its interval is our uncertainty about that *average*; it
+#   does not say where one new class would fall. Because the logistic curve bends, averaging
+#   over classes pulls probabilities towards 0.5.
+# - `re='new'`: **one new class** drawn from the population: per draw, a class effect is drawn
+#   from the estimated distribution of classes. Its interval adds the spread between classes,
+#   so it is much wider: it says where a single new class could land.
 # - `re='groups'`: averaged over the **three classes we observed**, here weighted for each sex
 #   by how many passengers of that sex travelled in each class (`weights='cells'`), which
 #   reproduces the mix of the data.
@@ -222,9 +329,10 @@ print(
 # %%
 by_re = pl.concat(
     [
-        model.emmeans("sex", re="zero").with_columns(re=pl.lit("zero")),
-        model.emmeans("sex", re="marginal").with_columns(re=pl.lit("marginal")),
-        model.emmeans("sex", re="groups", weights="cells").with_columns(re=pl.lit("groups")),
+        model.emmeans("sex", re=re, weights="cells" if re == "groups" else "equal").with_columns(
+            re=pl.lit(re)
+        )
+        for re in ("zero", "marginal", "new", "groups")
     ]
 )
 print(by_re.select("re", "sex", "prob", "lower_HPD", "upper_HPD"))
@@ -232,9 +340,11 @@ print(titanic.group_by("sex").agg(observed=pl.col("survived").mean()).sort("sex"
 
 # %%
 fig, ax = plt.subplots(figsize=(6, 3))
-for k, (re, color) in enumerate((("zero", "C0"), ("marginal", "C1"), ("groups", "C2"))):
+for k, (re, color) in enumerate(
+    (("zero", "C0"), ("marginal", "C1"), ("new", "C3"), ("groups", "C2"))
+):
     rows = by_re.filter(pl.col("re") == re)
-    x = np.arange(rows.height) + (k - 1) * 0.2
+    x = np.arange(rows.height) + (k - 1.5) * 0.18
     ax.errorbar(
         x,
         rows["prob"],
@@ -246,24 +356,38 @@ for k, (re, color) in enumerate((("zero", "C0"), ("marginal", "C1"), ("groups", 
     )
 ax.set_xticks([0, 1], ["female", "male"])
 ax.set(ylabel="probability of survival", ylim=(0, 1))
-ax.set_title("Three questions, three answers (95% intervals)")
+ax.set_title("Four questions, four answers (95% intervals)")
 ax.legend(frameon=False)
 ax.spines[["top", "right"]].set_visible(False)
 fig.tight_layout()
 
 # %% [markdown]
-# The three answers differ in their centre and even more in their uncertainty:
-#
-# - A typical class (`re='zero'`) gives the most extreme probabilities and very wide intervals:
-#   where the centre of the distribution of classes lies is learned from three classes only.
-# - A new class (`re='marginal'`) averages over the spread of classes, which pulls both
-#   probabilities towards 0.5; the intervals stay wide because the spread itself is uncertain.
+# The four answers differ in their centre and even more in their uncertainty. The widths of
+# the intervals, per sex:
+
+# %%
+print(
+    by_re.with_columns(width=pl.col("upper_HPD") - pl.col("lower_HPD"))
+    .pivot(on="sex", index="re", values="width")
+    .rename({"female": "width, female", "male": "width, male"})
+)
+
+# %% [markdown]
+# - A typical class (`re='zero'`) has wide intervals: where the centre of the distribution of
+#   classes lies is learned from three classes only.
+# - The population average (`re='marginal'`) sits closer to 0.5 than the typical class (lower
+#   for women, higher for men). Its interval is about that average and stays wide because the
+#   spread between classes is itself uncertain.
+# - One new class (`re='new'`) has the widest interval: a single class can land anywhere in the
+#   spread. This is the interval to quote for "a woman in a class we have not seen".
 # - The observed classes, weighted by their passengers (`re='groups'`), give narrow intervals
-#   close to the observed survival shares: this describes the people who were on board, whom
-#   the data pin down well.
+#   close to the observed survival shares. They are intervals for the underlying chance of
+#   survival of passengers like these, not for the share of survivors among these 891 people,
+#   which is known exactly.
 #
 # The odds ratio between the sexes, by contrast, is one number in this model whichever class
-# we pick, because the sex effect is shared by all classes.
+# we pick, because the sex effect is shared by all classes (the interaction model above shows
+# that the data do not quite agree).
 
 # %%
 print(model.emmeans("sex", contrasts={"male_vs_female": [-1, 1]}))
@@ -293,10 +417,17 @@ model.plot_trace()
 # %% [markdown]
 # A posterior with three groups has a difficult shape: when the group sd is small the class
 # effects are squeezed together in a narrow funnel, and a sampler taking large steps misses
-# it. bayesmer therefore sets nutpie's `target_accept` (the step size is tuned to reach this
-# acceptance rate: higher means smaller, more careful steps) to 0.95 for models with fewer than
-# ten groups. Overriding that with the more usual 0.8 shows what a complaint looks like: the fit
-# still returns, but it raises a `ConvergenceWarning` that names the problem and suggests a fix.
+# it. bayesmer therefore raises nutpie's `target_accept` (the step size is tuned to reach this
+# acceptance rate: higher means smaller, more careful steps) above the usual 0.8 for models
+# with fewer than ten groups: 0.95, or 0.98 when some of the few groups are informative enough
+# to be sampled non-centred. The setting it chose is kept with the fit:
+
+# %%
+print("target_accept used:", model.sampler_kwargs["target_accept"])
+
+# %% [markdown]
+# Overriding it with the more usual 0.8 shows what a complaint looks like: the fit still
+# returns, but it raises a `ConvergenceWarning` that names the problem and suggests a fix.
 
 # %% tags=["expect-convergence-warning"]
 model.fit(exponentiate=True, random_seed=SEED, progressbar=False, target_accept=0.8)
@@ -331,11 +462,18 @@ print("problems:", model.convergence_problems)
 # - `glmer('survived ~ sex + (1|pclass)')` gives each class its own intercept; `ranef` shows
 #   the class effects as odds multipliers, `fixef` the resulting per-class odds, with the sex
 #   odds ratio shared by all classes.
+# - Odds ratios are non-collapsible: adjusting for class moves the odds ratio away from 1
+#   while the standardised risk difference moves towards 0. Judge confounding on risk
+#   differences or ratios, not on a change in an odds ratio.
+# - Check a shared effect against the data: here the sex odds ratio differs by class, and a
+#   `sex * pclass` interaction predicts better.
 # - With three groups the group standard deviation (`ranef_var`) stays uncertain and its prior
-#   matters; check how conclusions change under a reasonable alternative prior.
-# - A "probability of survival" in a multilevel model answers one of three questions: a
-#   typical group (`re='zero'`), a new group from the population (`re='marginal'`), or the
-#   observed groups (`re='groups'`). Say which one you report.
+#   matters; check how conclusions change under a reasonable alternative prior. `icc()` reports
+#   its size as an ICC and a median odds ratio.
+# - A "probability of survival" in a multilevel model answers one of four questions: a
+#   typical group (`re='zero'`), the average over the population of groups (`re='marginal'`),
+#   one new group (`re='new'`), or the observed groups (`re='groups'`). Say which one you
+#   report.
 # - Read `diagnostics`, `chain_diagnostics` and `convergence_problems`; when the check
 #   complains, take smaller steps, use a more informative prior, or simplify the model, and do
 #   not report the fit until it is clean.

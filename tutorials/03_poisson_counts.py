@@ -19,9 +19,11 @@
 # differences in log rates, and exponentiated they become **rate ratios**.
 #
 # This tutorial fits `TICKS ~ YEAR + cHEIGHT + (1|BROOD)`, reads the expected number of ticks per
-# chick in each year and the effect of altitude, checks with a posterior predictive check
-# whether the model reproduces how spread out the counts are (overdispersion), and compares it
-# with simpler models by leave-one-out cross-validation (LOO).
+# chick in each year and the association with altitude, shows partial pooling (how the model
+# pulls small broods towards the average) and what ignoring the broods does to the altitude
+# estimate (pseudo-replication), checks with posterior predictive checks whether the model
+# reproduces how spread out the counts are (overdispersion), and compares it with simpler
+# models by leave-one-out and by leave-broods-out cross-validation.
 
 # %%
 import matplotlib.pyplot as plt
@@ -56,14 +58,16 @@ print(
         variance=pl.col("TICKS").var(),
         share_zero=(pl.col("TICKS") == 0).mean(),
     )
+    .with_columns(variance_over_mean=pl.col("variance") / pl.col("mean"))
     .sort("YEAR")
 )
 
 # %% [markdown]
-# A Poisson distribution has its variance equal to its mean. Within every year the variance of
-# the counts is many times the mean: the counts are **overdispersed**. Part of that comes from
-# altitude and from broods (chicks of one brood share a nest site and a mother), which the model
-# will include; whether that is enough is what the posterior predictive check will tell us.
+# A Poisson distribution has its variance equal to its mean. In every year the variance of the
+# counts is above the mean (`variance_over_mean`), in some years many times over: the counts
+# are **overdispersed**. Part of that comes from altitude and from broods (chicks of one brood
+# share a nest site and a mother), which the model will include; whether that is enough is
+# what the posterior predictive checks will tell us.
 
 # %%
 fig, axes = plt.subplots(1, 2, figsize=(11, 3.5))
@@ -122,15 +126,14 @@ model.plot_contrasts("YEAR", contrasts="pairwise")
 # ## The altitude slope
 #
 # The `cHEIGHT` rate ratio is per metre, which is a small step. For a numeric variable
-# `emmeans` reports a slope (`cHEIGHT_trend`), the derivative of the marginal mean, on the scale
-# of `type`. On the link scale it is the change in log rate per metre, the `cHEIGHT`
-# coefficient; on the response scale (the default) it is the change in the expected number of
-# ticks per metre at the average altitude, with the years averaged on the log scale (the
-# emmeans convention).
+# `emmeans` reports a slope (`cHEIGHT_trend`). As in R's emtrends (and pymer4), it is on the
+# link scale: the change in log rate per metre, the `cHEIGHT` coefficient. `regrid='response'`
+# gives instead the change in the expected number of ticks per metre at the average altitude,
+# with the years averaged on the log scale (the emmeans convention).
 
 # %%
-print(model.emmeans("cHEIGHT", type="link"))
 print(model.emmeans("cHEIGHT"))
+print(model.emmeans("cHEIGHT", regrid="response"))
 
 # %% [markdown]
 # A log-scale slope adds up over distance: multiplying each draw by 100 and exponentiating gives
@@ -146,9 +149,11 @@ print(
 )
 
 # %% [markdown]
-# Climbing 100 metres cuts the expected number of ticks to roughly a tenth. `empredict` turns
-# this into expected counts along the altitude range, one curve per year, with the 95%
-# interval around each.
+# Chicks caught 100 metres higher carried that many times the ticks of otherwise comparable
+# chicks (a ratio well below 1). This is an association across sites, not the effect of moving
+# a chick uphill: altitude goes together with vegetation, sheep and deer, which these data do
+# not measure. `empredict` turns the slope into expected counts along the altitude range, one
+# curve per year, with the 95% interval around each.
 
 # %%
 heights = np.linspace(ticks["cHEIGHT"].min(), ticks["cHEIGHT"].max(), 40).tolist()
@@ -168,46 +173,118 @@ ax.spines[["top", "right"]].set_visible(False)
 fig.tight_layout()
 
 # %% [markdown]
-# ## Does the model reproduce the spread of the counts?
+# ## Partial pooling: what the brood intercepts do
 #
-# A posterior predictive check simulates a new data set from each posterior draw and compares
-# statistics of the simulated data with the same statistics of the observed data. If the model
-# cannot produce data like ours, the observed value falls outside the simulated range. `ppp`
-# is the share of simulated data sets whose statistic is at or above the observed one: values
-# near 0 or 1 flag a misfit, values in between are what a well fitting model gives.
-#
-# We look at the mean count, the mean count per year, the share of chicks without ticks, the
-# variance of the counts and the largest count.
+# Each brood has only a few chicks. Estimating each brood's tick rate from its own chicks
+# alone (*no pooling*) gives extreme values for small broods; ignoring broods altogether
+# (*complete pooling*) gives every brood the same rate. The multilevel model does something in
+# between (*partial pooling*): each brood's estimate is pulled towards what year and altitude
+# predict, the more so the fewer chicks the brood has. `shrinkage()` lists the three per
+# brood, on the log scale, with the number of chicks; `plot_shrinkage()` draws them.
 
 # %%
-checks = ["mean", "YEAR", "zeros", "var", "max"]
-print(model.ppc(stat=checks, random_seed=SEED))
+pooling = model.shrinkage()
+print(pooling.sort("n").head(8))
+model.plot_shrinkage()
+
+# %%
+moved = (
+    pooling.with_columns(
+        pulled=(pl.col("no_pooling") - pl.col("partial_pooling")).abs(),
+    )
+    .group_by("n")
+    .agg(broods=pl.len(), mean_pull=pl.col("pulled").mean())
+    .sort("n")
+)
+print(moved)
 
 # %% [markdown]
-# For comparison, fit the same model without the brood intercepts: a plain Poisson `glm`, which
-# assumes that, given year and altitude, every chick's count varies only as a Poisson
-# distribution allows.
+# Broods with one or two chicks move most: their own data say little, so the model leans on
+# the rest. Broods with many chicks keep estimates close to their own data.
+#
+# ## Pseudo-replication: altitude with and without broods
+#
+# Altitude is measured per site, and all chicks of a brood were caught at one site: a brood's
+# chicks share their altitude. A model without the brood intercepts treats the 403 chicks as
+# 403 independent pieces of evidence about altitude, when the evidence is closer to the 118
+# broods. The altitude slope's interval shows the difference.
 
 # %%
 no_brood = glm("TICKS ~ YEAR + cHEIGHT", data=ticks, family="poisson")
 no_brood.set_factors("YEAR")
 no_brood.fit(random_seed=SEED, progressbar=False)
+per_100m = pl.concat(
+    [
+        fitted.result_fit.filter(pl.col("term") == "cHEIGHT").select(
+            pl.lit(name).alias("model"),
+            (100 * pl.col("estimate")).exp().alias("ratio per 100 m"),
+            (100 * pl.col("conf_low")).exp().alias("conf_low"),
+            (100 * pl.col("conf_high")).exp().alias("conf_high"),
+            (100 * pl.col("sd")).alias("sd of 100 x slope"),
+        )
+        for name, fitted in (("with broods", model), ("without broods", no_brood))
+    ]
+)
+print(per_100m)
+
+# %% [markdown]
+# Without broods the interval is much narrower: the model claims a precision the data do not
+# have (pseudo-replication). With broods in the model, the altitude slope is learned from the
+# variation between broods, and its interval says so.
+
+# %% [markdown]
+# ## Does the model reproduce the spread of the counts?
+#
+# A posterior predictive check simulates a new data set from each posterior draw and compares
+# statistics of the simulated data with the same statistics of the observed data. `ppp` is the
+# share of simulated data sets whose statistic is at or above the observed one. What it can and
+# cannot show:
+#
+# - A `ppp` near 0 or 1 flags a feature of the data that the model does not reproduce.
+# - A middle `ppp` does **not** show that the model fits: only that this statistic does not
+#   reveal a misfit. The check uses the data twice (to fit and to test), so `ppp` values
+#   bunch towards the middle even for a poor model.
+# - Statistics the model matches by construction test nothing: with an intercept and a `YEAR`
+#   factor, the overall mean and the mean per year are reproduced almost automatically.
+#   Informative checks look at what the model does not fit directly: the share of zeros, the
+#   variance, the largest count.
+#
+# How the replicates are made matters too. By default (`re='groups'`) each simulated data set
+# reuses the fitted brood effects; with 118 broods of about three chicks, those effects can
+# soak up extra variation, which makes the check lenient. `re='new'` draws new brood effects
+# from the estimated population of broods for every replicate: what a new set of broods would
+# look like, a stricter test of the brood distribution.
+
+# %%
+checks = ["zeros", "var", "max"]
+ppc_table = pl.concat(
+    [
+        model.ppc(stat=checks, random_seed=SEED, re=re).with_columns(replicate=pl.lit(re))
+        for re in ("groups", "new")
+    ]
+)
+print(ppc_table)
+
+# %% [markdown]
+# For comparison, the model without brood intercepts assumes that, given year and altitude,
+# every chick's count varies only as a Poisson distribution allows.
+
+# %%
 print(no_brood.ppc(stat=checks, random_seed=SEED))
 
 # %% [markdown]
-# Without broods the model is far from the data: nearly all observed statistics of spread (the
-# variance, the share of zeros, the maximum) lie outside what it can simulate, with `ppp` at 0
-# or 1. That is overdispersion. The brood intercepts absorb most of it: chicks of the same brood
-# share their exposure to ticks. Not all of it, though: the multilevel model still simulates
-# slightly too few chicks without ticks (a low `ppp` for `zeros`), a hint of variation
-# between chicks of the same brood. An intercept per chick, `(1|INDEX)`, is the usual next
-# step for that.
+# Without broods the model is far from the data: the observed statistics of spread lie outside
+# what it can simulate, with `ppp` at or near 0 or 1. That is overdispersion. With the fitted
+# brood effects the multilevel model reproduces the spread; replicating new broods is the
+# harder test, and the table shows how it fares. Remaining misfit there, or in the share of
+# zeros, points to variation between chicks of the same brood; an intercept per chick,
+# `(1|INDEX)`, or a negative binomial distribution are the usual next steps.
 #
-# `plot_ppc` shows the check for the multilevel model as a picture, each observed statistic
-# against the distribution of its replicates.
+# `plot_ppc` shows the check as a picture, each observed statistic against the distribution of
+# its replicates, here with new broods.
 
 # %%
-model.plot_ppc(stat=checks, random_seed=SEED)
+model.plot_ppc(stat=checks, random_seed=SEED, re="new")
 
 # %% [markdown]
 # ## Comparing models by LOO
@@ -222,16 +299,33 @@ model.plot_ppc(stat=checks, random_seed=SEED)
 loo_full = model.loo()
 print(loo_full)
 high_k = loo_full.pointwise.filter(pl.col("pareto_k") > 0.7)
-print(f"{high_k.height} chicks with Pareto k > 0.7; p_loo {loo_full.p_loo:.0f}")
+n_parameters = len(model.spec.terms) + sum(len(g.levels) + 1 for g in model.spec.groups)
+print(
+    f"{high_k.height} chicks with Pareto k > 0.7; p_loo {loo_full.p_loo:.0f}; "
+    f"{n_parameters} parameters for {model.spec.n_obs} chicks"
+)
 
 # %% [markdown]
-# Read this output critically. `p_loo` is well over a hundred for a model with four fixed
-# effects, and a couple of dozen chicks have a high Pareto k. Each brood has only three or four
-# chicks and its own intercept, so leaving one chick out moves its brood's intercept a lot,
-# more than PSIS can reconstruct from a single fit; the flagged chicks typically carry many
-# more ticks than their brood mates.
-# The ELPD of this model is therefore itself somewhat uncertain. (Refitting without each
-# flagged chick, or cross-validating whole broods, would settle it, at the cost of many fits.)
+# Read this output critically. The model has four fixed effects, but also 118 brood intercepts
+# and their sd: over a hundred parameters, and `p_loo` (the effective number of parameters)
+# says so. With more parameters than about a fifth of the observations, high Pareto k values
+# are expected *even for a correct model*: each brood has only three or four chicks and its
+# own intercept, so leaving one chick out moves its brood's intercept more than PSIS can
+# reconstruct from a single fit. The ELPD is then itself uncertain.
+#
+# PSIS-LOO also answers a particular question: how well does the model predict *another chick
+# of a brood it has seen*? When the question is about *new broods*, leave whole broods out.
+# `kfold(group='BROOD', k=10)` refits the model ten times, each time without a tenth of the
+# broods, and scores each held-out brood as a new one (its effect drawn from the population).
+
+# %%
+by_brood = model.kfold(group="BROOD", k=10, random_seed=SEED, progressbar=False)
+print(by_brood)
+print(f"LOO (new chick, seen brood): {loo_full.elpd:.1f}; 10-fold by brood: {by_brood.elpd:.1f}")
+
+# %% [markdown]
+# Predicting new broods is harder than predicting new chicks of known broods, so its ELPD is
+# lower: the two numbers answer different questions and are not compared with each other.
 #
 
 # `bayesmer.compare` ranks models of the same data by ELPD. `elpd_diff` is each model's
@@ -240,7 +334,7 @@ print(f"{high_k.height} chicks with Pareto k > 0.7; p_loo {loo_full.p_loo:.0f}")
 # altitude, and the model without broods.
 
 # %%
-no_height = glmer("TICKS ~ YEAR + (1|BROOD)", data=ticks, family="poisson")
+no_height = glmer("TICKS ~ YEAR + (1|BROOD)", data=ticks, family="poisson")  # no altitude
 no_height.set_factors("YEAR")
 no_height.fit(random_seed=SEED, progressbar=False)
 print(
@@ -250,14 +344,14 @@ print(
 )
 
 # %% [markdown]
-# The model without broods predicts far worse, by more than a thousand ELPD points, many
-# standard errors: no doubt about the high-k chicks can reverse that, and it agrees with the
-# posterior predictive check. Dropping altitude costs only a few points, less than two
-# standard errors of the difference: a mild preference for keeping it, not a decisive one, and
-# within reach of the unreliable estimates flagged above. Altitude matters less for prediction
-# than its clear slope suggests because all chicks of a brood were caught at one site, so the
-# brood intercepts can absorb most of the altitude effect; keeping it still gives a direct,
-# interpretable estimate of a known driver of tick load.
+# The model without broods predicts far worse, by many standard errors: no doubt about the
+# high-k chicks can reverse that, and it agrees with the posterior predictive check. Compare
+# `elpd_diff` with `se_diff` for the model without altitude: a difference of less than about
+# two standard errors is at most a mild preference, within reach of the unreliable estimates
+# flagged above. Altitude matters less for predicting chicks of known broods than its clear
+# slope suggests because all chicks of a brood were caught at one site, so the brood
+# intercepts can absorb most of it; keeping it still gives a direct estimate of how tick load
+# varies with altitude (an association, as above).
 #
 # ## What we learned
 #
@@ -265,9 +359,13 @@ print(
 #   `emmeans('YEAR')` gives expected counts per year and its pairwise contrasts give rate ratios
 #   with credible intervals.
 # - The altitude slope is per metre; transforming its draws (here to 100 m) gives a readable
-#   effect with its uncertainty, and `empredict` draws the expected counts along altitude.
+#   association with its uncertainty, and `empredict` draws the expected counts along altitude.
+# - Partial pooling pulls small broods towards the average (`shrinkage`, `plot_shrinkage`);
+#   leaving the broods out of the model overstates the precision of a brood-level predictor
+#   (pseudo-replication).
 # - Counts are often overdispersed. A posterior predictive check (`ppc`, `plot_ppc`) on the
-#   variance, the share of zeros and the maximum shows whether a model can reproduce it; the
-#   brood intercepts do most of that work here.
-# - `loo()` and `bayesmer.compare` rank models by expected predictive accuracy, with a standard
-#   error for every difference; `p_loo` and the Pareto k counts say how far to trust them.
+#   variance, the share of zeros and the maximum can reveal it; a middle `ppp` is not proof of
+#   fit, and replicating new groups (`re='new'`) is stricter than reusing the fitted ones.
+# - `loo()` and `bayesmer.compare` rank models by expected predictive accuracy for new
+#   observations of known groups; `kfold(group=...)` answers the question for new groups. With
+#   many group parameters, high Pareto k values are expected.

@@ -55,9 +55,12 @@ print(model.result_fit)
 # %% [markdown]
 # ## 1. Prior against posterior
 #
-# Every Bayesian model starts from priors. `prior_summary()` lists the ones in force; bayesmer's
-# defaults are weakly informative, in the style of rstanarm: normal distributions centred on
-# zero, scaled so that they allow any plausible effect but rule out absurd ones.
+# Every Bayesian model starts from priors. `prior_summary()` lists the ones in force. bayesmer's
+# defaults follow rstanarm: normal distributions centred on zero, with a scale of 2.5 on the
+# log-odds of an average passenger and 2.5 / sd(x) for each coefficient. Two things to know
+# about them: they are *autoscaled* (the coefficient's prior depends on the spread of its
+# predictor in the data), and they are *wide*: "weakly informative" here means that they hardly
+# constrain anything, not that they rule out absurd values.
 
 # %%
 print(model.prior_summary())
@@ -66,18 +69,25 @@ print(model.prior_summary())
 # `sample_prior()` draws parameter values from the priors alone, as if no passenger had been
 # observed. Priors are easiest to judge on the scale of the question, so we first turn the prior
 # draws of the coefficients into survival probabilities, and set them beside the posterior ones
-# (`emmeans` with `draws=True`, explained in section 3). Before seeing any data the model
-# considered every survival probability possible, with extra weight near 0 and 1 (where a wide
-# normal prior on the log-odds puts its tails) and no preference for either sex. After 891
-# passengers the posterior is a narrow band for each sex.
+# (`emmeans` with `draws=True`, explained in section 3). The numbers above are worth reading
+# aloud: a sizeable share of the prior sits on survival probabilities below 2% or above 98%,
+# and on odds ratios beyond 100-fold, values nobody would call plausible for a shipwreck. A
+# wide normal prior on the log-odds piles its tails up near 0 and 1 on the probability scale.
+# With 891 passengers it does not matter, as the posterior is a narrow band for each sex; with
+# a handful of rows it can (section 2).
 
 # %%
-prior = model.sample_prior(draws=2000, random_seed=SEED)
+prior = model.sample_prior(draws=4000, random_seed=SEED)
 b_prior = prior["prior"]["b"]
 prior_female = inv_logit(b_prior.sel(term="(Intercept)").values.ravel())
 prior_male = inv_logit(
     (b_prior.sel(term="(Intercept)") + b_prior.sel(term="sexmale")).values.ravel()
 )
+prior_odds_ratio = np.exp(b_prior.sel(term="sexmale").values.ravel())
+extreme = (prior_female < 0.02) | (prior_female > 0.98)
+huge = (prior_odds_ratio > 100) | (prior_odds_ratio < 1 / 100)
+print(f"prior P(a woman's survival probability < 0.02 or > 0.98) = {extreme.mean():.2f}")
+print(f"prior P(odds ratio beyond 100-fold either way)           = {huge.mean():.2f}")
 posterior = model.emmeans("sex", draws=True)
 
 fig, axes = plt.subplots(1, 2, figsize=(11, 3), sharey=True)
@@ -103,30 +113,40 @@ model.plot_prior_posterior()
 # ## 2. The posterior narrows as data arrive
 #
 # How much does each additional passenger teach the model? Shuffle the passengers once, then fit
-# the same model to the first 10, 40, 160 and 640 of them (and reuse the fit to all 891). Each
-# fit is a new model, so each compiles for a few seconds.
+# the same model to the first 10, 40, 160 and 640 of them, and to all 891. Each fit is a new
+# model, so each compiles for a few seconds.
+#
+# For the comparison to be fair, every fit must start from **the same prior**. The defaults
+# cannot promise that: they are autoscaled from the data, so a subset with another mix of men
+# and women would get another prior. So this section writes the model as one log-odds per sex
+# (`survived ~ 0 + sex`, no intercept) and gives both the same explicit prior,
+# Normal(0, 1.5): on the probability scale that is nearly flat, the same for every subset.
 
 # %%
+fixed_prior = {"sexfemale": ("normal", 0, 1.5), "sexmale": ("normal", 0, 1.5)}
 shuffled = titanic.sample(fraction=1.0, shuffle=True, seed=SEED)
 sizes = [10, 40, 160, 640]
 per_draw = []
-for n in sizes:
+for n in [*sizes, titanic.height]:
     subset = shuffled.head(n)
-    sub_model = glm("survived ~ sex", data=subset, family="binomial")
+    sub_model = glm("survived ~ 0 + sex", data=subset, family="binomial", priors=fixed_prior)
     sub_model.set_factors("sex")
     sub_model.fit(random_seed=SEED, progressbar=False)
     per_draw.append(sub_model.emmeans("sex", draws=True).with_columns(n=pl.lit(n)))
-    women = subset.filter(pl.col("sex") == "female").height
-    print(f"n = {n:3d}: {women} women, {n - women} men")
-per_draw.append(posterior.with_columns(n=pl.lit(titanic.height)))
+    counts = subset.group_by("sex").agg(rows=pl.len(), survived=pl.col("survived").sum())
+    shown = ", ".join(
+        f"{row['rows']} {row['sex']} ({row['survived']} survived)"
+        for row in counts.sort("sex").iter_rows(named=True)
+    )
+    print(f"n = {n:3d}: {shown}")
+print(sub_model.prior_summary().select("parameter", "prior", "source"))
 per_draw = pl.concat(per_draw)
 
 # %% [markdown]
 # Each panel shows the posterior of the survival probability for one sex; darker curves come from
-# more passengers. What counts is the number of passengers *of that sex*. Among the first ten
-# there is a single woman; she survived, so the posterior for women piles up towards 1 (the
-# curve runs off the top of the panel) with a long tail down to about 0.2: one survivor rules
-# out little. The nine men already make high probabilities unlikely for men. With more rows both
+# more passengers. What counts is the number of passengers *of that sex* (printed above): with
+# one or two women among the first ten, the posterior for women is nearly as wide as the
+# prior, while a handful of men already rules out some values for men. With more rows both
 # curves tighten around the values of the full data.
 
 # %%
@@ -149,8 +169,8 @@ fig.tight_layout()
 # falls roughly along a line of slope -1/2: uncertainty shrinks like one over the square root
 # of the sample size. To halve it, you need about four times the data. The women's line sits
 # above the men's because only about a third of the passengers were women, and the smallest
-# subsets sit off the line, where the prior and the handful of passengers of each sex still
-# shape the posterior.
+# subsets sit off the line, where the (fixed) prior and the handful of passengers of each sex
+# still shape the posterior.
 
 # %%
 widths = (
@@ -191,10 +211,19 @@ print(posterior.head())
 wide = posterior.pivot(on="sex", index=".draw", values="prob")
 difference = wide["female"] - wide["male"]
 ratio = wide["female"] / wide["male"]
+odds_ratio = (wide["female"] / (1 - wide["female"])) / (wide["male"] / (1 - wide["male"]))
 print(f"P(a woman's chance was above 70%)       = {(wide['female'] > 0.7).mean():.3f}")
 print(f"P(women's chance > twice men's chance)  = {(ratio > 2).mean():.3f}")
 print(f"P(difference > 50 percentage points)    = {(difference > 0.5).mean():.3f}")
 print(f"median risk ratio, women / men          = {ratio.median():.2f}")
+print(f"median odds ratio, women / men          = {odds_ratio.median():.2f}")
+
+# %% [markdown]
+# The last two lines answer "how many times more likely were women to survive?" in two ways
+# that students often mix up. The risk ratio (a ratio of probabilities) is the answer to that
+# question; the odds ratio, which a logistic regression's coefficient gives, is about three
+# times larger here, because survival was common. An odds ratio approximates a risk ratio
+# only when the outcome is rare.
 
 # %% [markdown]
 # A picture students remember: a random sample of draws, each one a complete, plausible version
@@ -232,15 +261,17 @@ fig.tight_layout()
 # %%
 summary = model.emmeans("sex")
 female, male = summary.sort("sex").iter_rows(named=True)
-odds = model.emmeans("sex", contrasts={"male_vs_female": [-1, 1]}).row(0, named=True)
+shares = titanic.group_by("sex").agg(pl.col("survived").mean()).sort("sex")["survived"]
+rr_low, rr_high = np.quantile(ratio.to_numpy(), [0.025, 0.975])
 sentence = (
-    f"Among the {titanic.height} passengers in these data, the estimated probability of "
-    f"survival was {female['prob']:.2f} for women (95% credible interval "
-    f"{female['lower_HPD']:.2f} to {female['upper_HPD']:.2f}) and {male['prob']:.2f} for men "
-    f"({male['lower_HPD']:.2f} to {male['upper_HPD']:.2f}); a man's odds of surviving were "
-    f"{odds['odds_ratio']:.2f} times a woman's ({odds['lower_HPD']:.2f} to "
-    f"{odds['upper_HPD']:.2f}), under a Bayesian logistic regression with weakly informative "
-    f"priors that describes this association and does not by itself explain its cause."
+    f"Of the {titanic.height} passengers in these data, {shares[0]:.0%} of the women and "
+    f"{shares[1]:.0%} of the men survived. A Bayesian logistic regression with rstanarm-style "
+    f"default priors puts the underlying chance of survival at {female['prob']:.2f} for women "
+    f"(95% credible interval {female['lower_HPD']:.2f} to {female['upper_HPD']:.2f}) and "
+    f"{male['prob']:.2f} for men ({male['lower_HPD']:.2f} to {male['upper_HPD']:.2f}): women "
+    f"were about {ratio.median():.1f} times as likely to survive as men (central 95% interval "
+    f"{rr_low:.1f} to {rr_high:.1f}). This describes an association; it does not by itself "
+    f"explain its cause."
 )
 print(sentence)
 
@@ -248,8 +279,12 @@ print(sentence)
 # What the sentence avoids is as important as what it says:
 #
 # - no "significant": it reports the size of the effect and its uncertainty instead;
+# - no interval on a known number: the shares of survivors among these 891 passengers are
+#   counted, not estimated; the intervals are about the chance of survival behind them (what
+#   the model says about passengers like these);
 # - no "proves": a credible interval is conditional on the model and the priors, which are
 #   named;
+# - "times as likely" is a risk ratio, not the odds ratio;
 # - no causal language: sex is associated with survival here, and the association may run
 #   through an evacuation policy of "women and children first", through where passengers were
 #   berthed, or through whatever else this model leaves out;
@@ -258,10 +293,11 @@ print(sentence)
 # ## What we learned
 #
 # - `prior_summary()`, `sample_prior()` and `plot_prior_posterior()` show what the model
-#   assumed and how far the data moved it; on the probability scale the default priors are wide
-#   and favour neither sex.
-# - Refitting on growing subsets shows the posterior narrowing like $1/\sqrt{n}$: four times the
-#   data for half the uncertainty.
+#   assumed and how far the data moved it. The default priors favour neither sex and are wide:
+#   a good share of their mass sits on extreme probabilities and odds ratios. They are
+#   autoscaled from the data, so fix the prior explicitly when comparing fits to different data.
+# - Refitting on growing subsets with one fixed prior shows the posterior narrowing like
+#   $1/\sqrt{n}$: four times the data for half the uncertainty.
 # - `emmeans(..., draws=True)` gives every draw of a marginal mean, so any derived question
 #   (a threshold, a ratio, a difference) is answered by counting draws.
 # - An honest report gives the estimate, its interval, the assumptions, and no more than that.
