@@ -34,6 +34,8 @@ class Model:
     family : {'binomial', 'poisson'}, default 'binomial'
     link : str, default 'default'
         ``'logit'`` (default), ``'probit'`` or ``'cloglog'`` for binomial; ``'log'`` for Poisson.
+        Links R accepts that bayesmer does not fit (Poisson ``'identity'`` and ``'sqrt'``,
+        binomial ``'log'`` and ``'cauchit'``) raise a ValueError saying why and what to use.
     priors : dict, optional
         Priors keyed by term (``'sexmale'``, ``'(Intercept)'``) or group sd (``'1|pclass'``):
         tuples such as ``('normal', 0, 2.5)`` or ``bambi.Prior`` objects. See

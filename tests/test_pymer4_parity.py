@@ -354,6 +354,21 @@ def test_family_link_and_repr(titanic):
     assert probit.link == "probit"
 
 
+@pytest.mark.parametrize(
+    ("family", "link", "message"),
+    [
+        ("poisson", "identity", "link='identity' for the poisson family is not supported.*'log'"),
+        ("poisson", "sqrt", "link='sqrt' for the poisson family is not supported.*two mirror"),
+        ("binomial", "log", "link='log' for the binomial family is not supported.*exceed 1"),
+        ("binomial", "cauchit", "link='cauchit'.*'logit', 'probit' or 'cloglog'"),
+        ("poisson", "inverse", r"Unknown link 'inverse'.*binomial: logit, probit, cloglog"),
+    ],
+)
+def test_links_pymer4_accepts_have_an_answer(titanic, family, link, message):
+    with pytest.raises(ValueError, match=message):
+        glm("survived ~ sex", data=titanic, family=family, link=link)
+
+
 def test_probit_predictions_differ_from_logit(titanic, titanic_glm):
     probit = glm("survived ~ sex", data=titanic, family="binomial", link="probit")
     probit.fit(random_seed=1, progressbar=False)
