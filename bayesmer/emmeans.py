@@ -105,6 +105,7 @@ def emmeans(
         difference means nothing.
     type : {'response', 'link'}, default 'response'
         Report probabilities or rates (``prob``/``rate``) or link-scale values (``emmean``).
+        Means and contrasts only: slopes are on the link scale either way (see ``regrid``).
     ci : float, optional
         Probability mass of the intervals; defaults to the model's ``ci``.
     weights : {'equal', 'proportional', 'cells'}, default 'equal'
@@ -148,7 +149,8 @@ def emmeans(
     polars.DataFrame
         Means: ``<marginal_var>, [by cols], prob | rate | emmean, SD, lower_HPD, upper_HPD``.
         Slopes: ``[<var>], [by cols], <var>_trend, SD, lower_HPD, upper_HPD`` (the ``<var>``
-        column when ``at`` gives the values at which to take the slope).
+        column when ``at`` gives the values at which to take the slope), on the link scale
+        unless ``regrid='response'``.
         Contrasts: ``contrast, [by cols], odds_ratio | ratio | estimate, SD, lower_HPD,
         upper_HPD, pd, prob_gt_null``.
         The point estimate is the posterior median, ``SD`` the posterior sd. The interval is
@@ -157,13 +159,16 @@ def emmeans(
         response-scale contrasts it is the HPD of the reported draws. ``pd`` is the
         probability of direction and ``prob_gt_null`` the posterior probability that the
         contrast is above its null (1 for ratios, 0 otherwise). Factor columns are
-        ``pl.Enum`` in level order; rows are sorted by ``by`` then ``marginal_var``.
+        ``pl.Enum`` in level order; rows are sorted by ``by`` then ``marginal_var`` (the
+        first of several marginal variables varying fastest).
 
     Raises
     ------
     ValueError
         For an unknown variable or level, a contrast of the wrong length, contrasts on a
-        numeric variable, and ``type``, ``re``, ``weights`` or ``ci`` out of range.
+        numeric variable, a list of marginal variables that are not all factors, ``regrid``
+        for means of factors, and ``type``, ``re``, ``weights``, ``regrid`` or ``ci`` out of
+        range.
     """
     spec = model.spec
     family = spec.family
