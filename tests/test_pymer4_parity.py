@@ -109,6 +109,23 @@ def test_fitted_is_null_for_dropped_rows_and_refit_is_unchanged(age_glm, titanic
     assert age_glm.params.equals(before)
 
 
+def test_fitted_poisson_rows_with_exposure():
+    rng = np.random.default_rng(11)
+    f = np.repeat(["a", "b", "c"], 40)
+    t = rng.uniform(0.5, 3.0, f.size)
+    rate = np.select([f == "a", f == "b"], [1.0, 2.5], 0.6)
+    data = pl.DataFrame({"f": f, "t": t, "y": rng.poisson(rate * t)})
+    model = glm("y ~ f + offset(log(t))", data=data, family="poisson")
+    model.fit(random_seed=6, progressbar=False)
+    assert len(model.spec.cells) == 3  # rows collapsed; fitted is spread back to them
+    fitted = model.data["fitted"].to_numpy()
+    np.testing.assert_allclose(model.predict(model.data), fitted, rtol=1e-10)
+    np.testing.assert_allclose(model.data["residuals"].to_numpy(), data["y"].to_numpy() - fitted)
+    link = model.predict(model.data, type_predict="link")
+    same_level = f == "a"
+    np.testing.assert_allclose(np.diff(link[same_level]), np.diff(np.log(t[same_level])))
+
+
 def test_fitted_added_to_pandas_data(titanic):
     frame = titanic.select("survived", "sex").to_pandas()
     model = glm("survived ~ sex", data=frame, family="binomial")
