@@ -46,6 +46,7 @@ EMMEANS: dict[str, str] = {
     "mode": "degrees-of-freedom methods have no Bayesian meaning: intervals come from the draws",
     "lmer_df": "degrees-of-freedom methods have no Bayesian meaning: intervals come from the draws",
     "lmerTest_limit": "degrees-of-freedom methods have no Bayesian meaning",
+    "verbose": "emmeans prints nothing; there are no R messages to show",
 }
 
 #: pymer4 arguments of predict() and what to use instead.

@@ -43,6 +43,9 @@ class Model:
 
     Attributes
     ----------
+    data : polars.DataFrame, polars.LazyFrame or pandas.DataFrame
+        The data given; after :meth:`fit` an eager frame also holds ``fitted`` and
+        ``residuals`` (as pymer4's does).
     posterior : xarray.DataTree or None
         Every draw (ArviZ object) after :meth:`fit`.
     params : polars.DataFrame
