@@ -164,6 +164,8 @@ class Model:
         ------
         ValueError
             If a column was not declared with set_factors.
+        TypeError
+            If ``factors`` is not a name, a list of names or None.
         """
         if factors is None:
             self.factors = {}
