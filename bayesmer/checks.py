@@ -950,6 +950,8 @@ class _Design:
     X: np.ndarray
     group_index: dict[str, np.ndarray]
     log_exposure: np.ndarray
+    #: Which rows of ``frame`` are predicted (the others miss a value); None for all.
+    complete: np.ndarray | None = None
 
 
 def _fitted_design(model: Model) -> _Design:
@@ -967,8 +969,12 @@ def _fitted_design(model: Model) -> _Design:
     )
 
 
-def _new_design(model: Model, data: Any, re: str) -> _Design:
-    """Validate new data against the model and build its design."""
+def _new_design(model: Model, data: Any, re: str, allow_missing: bool = False) -> _Design:
+    """Validate new data against the model and build its design.
+
+    With ``allow_missing``, rows missing a needed value are left out of the design and
+    marked in ``complete`` (their predictions are NaN, as R's predict gives NA).
+    """
     spec = model.spec
     parsed = spec.formula
     lf, _ = to_lazy(data)
@@ -999,8 +1005,17 @@ def _new_design(model: Model, data: Any, re: str) -> _Design:
         for c in needed
         if raw[c].null_count() or (schema[c].is_float() and bool(raw[c].is_nan().any()))
     ]
+    complete = None
+    frame = raw
     if has_missing:
-        raise ValueError(f"predict() data has missing values in the column(s) {has_missing}.")
+        if not allow_missing:
+            raise ValueError(
+                f"predict() data has missing values in the column(s) {has_missing}; "
+                "output='mean' or 'table' give NaN/null for those rows."
+            )
+        keep = raw.select(_not_missing(needed, schema)).to_series()
+        complete = keep.to_numpy()
+        raw = raw.filter(keep)
     not_numeric = [c for c in predictors if c in spec.numeric and not schema[c].is_numeric()]
     if not_numeric:
         raise ValueError(
@@ -1029,7 +1044,12 @@ def _new_design(model: Model, data: Any, re: str) -> _Design:
                 )
             lookup = {lv: i for i, lv in enumerate(g.levels)}
             group_index[g.name] = np.array([lookup[v] for v in values], dtype=np.int64)
-    X = spec.design_matrix(converted) if parsed.fixed_variables else np.ones((len(raw), 1))
+    if len(raw) == 0:  # every row misses a value
+        X = np.zeros((0, len(spec.terms)))
+    elif parsed.fixed_variables:
+        X = spec.design_matrix(converted)
+    else:
+        X = np.ones((len(raw), 1))
     log_exposure = np.zeros(len(raw))
     if parsed.exposure is not None:
         e = raw[parsed.exposure].cast(pl.Float64).to_numpy()
@@ -1039,8 +1059,8 @@ def _new_design(model: Model, data: Any, re: str) -> _Design:
     elif parsed.offset is not None:
         log_exposure = raw[parsed.offset].cast(pl.Float64).to_numpy()
     row_name = _free_name("row", set(needed))
-    frame = raw.with_row_index(row_name).with_columns(pl.col(row_name).cast(pl.Int64))
-    return _Design(frame, X, group_index, log_exposure)
+    frame = frame.with_row_index(row_name).with_columns(pl.col(row_name).cast(pl.Int64))
+    return _Design(frame, X, group_index, log_exposure, complete)
 
 
 def predict(
@@ -1064,7 +1084,8 @@ def predict(
         Rows to predict, holding the predictor columns (and the exposure or offset column of a
         Poisson model with an offset; the grouping columns with ``re='groups'``). By default
         the rows the model was fitted to, in data order (rows dropped for missing values left
-        out).
+        out). A row of ``data`` missing a needed value gets NaN (``output='mean'``) or nulls
+        (``output='table'``), as R's predict gives NA; ``output='draws'`` refuses it.
     type_predict : {'response', 'link'}, default 'response'
         ``'response'``: the probability (binomial) or the expected count at the row's exposure
         (Poisson; the rate when the model has no offset). ``'link'``: the linear predictor,
@@ -1103,7 +1124,8 @@ def predict(
     ------
     ValueError
         For an unknown ``type_predict``, ``re`` or ``output``, a ``ci`` outside (0, 1),
-        missing columns or values in ``data``, factor levels the model was not fitted with,
+        missing columns in ``data`` (or missing values with ``output='draws'``), factor
+        levels the model was not fitted with,
         or (``re='groups'``) groups not in the fit.
     TypeError
         For both ``re`` and ``use_rfx``, or pymer4 arguments bayesmer does not take
@@ -1122,7 +1144,10 @@ def predict(
     if not spec.groups:
         re = "zero"
     ci = _check_ci(ci, model)
-    design = _fitted_design(model) if data is None else _new_design(model, data, re)
+    if data is None:
+        design = _fitted_design(model)
+    else:
+        design = _new_design(model, data, re, allow_missing=output != "draws")
     draws = _Draws.read(spec, model.posterior)
     group_index = design.group_index if re == "groups" else {}
     sigma = None
@@ -1152,9 +1177,11 @@ def predict(
         else:
             values[:, block] = v
     if output == "mean":
-        return means
+        return _spread(means, design.complete)
     if output == "table":
-        return design.frame.with_columns([pl.Series(k, v) for k, v in stats.items()])
+        return design.frame.with_columns(
+            [pl.Series(k, _spread(v, design.complete)).fill_nan(None) for k, v in stats.items()]
+        )
     row_name = design.frame.columns[0]
     rows = design.frame[row_name].to_numpy()
     return pl.DataFrame(
@@ -1164,6 +1191,15 @@ def predict(
             "prediction": values.ravel(),
         }
     )
+
+
+def _spread(values: np.ndarray, complete: np.ndarray | None) -> np.ndarray:
+    """Values of the complete rows, with NaN for the rows that miss a value."""
+    if complete is None:
+        return values
+    out = np.full(len(complete), np.nan)
+    out[complete] = values
+    return out
 
 
 def fitted_values(model: Model, type_predict: str = "response") -> tuple[np.ndarray, np.ndarray]:

@@ -594,7 +594,7 @@ def test_predict_bad_input(titanic_glmer, pois_fit, trials_fit):
     with pytest.raises(ValueError, match=r"column\(s\) \['x'\] must be numeric"):
         predict(trials_fit, data=pl.DataFrame({"x": ["1.5"]}))
     with pytest.raises(ValueError, match="missing values"):
-        predict(pois_fit, data=pl.DataFrame({"f": ["a", None], "t": [1.0, 1.0]}))
+        predict(pois_fit, data=pl.DataFrame({"f": ["a", None], "t": [1.0, 1.0]}), output="draws")
     with pytest.raises(ValueError, match="type_predict must be one of"):
         predict(pois_fit, type_predict="probability")
     with pytest.raises(ValueError, match="re must be one of"):

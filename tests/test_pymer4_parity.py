@@ -97,8 +97,14 @@ def test_fitted_is_null_for_dropped_rows_and_refit_is_unchanged(age_glm, titanic
     assert missing.sum() == 177
     assert data["fitted"].is_null().to_numpy().tolist() == missing.tolist()
     assert data["residuals"].null_count() == 177
-    kept = data.filter(~pl.col("age").is_null())
-    np.testing.assert_allclose(age_glm.predict(kept), kept["fitted"].to_numpy())
+    # as R's predict: NaN for a row missing a predictor, so predict(data) == data['fitted']
+    pred = age_glm.predict(data)
+    assert np.isnan(pred).tolist() == missing.tolist()
+    np.testing.assert_allclose(pred, data["fitted"].to_numpy(), rtol=1e-12)
+    table = age_glm.predict(data, output="table")
+    assert table.height == 891 and table["estimate"].null_count() == 177
+    with pytest.raises(ValueError, match=r"missing values in the column\(s\) \['age'\]"):
+        age_glm.predict(data, output="draws")
     # the added columns do not change the model: a refit with the same seed gives the same
     before = age_glm.params
     n_cells = len(age_glm.spec.cells)
