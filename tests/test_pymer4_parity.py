@@ -207,6 +207,8 @@ def test_simulate_shape_seed_and_zero_one(titanic_glmer):
         titanic_glmer.simulate(3, seed=1, random_seed=1)
     with pytest.raises(TypeError, match="'n'.*nsim="):
         titanic_glmer.simulate(n=3)
+    with pytest.raises(TypeError, match="either re= or pymer4's use_rfx="):
+        titanic_glmer.simulate(3, use_rfx=True, re="groups")
     with pytest.raises(ValueError, match="re must be one of"):
         titanic_glmer.simulate(2, re="include_new")
 
