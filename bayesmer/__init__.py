@@ -3,7 +3,7 @@
 from .checks import compare
 from .datasets import load_dataset
 from .diagnostics import ConvergenceWarning
-from .io import load_model
+from .io import load_model, save_model
 from .models import Model, NotFittedError, glm, glmer
 
 __all__ = [
@@ -15,5 +15,6 @@ __all__ = [
     "glmer",
     "load_dataset",
     "load_model",
+    "save_model",
 ]
 __version__ = "0.1.0"

@@ -33,6 +33,7 @@ from arviz_stats.base import array_stats
 from scipy import special
 
 from .collapse import CELL, EXPOSURE, ROWS, TRIALS, WEIGHT, Y
+from .compat import PREDICT, SIMULATE, reject, resolve_re
 from .diagnostics import PACKAGE_DIR
 from .draws import fixed, group_effects, group_sd, hdi
 from .emmeans import QUADRATURE_NODES, marginal_link
@@ -61,7 +62,8 @@ PPC_COLUMNS = (
 
 _ROW, _OBS = "_row", "_obs"
 _TYPES = ("response", "link")
-_RE = ("zero", "marginal", "include")
+_RE = ("groups", "zero", "marginal")
+_OUTPUTS = ("mean", "table", "draws")
 #: Allowed values of ``re`` in :func:`ppc`.
 PPC_RE = ("groups", "new")
 
@@ -643,11 +645,32 @@ def _observations(
 
 
 def _row_means(
-    spec: ModelSpec, draws: _Draws, cells: np.ndarray, sel: slice | np.ndarray
+    spec: ModelSpec,
+    draws: _Draws,
+    cells: np.ndarray,
+    sel: slice | np.ndarray,
+    re: str = "groups",
+    rng: np.random.Generator | None = None,
 ) -> np.ndarray:
-    """Success probability (binomial) or rate per unit exposure (Poisson) per cell and draw."""
-    gi = {g.name: g.index[cells] for g in spec.groups}
-    return spec.family.inverse_link(draws.eta(spec.X[cells], gi, sel))
+    """Success probability (binomial) or rate per unit exposure (Poisson) per cell and draw.
+
+    ``re`` says which group effects enter (see :func:`simulate`); ``'new'`` draws them afresh
+    from N(0, sd), one set per draw of ``sel``, shared by the cells of a level.
+    """
+    X = spec.X[cells]
+    if re == "groups":
+        gi = {g.name: g.index[cells] for g in spec.groups}
+        return spec.family.inverse_link(draws.eta(X, gi, sel))
+    eta = draws.eta(X, {}, sel)
+    if re == "marginal" and spec.groups:
+        sigma = np.sqrt(sum(draws.sd[g.name][sel] ** 2 for g in spec.groups))
+        return spec.family.inverse_link(marginal_link(spec.family, eta, sigma))
+    if re == "new":
+        for g in spec.groups:
+            sd = draws.sd[g.name][sel]
+            u = rng.standard_normal((len(sd), len(g.levels))) * sd[:, None]
+            eta = eta + u[:, g.index[cells]]
+    return spec.family.inverse_link(eta)
 
 
 def _replicate(
@@ -656,10 +679,11 @@ def _replicate(
     rows: pl.DataFrame,
     sel: slice | np.ndarray,
     rng: np.random.Generator,
+    re: str = "groups",
 ) -> np.ndarray:
     """Replicated outcomes of every row for the draws ``sel``: shape (draws, rows)."""
     cells_used, inverse = np.unique(rows[CELL].to_numpy().astype(np.int64), return_inverse=True)
-    mean = _row_means(spec, draws, cells_used, sel)[:, inverse]
+    mean = _row_means(spec, draws, cells_used, sel, re, rng)[:, inverse]
     size = rows[spec.size_col].to_numpy()
     if spec.family.name == "binomial":
         return rng.binomial(size.astype(np.int64), np.clip(mean, 0.0, 1.0))
@@ -920,47 +944,86 @@ def ppc(
     return pl.DataFrame(out).select(PPC_COLUMNS)
 
 
-def simulate(model: Model, n: int = 1, random_seed: int | None = None) -> pl.DataFrame:
+#: Choices of ``re`` for :func:`simulate`.
+SIMULATE_RE = ("groups", "zero", "marginal", "new")
+
+
+def simulate(
+    model: Model,
+    nsim: int = 1,
+    use_rfx: bool | None = None,
+    *,
+    re: str | None = None,
+    random_seed: int | None = None,
+    with_data: bool = False,
+    **kwargs: Any,
+) -> pl.DataFrame:
     """Replicated data sets drawn from the posterior predictive distribution.
 
-    Each data set uses one posterior draw (picked at random; distinct draws while ``n`` does
-    not exceed the number of draws) and draws one outcome per original row.
+    Each data set uses one posterior draw (picked at random; distinct draws while ``nsim``
+    does not exceed the number of draws) and draws one outcome per original row.
 
     Parameters
     ----------
     model : Model
         A fitted model.
-    n : int, default 1
+    nsim : int, default 1
         Number of data sets.
+    use_rfx : bool, optional
+        pymer4's switch: True is ``re='groups'``, False is ``re='new'`` (lme4's
+        ``re.form=NA``). Give it or ``re``, not both.
+    re : {'groups', 'zero', 'marginal', 'new'}, optional
+        Group effects (models with random effects; default ``'groups'``): ``'groups'`` each
+        row's fitted group effects (lme4's ``re.form=NULL``); ``'zero'`` a typical group
+        (effects 0); ``'marginal'`` the mean averaged over the population of groups;
+        ``'new'`` group effects drawn afresh from N(0, sd) for every data set, one per level
+        shared by its rows (lme4's ``re.form=NA``).
     random_seed : int, optional
+        The same seed gives the same data sets (pymer4's ``seed=`` is taken too).
+    with_data : bool, default False
+        Put the rows before the simulations: ``row`` (0-based row number in the model's
+        data), the predictor and group columns (factor levels as strings), the observed
+        outcome (named after the response column; successes for binomial models), and
+        ``trials`` or ``exposure``.
 
     Returns
     -------
     pl.DataFrame
-        Wide: one row per original observation in data order, with ``row`` (0-based row
-        number in the model's data), the predictor and group columns (factor levels as
-        strings), the observed outcome (named after the response column; successes for
-        binomial models), ``trials`` or ``exposure``, and ``sim_1`` ... ``sim_n``, the
-        replicated outcomes.
+        ``sim_1`` ... ``sim_<nsim>`` (pymer4's layout), one row per original observation in
+        data order (rows dropped for missing values left out); the replicated outcomes
+        (binomial: successes, 0/1 for a 0/1 response).
 
     Raises
     ------
     ValueError
-        If ``n`` is not a positive integer.
+        If ``nsim`` is not a positive integer or ``re`` is not a choice.
+    TypeError
+        For both ``re`` and ``use_rfx``, or an argument simulate does not take.
     """
+    seed = kwargs.pop("seed", None)
+    reject("simulate", SIMULATE, kwargs)
+    if seed is not None:
+        if random_seed is not None:
+            raise TypeError("give either random_seed= or pymer4's seed=, not both.")
+        random_seed = seed
     model._require_fit("simulate")
-    if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 1:
-        raise ValueError(f"n must be a positive integer, got {n!r}.")
+    if isinstance(nsim, bool) or not isinstance(nsim, int | np.integer) or nsim < 1:
+        raise ValueError(f"nsim must be a positive integer, got {nsim!r}.")
     spec = model.spec
+    re = resolve_re(re, use_rfx, bool(spec.groups), "groups", "new")
+    if re not in SIMULATE_RE:
+        raise ValueError(f"re must be one of {list(SIMULATE_RE)}, got {re!r}.")
     rows = row_table(model)
     draws = _Draws.read(spec, model.posterior)
     rng = np.random.default_rng(random_seed)
-    picked = rng.choice(draws.n, size=n, replace=n > draws.n)
-    sims = np.empty((n, len(rows)), dtype=np.int64)
-    for block in _blocks(n, len(rows)):
-        sims[block] = _replicate(spec, draws, rows, picked[block], rng)
-    out = _public_rows(spec, rows)
-    return out.with_columns([pl.Series(f"sim_{i + 1}", sims[i]) for i in range(n)])
+    picked = rng.choice(draws.n, size=nsim, replace=nsim > draws.n)
+    sims = np.empty((nsim, len(rows)), dtype=np.int64)
+    for block in _blocks(nsim, len(rows)):
+        sims[block] = _replicate(spec, draws, rows, picked[block], rng, re)
+    columns = [pl.Series(f"sim_{i + 1}", sims[i]) for i in range(nsim)]
+    if with_data:
+        return _public_rows(spec, rows).with_columns(columns)
+    return pl.DataFrame(columns)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -975,6 +1038,8 @@ class _Design:
     X: np.ndarray
     group_index: dict[str, np.ndarray]
     log_exposure: np.ndarray
+    #: Which rows of ``frame`` are predicted (the others miss a value); None for all.
+    complete: np.ndarray | None = None
 
 
 def _fitted_design(model: Model) -> _Design:
@@ -992,21 +1057,31 @@ def _fitted_design(model: Model) -> _Design:
     )
 
 
-def _new_design(model: Model, data: Any, re: str) -> _Design:
-    """Validate new data against the model and build its design."""
+def _new_design(model: Model, data: Any, re: str, allow_missing: bool = False) -> _Design:
+    """Validate new data against the model and build its design.
+
+    With ``allow_missing``, rows missing a needed value are left out of the design and
+    marked in ``complete`` (their predictions are NaN, as R's predict gives NA).
+    """
     spec = model.spec
     parsed = spec.formula
     lf, _ = to_lazy(data)
     schema = dict(lf.collect_schema())
     predictors = list(parsed.fixed_variables)
-    sources = [c for g in parsed.groups for c in parsed.group_sources(g)] if re == "include" else []
+    sources = [c for g in parsed.groups for c in parsed.group_sources(g)] if re == "groups" else []
     offset_col = parsed.exposure or parsed.offset
     needed = list(dict.fromkeys([*predictors, *sources, *([offset_col] if offset_col else [])]))
     missing = [c for c in needed if c not in schema]
     if missing:
         raise ValueError(
             f"predict() needs the column(s) {missing} in data (used by {parsed.formula!r}"
-            + (", with re='include'" if set(missing) & set(sources) else "")
+            + (
+                ", with re='groups', the default: each row's fitted group effects; use "
+                "re='zero' (a typical group) or re='marginal' (averaged over the groups) "
+                "to predict without them"
+                if set(missing) & set(sources)
+                else ""
+            )
             + f"); the data has {list(schema)}."
         )
     raw = lf.select(needed).collect()
@@ -1017,15 +1092,24 @@ def _new_design(model: Model, data: Any, re: str) -> _Design:
         for c in needed
         if raw[c].null_count() or (schema[c].is_float() and bool(raw[c].is_nan().any()))
     ]
+    complete = None
+    frame = raw
     if has_missing:
-        raise ValueError(f"predict() data has missing values in the column(s) {has_missing}.")
+        if not allow_missing:
+            raise ValueError(
+                f"predict() data has missing values in the column(s) {has_missing}; "
+                "output='mean' or 'table' give NaN/null for those rows."
+            )
+        keep = raw.select(_not_missing(needed, schema)).to_series()
+        complete = keep.to_numpy()
+        raw = raw.filter(keep)
     not_numeric = [c for c in predictors if c in spec.numeric and not schema[c].is_numeric()]
     if not_numeric:
         raise ValueError(
             f"predict(): column(s) {not_numeric} must be numeric, as in the fit; got "
             f"{[str(schema[c]) for c in not_numeric]}."
         )
-    if re == "include":
+    if re == "groups":
         combined, schema = with_group_columns(raw.lazy(), parsed, schema)
         raw = combined.collect()
         predictors = list(dict.fromkeys([*predictors, *parsed.groups]))
@@ -1038,20 +1122,25 @@ def _new_design(model: Model, data: Any, re: str) -> _Design:
                 f"fitted with; its levels are {levels}."
             )
     group_index: dict[str, np.ndarray] = {}
-    if re == "include":
+    if re == "groups":
         for g in spec.groups:
             values = converted[g.name].to_list()
             unknown = sorted(set(values) - set(g.levels))
             if unknown:
                 shown = ", ".join(unknown[:10]) + (" ..." if len(unknown) > 10 else "")
                 raise ValueError(
-                    f"re='include' uses the fitted group effects, but {g.name!r} has level(s) "
+                    f"re='groups' uses the fitted group effects, but {g.name!r} has level(s) "
                     f"not in the fit: {shown}. Use re='marginal' (average over the groups) or "
                     "re='zero' (a typical group) for new groups."
                 )
             lookup = {lv: i for i, lv in enumerate(g.levels)}
             group_index[g.name] = np.array([lookup[v] for v in values], dtype=np.int64)
-    X = spec.design_matrix(converted) if parsed.fixed_variables else np.ones((len(raw), 1))
+    if len(raw) == 0:  # every row misses a value
+        X = np.zeros((0, len(spec.terms)))
+    elif parsed.fixed_variables:
+        X = spec.design_matrix(converted)
+    else:
+        X = np.ones((len(raw), 1))
     log_exposure = np.zeros(len(raw))
     if parsed.exposure is not None:
         e = raw[parsed.exposure].cast(pl.Float64).to_numpy()
@@ -1061,19 +1150,22 @@ def _new_design(model: Model, data: Any, re: str) -> _Design:
     elif parsed.offset is not None:
         log_exposure = raw[parsed.offset].cast(pl.Float64).to_numpy()
     row_name = _free_name("row", set(needed))
-    frame = raw.with_row_index(row_name).with_columns(pl.col(row_name).cast(pl.Int64))
-    return _Design(frame, X, group_index, log_exposure)
+    frame = frame.with_row_index(row_name).with_columns(pl.col(row_name).cast(pl.Int64))
+    return _Design(frame, X, group_index, log_exposure, complete)
 
 
 def predict(
     model: Model,
     data: Any = None,
-    type: str = "response",
-    re: str = "zero",
-    summary: bool = True,
+    type_predict: str = "response",
+    use_rfx: bool | None = None,
+    *,
+    re: str | None = None,
+    output: str = "mean",
     ci: float | None = None,
-) -> pl.DataFrame:
-    """Predictions per row of new data (or of the data the model was fitted to), per draw.
+    **kwargs: Any,
+) -> np.ndarray | pl.DataFrame:
+    """Predictions per row of new data (or of the data the model was fitted to).
 
     Parameters
     ----------
@@ -1081,69 +1173,93 @@ def predict(
         A fitted model.
     data : polars or pandas DataFrame, optional
         Rows to predict, holding the predictor columns (and the exposure or offset column of a
-        Poisson model with an offset; the grouping columns with ``re='include'``). By default
-        the rows the model was fitted to, in data order.
-    type : {'response', 'link'}, default 'response'
+        Poisson model with an offset; the grouping columns with ``re='groups'``). By default
+        the rows the model was fitted to, in data order (rows dropped for missing values left
+        out). A row of ``data`` missing a needed value gets NaN (``output='mean'``) or nulls
+        (``output='table'``), as R's predict gives NA; ``output='draws'`` refuses it.
+    type_predict : {'response', 'link'}, default 'response'
         ``'response'``: the probability (binomial) or the expected count at the row's exposure
         (Poisson; the rate when the model has no offset). ``'link'``: the linear predictor,
-        offset included.
-    re : {'zero', 'marginal', 'include'}, default 'zero'
-        Group effects: ``'zero'`` predicts for a typical group (effects at 0); ``'marginal'``
-        averages the response over the fitted normal distribution of the group effects
-        (Gauss-Hermite quadrature per draw, over the summed variance of every grouping
-        factor), a population-averaged prediction; with ``type='link'`` it returns the link of
-        that average. ``'include'`` adds each row's fitted group effects (its group must be
-        one of the fit). Models without groups give the same for all three.
-    summary : bool, default True
-        Summarise the draws per row, or return every draw.
+        offset included (pymer4's name and values).
+    use_rfx : bool, optional
+        pymer4's switch: True is ``re='groups'``, False is ``re='zero'``. Give it or ``re``,
+        not both.
+    re : {'groups', 'zero', 'marginal'}, optional
+        Group effects (models with random effects; default ``'groups'``, as lme4 and pymer4):
+        ``'groups'`` adds each row's fitted group effects, so every row's group must be one of
+        the fit (lme4's ``re.form=NULL``); ``'zero'`` predicts for a typical group (effects at
+        0; lme4's ``re.form=NA``); ``'marginal'`` averages the response over the fitted normal
+        distribution of the group effects (Gauss-Hermite quadrature per draw, over the summed
+        variance of every grouping factor), a population-averaged prediction; with
+        ``type_predict='link'`` it returns the link of that average. Models without groups
+        give the same for all three.
+    output : {'mean', 'table', 'draws'}, default 'mean'
+        ``'mean'``: a NumPy array of the posterior mean per row (pymer4's return type; the
+        posterior mean of the probability or rate, or of the linear predictor with
+        ``type_predict='link'``). ``'table'``: a polars table with the posterior median, sd
+        and highest-density interval per row. ``'draws'``: every draw, long form.
     ci : float, optional
-        Mass of the highest-density interval; the model's ``ci`` by default.
+        Mass of the highest-density interval (``output='table'``); the model's ``ci`` by
+        default.
 
     Returns
     -------
-    pl.DataFrame
-        With ``summary=True``: the rows (``row``, 0-based, and the columns used; for the
-        fitted data also the outcome and ``trials``/``exposure``) with ``estimate`` (posterior
-        median), ``sd``, ``conf_low`` and ``conf_high``. With ``summary=False``: long form,
-        ``row, .draw, prediction``, one line per row and posterior draw (chains stacked);
-        join on ``row`` for the predictors.
+    numpy.ndarray or pl.DataFrame
+        ``output='mean'``: shape (rows,). ``output='table'``: the rows (``row``, 0-based,
+        and the columns used; for the fitted data also the outcome and
+        ``trials``/``exposure``) with ``estimate`` (posterior median), ``sd``, ``conf_low``
+        and ``conf_high``. ``output='draws'``: ``row, .draw, prediction``, one line per row
+        and posterior draw (chains stacked); join on ``row`` for the predictors.
 
     Raises
     ------
     ValueError
-        For an unknown ``type`` or ``re``, a ``ci`` outside (0, 1), missing columns or values
-        in ``data``, factor levels the model was not fitted with, or (``re='include'``) groups
-        not in the fit.
+        For an unknown ``type_predict``, ``re`` or ``output``, a ``ci`` outside (0, 1),
+        missing columns in ``data`` (or missing values with ``output='draws'``), factor
+        levels the model was not fitted with,
+        or (``re='groups'``) groups not in the fit.
+    TypeError
+        For both ``re`` and ``use_rfx``, or pymer4 arguments bayesmer does not take
+        (``allow_new_levels``: choose ``re`` instead).
     """
+    reject("predict", PREDICT, kwargs)
     model._require_fit("predict")
-    if type not in _TYPES:
-        raise ValueError(f"type must be one of {_TYPES}, got {type!r}.")
+    if type_predict not in _TYPES:
+        raise ValueError(f"type_predict must be one of {_TYPES}, got {type_predict!r}.")
+    spec = model.spec
+    re = resolve_re(re, use_rfx, bool(spec.groups), "groups", "zero")
     if re not in _RE:
         raise ValueError(f"re must be one of {_RE}, got {re!r}.")
+    if output not in _OUTPUTS:
+        raise ValueError(f"output must be one of {_OUTPUTS}, got {output!r}.")
+    if not spec.groups:
+        re = "zero"
     ci = _check_ci(ci, model)
-    spec = model.spec
-    design = _fitted_design(model) if data is None else _new_design(model, data, re)
+    if data is None:
+        design = _fitted_design(model)
+    else:
+        design = _new_design(model, data, re, allow_missing=output != "draws")
     draws = _Draws.read(spec, model.posterior)
-    group_index = design.group_index if re == "include" else {}
+    group_index = design.group_index if re == "groups" else {}
     sigma = None
-    if re == "marginal" and spec.groups:
+    if re == "marginal":
         sigma = np.sqrt(sum(draws.sd[g.name] ** 2 for g in spec.groups))
     n_rows = design.X.shape[0]
     width = draws.n * (QUADRATURE_NODES if sigma is not None else 1)
-    values = np.empty((draws.n, n_rows)) if not summary else None
+    values = np.empty((draws.n, n_rows)) if output == "draws" else None
+    means = np.empty(n_rows)
     stats = {k: np.empty(n_rows) for k in ("estimate", "sd", "conf_low", "conf_high")}
     for block in _blocks(n_rows, width):
         gi = {name: index[block] for name, index in group_index.items()}
         eta = draws.eta(design.X[block], gi)
         offset = design.log_exposure[block]
-        if sigma is None:
-            # offset is 0 for binomial models
-            v = eta + offset if type == "link" else spec.family.inverse_link(eta + offset)
-        else:
-            # the link of the population-averaged mean; a Poisson row's exposure shifts it
-            link = marginal_link(spec.family, eta, sigma) + offset
-            v = link if type == "link" else spec.family.inverse_link(link)
-        if summary:
+        link = eta if sigma is None else marginal_link(spec.family, eta, sigma)
+        # a Poisson row's exposure shifts the link; the offset is 0 for binomial models
+        link = link + offset
+        v = link if type_predict == "link" else spec.family.inverse_link(link)
+        if output == "mean":
+            means[block] = v.mean(axis=0)
+        elif output == "table":
             bounds = hdi(v, ci)
             stats["estimate"][block] = np.median(v, axis=0)
             stats["sd"][block] = v.std(axis=0, ddof=1)
@@ -1151,9 +1267,13 @@ def predict(
             stats["conf_high"][block] = bounds[:, 1]
         else:
             values[:, block] = v
+    if output == "mean":
+        return _spread(means, design.complete)
+    if output == "table":
+        return design.frame.with_columns(
+            [pl.Series(k, _spread(v, design.complete)).fill_nan(None) for k, v in stats.items()]
+        )
     row_name = design.frame.columns[0]
-    if summary:
-        return design.frame.with_columns([pl.Series(k, v) for k, v in stats.items()])
     rows = design.frame[row_name].to_numpy()
     return pl.DataFrame(
         {
@@ -1162,3 +1282,51 @@ def predict(
             "prediction": values.ravel(),
         }
     )
+
+
+def _spread(values: np.ndarray, complete: np.ndarray | None) -> np.ndarray:
+    """Values of the complete rows, with NaN for the rows that miss a value."""
+    if complete is None:
+        return values
+    out = np.full(len(complete), np.nan)
+    out[complete] = values
+    return out
+
+
+def fitted_values(model: Model, type_predict: str = "response") -> tuple[np.ndarray, np.ndarray]:
+    """``fitted`` and ``residuals`` for every row of ``model.data`` (NaN for dropped rows).
+
+    ``fitted`` is what :func:`predict` gives for the fitted rows (posterior mean, each row's
+    own group effects) on the scale of ``type_predict``; ``residuals`` is the outcome (a
+    proportion of trials for binomial models) minus the response-scale posterior mean. The
+    means are computed once per fitted cell and spread to its rows (a Poisson row's exposure
+    scales its cell's mean rate, or shifts its mean link), so a fit on a million rows in a few
+    cells costs the few cells.
+    """
+    spec = model.spec
+    rows = row_table(model)
+    draws = _Draws.read(spec, model.posterior)
+    n_cells = spec.X.shape[0]
+    mean_link = np.empty(n_cells)
+    mean_response = np.empty(n_cells)
+    for block in _blocks(n_cells, draws.n):
+        eta = draws.eta(spec.X[block], {g.name: g.index[block] for g in spec.groups})
+        mean_link[block] = eta.mean(axis=0)
+        mean_response[block] = spec.family.inverse_link(eta).mean(axis=0)
+    cells = rows[CELL].to_numpy().astype(np.int64)
+    y = rows[Y].to_numpy().astype(float)
+    if spec.family.name == "poisson":
+        exposure = rows[EXPOSURE].to_numpy()
+        response = mean_response[cells] * exposure
+        link = mean_link[cells] + np.log(exposure)
+    else:
+        response = mean_response[cells]
+        link = mean_link[cells]
+        y = y / rows[TRIALS].to_numpy()
+    n_data = model.data.height if isinstance(model.data, pl.DataFrame) else len(model.data)
+    index = rows[_ROW].to_numpy()
+    fitted = np.full(n_data, np.nan)
+    residuals = np.full(n_data, np.nan)
+    fitted[index] = response if type_predict == "response" else link
+    residuals[index] = y - response
+    return fitted, residuals

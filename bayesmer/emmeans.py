@@ -59,7 +59,7 @@ _CHUNK_ELEMENTS = 4_000_000
 
 def emmeans(
     model: Model,
-    marginal_var: str,
+    marginal_var: str | list[str],
     by: str | list[str] | None = None,
     contrasts: dict[str, list[float]] | str | None = None,
     type: str = "response",
@@ -67,6 +67,7 @@ def emmeans(
     weights: str = "equal",
     re: str = "zero",
     at: dict[str, Any] | None = None,
+    regrid: str | None = None,
     draws: bool = False,
     random_seed: int | None = None,
 ) -> pl.DataFrame:
@@ -85,11 +86,14 @@ def emmeans(
     ----------
     model : Model
         A fitted :class:`~bayesmer.models.glm` or :class:`~bayesmer.models.glmer`.
-    marginal_var : str
-        A factor (one mean per level) or a numeric covariate (its slope, ``<var>_trend``, as
-        R's emtrends: the derivative of the marginal mean on the scale of ``type``, per draw;
-        ``type='link'`` gives emtrends' default, the link-scale slope, while the default
-        ``type='response'`` gives the change in probability or rate per unit).
+    marginal_var : str or list of str
+        A factor (one mean per level), a list of factors (one mean per combination of their
+        levels, the first factor varying fastest as in R's emmeans; contrasts then weigh
+        those combinations in that order, labelled ``'<level1> <level2>'``), or a numeric
+        covariate: its slope, ``<var>_trend``, as R's emtrends (and pymer4), the derivative
+        of the marginal mean **on the link scale** whatever ``type`` says (log-odds or log
+        rate per unit); ``regrid='response'`` gives the slope of the probability or rate
+        instead.
     by : str or list of str, optional
         Factors (or numeric covariates given several values in ``at``) to condition on: one
         set of means or contrasts per combination.
@@ -106,6 +110,7 @@ def emmeans(
         probabilities (``estimate``), as exp() of a probit difference means nothing.
     type : {'response', 'link'}, default 'response'
         Report probabilities or rates (``prob``/``rate``) or link-scale values (``emmean``).
+        Means and contrasts only: slopes are on the link scale either way (see ``regrid``).
     ci : float, optional
         Probability mass of the intervals; defaults to the model's ``ci``.
     weights : {'equal', 'proportional', 'cells'}, default 'equal'
@@ -147,6 +152,9 @@ def emmeans(
     at : dict, optional
         Values for grid columns: a numeric covariate's value or list of values, a factor's
         subset of levels, or ``'data'`` for the observed values.
+    regrid : {'response'}, optional
+        Slopes only (R's ``emtrends(..., regrid='response')``): the derivative of the
+        response-scale marginal mean (change in probability or rate per unit), per draw.
     draws : bool, default False
         Return the per-draw values in long form instead: the key columns, ``.draw``, and the
         value column on the scale of ``type``.
@@ -159,7 +167,8 @@ def emmeans(
     polars.DataFrame
         Means: ``<marginal_var>, [by cols], prob | rate | emmean, SD, lower_HPD, upper_HPD``.
         Slopes: ``[<var>], [by cols], <var>_trend, SD, lower_HPD, upper_HPD`` (the ``<var>``
-        column when ``at`` gives the values at which to take the slope).
+        column when ``at`` gives the values at which to take the slope), on the link scale
+        unless ``regrid='response'``.
         Contrasts: ``contrast, [by cols], odds_ratio | ratio | estimate, SD, lower_HPD,
         upper_HPD, pd, prob_gt_null``.
         The point estimate is the posterior median, ``SD`` the posterior sd. The interval is
@@ -168,14 +177,16 @@ def emmeans(
         probabilities or ratios shown; both hold the stated posterior mass). ``pd`` is the
         probability of direction and ``prob_gt_null`` the posterior probability that the
         contrast is above its null (1 for ratios, 0 otherwise). Factor columns are
-        ``pl.Enum`` in level order; rows are sorted by ``by`` then ``marginal_var``.
+        ``pl.Enum`` in level order; rows are sorted by ``by`` then ``marginal_var`` (the
+        first of several marginal variables varying fastest).
 
     Raises
     ------
     ValueError
         For an unknown variable or level, a contrast of the wrong length or whose weights do
-        not sum to zero, contrasts on a numeric variable, and ``type``, ``re``, ``weights``
-        or ``ci`` out of range.
+        not sum to zero, contrasts on a numeric variable, a list of marginal variables that
+        are not all factors, ``regrid`` for means of factors, and ``type``, ``re``,
+        ``weights``, ``regrid`` or ``ci`` out of range.
     """
     spec = model.spec
     family = spec.family
@@ -184,14 +195,28 @@ def emmeans(
     _check_choice("weights", weights, WEIGHTS)
     ci = _resolve_ci(model, ci)
     _check_re(spec, re)
-    if not isinstance(marginal_var, str):
-        raise ValueError(f"marginal_var must be a column name, got {marginal_var!r}.")
-    _check_fixed_variable(spec, marginal_var, "marginal_var")
+    if regrid not in (None, "response"):
+        raise ValueError(f"regrid must be None or 'response', got {regrid!r}.")
+    marginal_vars = _as_list(marginal_var, "marginal_var")
+    if not marginal_vars:
+        raise ValueError("marginal_var must name at least one column.")
+    for col in marginal_vars:
+        _check_fixed_variable(spec, col, "marginal_var")
+    if len(marginal_vars) > 1:
+        numeric = [c for c in marginal_vars if c in spec.numeric]
+        if numeric:
+            raise ValueError(
+                f"a list of marginal variables must all be factors; {numeric} numeric. For "
+                "slopes give one numeric variable, with the factors in by=."
+            )
+        if len(set(marginal_vars)) != len(marginal_vars):
+            raise ValueError(f"marginal_var names a column twice: {marginal_vars}.")
+    marginal_var = marginal_vars[0]
     by_cols = _as_list(by, "by")
     for col in by_cols:
         _check_fixed_variable(spec, col, "by")
-        if col == marginal_var:
-            raise ValueError(f"{col!r} is the marginal variable; it cannot also be in by.")
+        if col in marginal_vars:
+            raise ValueError(f"{col!r} is a marginal variable; it cannot also be in by.")
     if len(set(by_cols)) != len(by_cols):
         raise ValueError(f"by names a column twice: {by_cols}.")
     at_values = _at_values(spec, at, allow_groups=False)
@@ -202,28 +227,40 @@ def emmeans(
             f"contrasts need a factor; {marginal_var!r} is numeric, and emmeans reports its "
             f"slope ({marginal_var}_trend) instead. Use by= to get slopes per level of a factor."
         )
+    if regrid is not None and not trend:
+        raise ValueError(
+            "regrid='response' applies to slopes of a numeric marginal_var; for means and "
+            "contrasts of factors choose the scale with type=."
+        )
 
     if trend:
         kept = [*by_cols, marginal_var] if marginal_var in at_values else list(by_cols)
     else:
-        kept = [*by_cols, marginal_var]
+        # the first marginal variable varies fastest, as in R's emmeans
+        kept = [*by_cols, *reversed(marginal_vars)]
     keys = _product(spec, {c: axes[c] for c in kept})
     averaged = {c: axes[c] for c in axes if c not in kept}
     grid = _build_grid(spec, keys, averaged, weights, re)
 
     if trend:
         shown = [marginal_var, *by_cols] if marginal_var in kept else list(by_cols)
-        slopes = _slopes(model, grid, re, type, marginal_var, random_seed)
+        slope_scale = "response" if regrid == "response" else "link"
+        slopes = _slopes(model, grid, re, slope_scale, marginal_var, random_seed)
         return _finish(grid.keys.select(shown), f"{marginal_var}_trend", slopes, None, ci, draws)
 
     link = _link_values(model, grid, re, random_seed=random_seed)
-    display = grid.keys.select([marginal_var, *by_cols])
+    display = grid.keys.select([*marginal_vars, *by_cols])
     if contrasts is None:
         if type == "link":
             return _finish(display, "emmean", link, None, ci, draws)
         return _finish(display, family.response_label, link, family.inverse_link, ci, draws)
+    n_levels = int(np.prod([len(axes[c]) for c in marginal_vars]))
+    levels = [
+        " ".join(str(v) for v in row)
+        for row in display.head(n_levels).select(marginal_vars).iter_rows()
+    ]
     frame, name, values, transform = _contrasts(
-        family, link, display, marginal_var, list(axes[marginal_var]), by_cols, contrasts, type
+        family, link, display, ", ".join(marginal_vars), levels, by_cols, contrasts, type
     )
     return _finish(frame, name, values, transform, ci, draws, contrast=True)
 

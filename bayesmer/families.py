@@ -13,6 +13,27 @@ _LINKS: dict[str, tuple[str, ...]] = {
     "poisson": ("log",),
 }
 
+#: Links R (and so pymer4) accepts for these families that bayesmer does not fit, and why.
+_NOT_FITTED: dict[tuple[str, str], str] = {
+    ("poisson", "identity"): (
+        "the identity link lets the Poisson mean go negative, so most of the parameter "
+        "space has no likelihood and the sampler cannot start or move freely (R's glm needs "
+        "starting values for the same reason). Use link='log': predict() and "
+        "emmeans(type='response') still give counts, and emmeans(..., draws=True) gives "
+        "every draw for differences of rates"
+    ),
+    ("poisson", "sqrt"): (
+        "with the sqrt link the mean is eta^2, so eta and -eta fit equally well and the "
+        "posterior has two mirror-image modes the chains cannot agree on. Use link='log'"
+    ),
+    ("binomial", "log"): (
+        "the log link lets the probability exceed 1 (log-binomial models are fitted under a "
+        "constraint R enforces with starting values). Use link='logit' (odds ratios) or "
+        "link='cloglog'; emmeans(type='response') gives probabilities"
+    ),
+    ("binomial", "cauchit"): "use link='logit', 'probit' or 'cloglog'",
+}
+
 
 @dataclass(frozen=True)
 class Family:
@@ -90,8 +111,15 @@ def get_family(family: str, link: str = "default") -> Family:
     name = family.lower()
     allowed = _LINKS[name]
     chosen = allowed[0] if link in (None, "default") else link
-    if chosen not in allowed:
+    if (name, chosen) in _NOT_FITTED:
         raise ValueError(
-            f"Unknown link {link!r} for the {name} family; choose 'default' or one of {allowed}."
+            f"link={chosen!r} for the {name} family is not supported: "
+            f"{_NOT_FITTED[(name, chosen)]}. Links for {name}: {allowed}."
+        )
+    if chosen not in allowed:
+        listed = "; ".join(f"{f}: {', '.join(links)}" for f, links in _LINKS.items())
+        raise ValueError(
+            f"Unknown link {link!r} for the {name} family; choose 'default' or one of "
+            f"{allowed} (links per family: {listed})."
         )
     return Family(name, chosen)

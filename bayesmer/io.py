@@ -65,7 +65,10 @@ def save_model(model: Model, path: str | os.PathLike[str]) -> None:
     model : glm or glmer
         A fitted model.
     path : str or path-like
-        Where to write (conventionally ending in ``.bayesmer``); an existing file is replaced.
+        Where to write (conventionally ending in ``.bayesmer``; any name is accepted, so a
+        pymer4 script's ``'model.joblib'`` works too, though the file is a bayesmer archive,
+        not a joblib pickle, and no ``.rds`` file is written beside it); an existing file is
+        replaced.
 
     Raises
     ------

@@ -9,12 +9,12 @@ from typing import Any
 import polars as pl
 import xarray as xr
 
-from . import summaries
+from . import compat, summaries
 from .diagnostics import Diagnostics, diagnose, warn_if_bad
 from .families import Family, get_family
 from .formula import ParsedFormula, parse_formula
 from .pymc_model import build_model
-from .sampling import Sampler, default_sampler_kwargs
+from .sampling import Sampler, check_sampler_kwargs, default_sampler_kwargs
 from .spec import ModelSpec, build_spec, check_columns
 
 
@@ -35,6 +35,8 @@ class Model:
     family : {'binomial', 'poisson'}, default 'binomial'
     link : str, default 'default'
         ``'logit'`` (default), ``'probit'`` or ``'cloglog'`` for binomial; ``'log'`` for Poisson.
+        Links R accepts that bayesmer does not fit (Poisson ``'identity'`` and ``'sqrt'``,
+        binomial ``'log'`` and ``'cauchit'``) raise a ValueError saying why and what to use.
     priors : dict, optional
         Priors keyed by term (``'sexmale'``, ``'(Intercept)'``) or group sd (``'1|pclass'``):
         tuples such as ``('normal', 0, 2.5)`` or ``bambi.Prior`` objects. See
@@ -42,6 +44,9 @@ class Model:
 
     Attributes
     ----------
+    data : polars.DataFrame, polars.LazyFrame or pandas.DataFrame
+        The data given; after :meth:`fit` an eager frame also holds ``fitted`` and
+        ``residuals`` (as pymer4's does).
     posterior : xarray.DataTree or None
         Every draw (ArviZ object) after :meth:`fit`.
     params : polars.DataFrame
@@ -146,9 +151,34 @@ class Model:
         self.factors.update(new)
         self._invalidate()
 
-    def unset_factors(self) -> None:
-        """Forget every set_factors declaration."""
-        self.factors = {}
+    def unset_factors(self, factors: str | list[str] | None = None) -> None:
+        """Forget set_factors declarations: all of them (None) or those of the given columns.
+
+        Parameters
+        ----------
+        factors : str or list of str, optional
+            Column(s) to forget; every declaration when None.
+
+        Raises
+        ------
+        ValueError
+            If a column was not declared with set_factors.
+        TypeError
+            If ``factors`` is not a name, a list of names or None.
+        """
+        if factors is None:
+            self.factors = {}
+        else:
+            cols = [factors] if isinstance(factors, str) else factors
+            if not isinstance(cols, list | tuple) or not all(isinstance(c, str) for c in cols):
+                raise TypeError("unset_factors takes a column name, a list of names, or None.")
+            unknown = [c for c in cols if c not in self.factors]
+            if unknown:
+                raise ValueError(
+                    f"unset_factors: {unknown} not set as factor(s); the factors set are "
+                    f"{list(self.factors)}."
+                )
+            self.factors = {k: v for k, v in self.factors.items() if k not in cols}
         self._invalidate()
 
     @property
@@ -197,15 +227,29 @@ class Model:
         self,
         exponentiate: bool = False,
         summary: bool = False,
+        *,
         draws: int = 1000,
         tune: int = 1000,
         chains: int = 4,
         random_seed: int | None = None,
         progressbar: bool = True,
         ci: float = 0.95,
+        type_predict: str = "response",
         **sampler_kwargs: Any,
     ) -> Summary | None:
         """Sample the posterior with nutpie.
+
+        ``exponentiate`` and ``summary`` come first, in pymer4's order; every other argument
+        is keyword-only. pymer4's bootstrap and interval-method arguments (``conf_method``,
+        ``nboot``, ``save_boots``, ``parallel``, ``ncpus``, ``conf_type``...) have no
+        Bayesian meaning and raise a TypeError that says what to use instead.
+
+        After the fit, when ``data`` is an eager polars or pandas DataFrame, ``fitted`` (the
+        posterior mean of each row's probability or rate, on the scale of ``type_predict``)
+        and ``residuals`` (the response residual: the outcome, as a proportion of trials for
+        a binomial ``cbind`` response, minus the response-scale ``fitted``) are added to
+        :attr:`data`, as pymer4 does; rows dropped for missing values get nulls. A column of
+        that name the formula uses is left alone.
 
         Parameters
         ----------
@@ -222,14 +266,30 @@ class Model:
         progressbar : bool, default True
         ci : float, default 0.95
             Probability mass of the credible (highest-density) intervals.
+        type_predict : {'response', 'link'}, default 'response'
+            Scale of the ``fitted`` column added to the data.
         **sampler_kwargs
             Passed to nutpie (``target_accept``, ``adaptation``, ``maxdepth``...); they
-            override bayesmer's choices.
+            override bayesmer's choices. They are checked against nutpie's settings before
+            anything is compiled.
 
         Returns
         -------
         Summary or None
+
+        Raises
+        ------
+        TypeError
+            For a pymer4 argument without a Bayesian meaning, or a setting nutpie does not
+            take.
+        ValueError
+            For out-of-range ``ci``, ``draws``, ``tune``, ``chains`` or ``type_predict``.
         """
+        rejected = {k: v for k, v in sampler_kwargs.items() if k in compat.FIT}
+        compat.reject("fit", compat.FIT, rejected)
+        check_sampler_kwargs(sampler_kwargs)
+        if type_predict not in ("response", "link"):
+            raise ValueError(f"type_predict must be 'response' or 'link', got {type_predict!r}.")
         if exponentiate and not self._family.exponentiates:
             raise ValueError(
                 f"exponentiate=True needs a logit or log link; this model uses {self.link}."
@@ -258,7 +318,27 @@ class Model:
             names,
         )
         warn_if_bad(self._diag)
+        self._add_fitted(type_predict)
         return self.summary() if summary else None
+
+    def _add_fitted(self, type_predict: str) -> None:
+        """Add ``fitted`` and ``residuals`` to an eager data frame (see :meth:`fit`)."""
+        from .checks import fitted_values
+
+        if isinstance(self.data, pl.LazyFrame):
+            return
+        fitted, residuals = fitted_values(self, type_predict)
+        used = set(self._parsed.columns)
+        new = {k: v for k, v in (("fitted", fitted), ("residuals", residuals)) if k not in used}
+        if isinstance(self.data, pl.DataFrame):
+            self.data = self.data.with_columns(
+                [pl.Series(k, v, dtype=pl.Float64).fill_nan(None) for k, v in new.items()]
+            )
+        else:
+            data = self.data.copy()
+            for k, v in new.items():
+                data[k] = v
+            self.data = data
 
     def _require_fit(self, what: str) -> None:
         if self.posterior is None:
@@ -306,8 +386,16 @@ class Model:
             raise ValueError("timings are not kept for a model loaded from a file; refit it.")
         return {"compile": self._sampler.compile_seconds, "sample": self._sampler.sample_seconds}
 
-    def summary(self) -> summaries.Summary:
-        """A printable summary: model, data, sampler, LOO, diagnostics, effects."""
+    def summary(self, decimals: int = 3) -> summaries.Summary:
+        """A printable summary: model, data, sampler, LOO, diagnostics, effects.
+
+        Parameters
+        ----------
+        decimals : int, default 3
+            Decimal places of the numbers in the tables (text and HTML).
+        """
+        if isinstance(decimals, bool) or not isinstance(decimals, int) or decimals < 0:
+            raise ValueError(f"decimals must be a non-negative integer, got {decimals!r}.")
         self._require_fit("summary")
         from .checks import loo
 
@@ -355,27 +443,33 @@ class Model:
             footer.append(scale_note(self))
         if d.problems:
             footer.append("WARNING: " + " ".join(d.problems))
-        return summaries.Summary(header, random, fixed, footer)
+        return summaries.Summary(header, random, fixed, footer, decimals)
 
     # -- marginal estimates (bayesmer.emmeans) ----------------------------------------------
 
     def emmeans(
         self,
-        marginal_var: str,
+        marginal_var: str | list[str],
         by: str | list[str] | None = None,
+        *,
         contrasts: dict[str, list[float]] | str | None = None,
         type: str = "response",
         ci: float | None = None,
         weights: str = "equal",
         re: str = "zero",
         at: dict[str, Any] | None = None,
+        regrid: str | None = None,
         draws: bool = False,
         random_seed: int | None = None,
+        **kwargs: Any,
     ) -> pl.DataFrame:
-        """Estimated marginal means or contrasts, computed from every posterior draw.
+        """Estimated marginal means, slopes or contrasts, computed from every posterior draw.
 
-        See :func:`bayesmer.emmeans.emmeans` for the parameters and the conventions.
+        See :func:`bayesmer.emmeans.emmeans` for the parameters and the conventions. pymer4's
+        ``p_adjust``, ``normalize`` and ``apply_transforms`` raise a TypeError saying what
+        to do instead.
         """
+        compat.reject("emmeans", compat.EMMEANS, kwargs)
         self._require_fit("emmeans")
         from .emmeans import emmeans
 
@@ -389,6 +483,7 @@ class Model:
             weights=weights,
             re=re,
             at=at,
+            regrid=regrid,
             draws=draws,
             random_seed=random_seed,
         )
@@ -398,12 +493,15 @@ class Model:
     def empredict(
         self,
         at: dict[str, Any],
+        *,
         type: str = "response",
         re: str = "zero",
         ci: float | None = None,
         random_seed: int | None = None,
+        **kwargs: Any,
     ) -> pl.DataFrame:
         """Predictions at given predictor values; see :func:`bayesmer.emmeans.empredict`."""
+        compat.reject("empredict", compat.EMMEANS, kwargs)
         self._require_fit("empredict")
         from .emmeans import empredict
 
@@ -454,26 +552,58 @@ class Model:
 
         return ppc(self, stat=stat, ci=ci, random_seed=random_seed, re=re)
 
-    def simulate(self, n: int = 1, random_seed: int | None = None) -> pl.DataFrame:
-        """Replicated data sets from the posterior; see :func:`bayesmer.checks.simulate`."""
+    def simulate(
+        self,
+        nsim: int = 1,
+        use_rfx: bool | None = None,
+        *,
+        re: str | None = None,
+        random_seed: int | None = None,
+        with_data: bool = False,
+        **kwargs: Any,
+    ) -> pl.DataFrame:
+        """Replicated data sets ``sim_1..sim_<nsim>``; see :func:`bayesmer.checks.simulate`."""
         self._require_fit("simulate")
         from .checks import simulate
 
-        return simulate(self, n=n, random_seed=random_seed)
+        return simulate(
+            self,
+            nsim,
+            use_rfx,
+            re=re,
+            random_seed=random_seed,
+            with_data=with_data,
+            **kwargs,
+        )
 
     def predict(
         self,
         data: Any = None,
-        type: str = "response",
-        re: str = "zero",
-        summary: bool = True,
+        type_predict: str = "response",
+        *,
+        use_rfx: bool | None = None,
+        re: str | None = None,
+        output: str = "mean",
         ci: float | None = None,
-    ) -> pl.DataFrame:
-        """Predictions for new (or the fitted) data; see :func:`bayesmer.checks.predict`."""
+        **kwargs: Any,
+    ) -> Any:
+        """Posterior mean prediction per row (NumPy array); see :func:`bayesmer.checks.predict`.
+
+        ``output='table'`` gives a polars table with intervals, ``output='draws'`` every draw.
+        """
         self._require_fit("predict")
         from .checks import predict
 
-        return predict(self, data=data, type=type, re=re, summary=summary, ci=ci)
+        return predict(
+            self,
+            data,
+            type_predict,
+            use_rfx,
+            re=re,
+            output=output,
+            ci=ci,
+            **kwargs,
+        )
 
     def prior_summary(self) -> pl.DataFrame:
         """Every prior in force, defaults included; see :func:`bayesmer.priors.prior_summary`."""
@@ -545,8 +675,11 @@ class Model:
         return plot_prior_posterior(self, **kwargs)
 
     def __repr__(self) -> str:
-        state = "fitted" if self.posterior is not None else "not fitted"
-        return f"{self._kind}({self.formula!r}, family={self.family!r}) [{state}]"
+        fitted = self.posterior is not None
+        return (
+            f"bayesmer.{self._kind}(fitted={fitted}, formula={self.formula}, "
+            f"family={self.family}, link={self.link})"
+        )
 
 
 class glm(Model):  # noqa: N801  (pymer4's name)
@@ -581,6 +714,26 @@ class glmer(Model):  # noqa: N801  (pymer4's name)
 
     _requires_groups = True
     _kind = "glmer"
+
+    def predict(
+        self,
+        data: Any = None,
+        use_rfx: bool | None = None,
+        type_predict: str = "response",
+        *,
+        re: str | None = None,
+        output: str = "mean",
+        ci: float | None = None,
+        **kwargs: Any,
+    ) -> Any:
+        """Posterior mean prediction per row, each row's fitted group effects by default.
+
+        pymer4's positional order (``data, use_rfx, type_predict``); see
+        :func:`bayesmer.checks.predict`.
+        """
+        return super().predict(
+            data, type_predict, use_rfx=use_rfx, re=re, output=output, ci=ci, **kwargs
+        )
 
     @property
     def ranef(self) -> pl.DataFrame | dict[str, pl.DataFrame]:

@@ -15,6 +15,7 @@ identical (``tests/test_sampling.py``).
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import threading
@@ -30,6 +31,7 @@ import nutpie
 import nutpie.compile_pymc
 import pymc as pm
 import xarray as xr
+from nutpie import _lib as nutpie_lib
 
 from .spec import CENTRED_MIN_INFORMATION, ModelSpec
 
@@ -68,6 +70,71 @@ def default_sampler_kwargs(spec: ModelSpec) -> dict[str, Any]:
     if sum(g.parent is None for g in spec.groups) >= 2:
         out["adaptation"] = "low_rank"
     return out
+
+
+#: Arguments of :func:`nutpie.sample` that bayesmer sets itself, with what to use instead.
+_SET_BY_BAYESMER = {
+    "compiled_model": "fit() compiles the model",
+    "draws": "use draws=",
+    "num_draws": "use draws=",
+    "tune": "use tune=",
+    "num_tune": "use tune=",
+    "chains": "use chains=",
+    "num_chains": "use chains=",
+    "cores": "chains run on as many cores as there are, up to one per chain",
+    "seed": "use random_seed=",
+    "progress_bar": "use progressbar=",
+    "save_warmup": "bayesmer keeps the draws after tuning only",
+    "return_raw_trace": "bayesmer reads the draws as an xarray DataTree",
+    "blocking": "fit() waits for the draws",
+    "zarr_store": "the draws are kept in memory (save them with bayesmer.save_model)",
+}
+#: nutpie's deprecated names it still takes (it maps them onto ``adaptation``).
+_DEPRECATED = ("low_rank_modified_mass_matrix", "transform_adapt", "use_grad_based_mass_matrix")
+
+
+def check_sampler_kwargs(kwargs: dict[str, Any]) -> None:
+    """Check keyword arguments meant for nutpie before anything is compiled.
+
+    :func:`nutpie.sample` has named arguments and hands the rest to its settings object,
+    which rejects an unknown one only when sampling starts. Here the named arguments come
+    from the signature of :func:`nutpie.sample`, and the others are tried on a throwaway
+    settings object of the same sampler and adaptation (the one nutpie would build; that
+    class is in nutpie's private ``_lib``, nutpie offers no public list of its settings).
+
+    Raises
+    ------
+    TypeError
+        Naming the first argument nutpie would not take, or one bayesmer sets itself.
+    """
+    for key in kwargs:
+        if key in _SET_BY_BAYESMER:
+            raise TypeError(f"sampler setting {key!r} is set by bayesmer: {_SET_BY_BAYESMER[key]}.")
+    named = set(inspect.signature(nutpie.sample).parameters) - {"kwargs"}
+    sampler = kwargs.get("sampler", "nuts")
+    adaptation = kwargs.get("adaptation", "diag")
+    classes = {"nuts": nutpie_lib.PyNutsSettings, "mclmc": nutpie_lib.PyMclmcSettings}
+    if sampler not in classes:
+        raise TypeError(f"sampler must be one of {sorted(classes)}, got {sampler!r}.")
+    kinds = {"diag": "Diag", "draw_diag": "Diag", "low_rank": "LowRank", "flow": "Flow"}
+    if adaptation not in kinds:
+        raise TypeError(f"adaptation must be one of {sorted(kinds)}, got {adaptation!r}.")
+    settings = getattr(classes[sampler], kinds[adaptation])(0)
+    for key, value in kwargs.items():
+        if key in named or key in _DEPRECATED:
+            continue
+        try:
+            settings.update({key: value})
+        except AttributeError:
+            raise TypeError(
+                f"Unknown sampler setting {key!r}: fit() passes extra keyword arguments to "
+                "nutpie.sample (e.g. target_accept, maxdepth, adaptation), which does not "
+                "know it."
+            ) from None
+        except (TypeError, ValueError) as err:
+            raise TypeError(
+                f"nutpie does not accept the sampler setting {key}={value!r}: {err}."
+            ) from None
 
 
 @dataclass

@@ -132,14 +132,15 @@ class Summary:
     random: pl.DataFrame | None
     fixed: pl.DataFrame
     footer: list[str]
+    decimals: int = 3
 
     def __str__(self) -> str:
         lines = list(self.header)
         if self.random is not None:
             lines.append("Random effects (sd of group intercepts, link scale):")
-            lines.append(_format_table(self.random))
+            lines.append(_format_table(self.random, self.decimals))
         lines.append("Fixed effects:")
-        lines.append(_format_table(self.fixed))
+        lines.append(_format_table(self.fixed, self.decimals))
         lines.extend(self.footer)
         return "\n".join(lines)
 
@@ -149,18 +150,23 @@ class Summary:
         parts = ["<div><pre>" + "\n".join(self.header) + "</pre>"]
         if self.random is not None:
             parts.append("<b>Random effects</b> (sd of group intercepts, link scale)")
-            parts.append(self.random._repr_html_())
+            parts.append(_rounded(self.random, self.decimals)._repr_html_())
         parts.append("<b>Fixed effects</b>")
-        parts.append(self.fixed._repr_html_())
+        parts.append(_rounded(self.fixed, self.decimals)._repr_html_())
         parts.append("<pre>" + "\n".join(self.footer) + "</pre></div>")
         return "\n".join(parts)
 
 
-def _format_table(df: pl.DataFrame) -> str:
-    """Plain aligned text, numbers to 3 significant decimals."""
+def _rounded(df: pl.DataFrame, decimals: int) -> pl.DataFrame:
+    """The float columns rounded to ``decimals`` places."""
+    return df.with_columns(pl.selectors.float().round(decimals))
+
+
+def _format_table(df: pl.DataFrame, decimals: int = 3) -> str:
+    """Plain aligned text, numbers to ``decimals`` decimal places."""
     cells = [[str(c) for c in df.columns]]
     for row in df.iter_rows():
-        cells.append([_fmt(v) for v in row])
+        cells.append([_fmt(v, decimals) for v in row])
     widths = [max(len(r[i]) for r in cells) for i in range(len(df.columns))]
     out = []
     for r in cells:
@@ -173,11 +179,11 @@ def _format_table(df: pl.DataFrame) -> str:
     return "\n".join(out)
 
 
-def _fmt(value: object) -> str:
+def _fmt(value: object, decimals: int = 3) -> str:
     if isinstance(value, float):
         if value != value:
             return "nan"
         if abs(value) >= 1000:
             return f"{value:.0f}"
-        return f"{value:.3f}"
+        return f"{value:.{decimals}f}"
     return str(value)

@@ -208,11 +208,11 @@ def test_loo_equals_brute_force_uncollapsed_probit_trials(trials_fit, trials_dat
     brute, _ = _brute_loo(trials_fit, ll)
     _assert_same_loo(res, brute)
     assert res.pointwise["trials"].to_list() == trials_data["n"].to_list()
-    fitted = predict(trials_fit, type="link")
+    fitted = predict(trials_fit, type_predict="link", output="table")
     np.testing.assert_allclose(
         fitted["estimate"], np.median(b[:, [0]] + b[:, [1]] * trials_data["x"].to_numpy(), axis=0)
     )
-    sims = simulate(trials_fit, n=50, random_seed=2).select(pl.selectors.starts_with("sim_"))
+    sims = simulate(trials_fit, nsim=50, random_seed=2)
     assert (sims.to_numpy() <= trials_data["n"].to_numpy()[:, None]).all()
     table = _by_stat(ppc(trials_fit, random_seed=2))
     assert list(table) == ["mean"]
@@ -472,7 +472,7 @@ def test_ppc_bad_input(pois_fit):
 
 
 def test_simulate_layout_and_distribution(pois_fit, counts):
-    sims = simulate(pois_fit, n=400, random_seed=1)
+    sims = simulate(pois_fit, nsim=400, random_seed=1, with_data=True)
     assert sims.columns[:5] == ["row", "f", "y", "exposure", "sim_1"]
     assert sims.columns[-1] == "sim_400"
     assert sims.height == counts.height
@@ -480,43 +480,46 @@ def test_simulate_layout_and_distribution(pois_fit, counts):
     values = sims.select(pl.selectors.starts_with("sim_")).to_numpy()
     assert values.min() >= 0 and values.dtype.kind == "i"
     # each row's mean over data sets is its expected count
-    expected = predict(pois_fit)["estimate"].to_numpy()
+    expected = predict(pois_fit)
     np.testing.assert_allclose(values.mean(axis=1)[:8], expected[:8], rtol=0.25)
     by_level = sims.group_by("f", "exposure").agg(pl.col("sim_1", "sim_2").mean()).sort("f")
     assert by_level.height == 8
-    assert simulate(pois_fit, n=2, random_seed=4).equals(simulate(pois_fit, n=2, random_seed=4))
+    assert simulate(pois_fit, 2, random_seed=4).equals(simulate(pois_fit, 2, random_seed=4))
 
 
 def test_simulate_binomial_rows_are_zero_or_one(titanic_glm):
-    sims = simulate(titanic_glm, n=3, random_seed=1)
-    assert titanic_glm.simulate(n=3, random_seed=1).equals(sims)
+    sims = simulate(titanic_glm, nsim=3, random_seed=1, with_data=True)
+    assert titanic_glm.simulate(3, random_seed=1).equals(sims.select("sim_1", "sim_2", "sim_3"))
     assert sims.height == 891
     assert sims.columns == ["row", "sex", "survived", "trials", "sim_1", "sim_2", "sim_3"]
     assert set(np.unique(sims.select("sim_1", "sim_2", "sim_3").to_numpy())) <= {0, 1}
-    with pytest.raises(ValueError, match="n must be a positive integer"):
-        simulate(titanic_glm, n=0)
+    with pytest.raises(ValueError, match="nsim must be a positive integer"):
+        simulate(titanic_glm, nsim=0)
 
 
 # ---------------------------------------------------------------------------------------------
 # predict
 
 
-def test_predict_fitted_rows_zero_and_include(titanic_glmer, titanic):
+def test_predict_fitted_rows_zero_and_groups(titanic_glmer, titanic):
     spec = titanic_glmer.spec
     b = fixed(titanic_glmer.posterior)
     u = group_effects(titanic_glmer.posterior, spec.groups[0])
     male = (titanic["sex"] == "male").to_numpy().astype(float)
     eta = b[:, [0]] + b[:, [spec.terms.index("sexmale")]] * male
-    zero = predict(titanic_glmer)
-    assert titanic_glmer.predict().equals(zero)
+    zero = predict(titanic_glmer, re="zero", output="table")
+    assert titanic_glmer.predict(re="zero", output="table").equals(zero)
     assert zero.height == 891 and zero["row"].to_list() == list(range(891))
     np.testing.assert_allclose(zero["estimate"], np.median(special.expit(eta), axis=0))
     pclass = np.array([spec.groups[0].levels.index(str(v)) for v in titanic["pclass"]])
-    include = predict(titanic_glmer, re="include", ci=0.9)
+    include = predict(titanic_glmer, output="table", ci=0.9)
     np.testing.assert_allclose(
         include["estimate"], np.median(special.expit(eta + u[:, pclass]), axis=0)
     )
-    link = predict(titanic_glmer, re="include", type="link")
+    np.testing.assert_allclose(
+        predict(titanic_glmer), np.mean(special.expit(eta + u[:, pclass]), axis=0)
+    )
+    link = predict(titanic_glmer, re="groups", type_predict="link", output="table")
     np.testing.assert_allclose(link["estimate"], np.median(eta + u[:, pclass], axis=0))
     assert (include["conf_low"] < include["estimate"]).all()
     assert (include["estimate"] < include["conf_high"]).all()
@@ -524,7 +527,7 @@ def test_predict_fitted_rows_zero_and_include(titanic_glmer, titanic):
 
 def test_predict_marginal_averages_over_group_effects(titanic_glmer):
     new = pl.DataFrame({"sex": ["female", "male"]})
-    long = predict(titanic_glmer, data=new, re="marginal", summary=False)
+    long = predict(titanic_glmer, data=new, re="marginal", output="draws")
     assert long.columns == ["row", ".draw", "prediction"]
     spec = titanic_glmer.spec
     b = fixed(titanic_glmer.posterior)
@@ -537,16 +540,16 @@ def test_predict_marginal_averages_over_group_effects(titanic_glmer):
         eta = b[sel, 0] + b[sel, spec.terms.index("sexmale")] * male
         monte_carlo = special.expit(eta[:, None] + sd[sel, None] * z).mean(axis=1)
         np.testing.assert_allclose(draws[sel], monte_carlo, atol=4e-3)
-    summary = predict(titanic_glmer, data=new, re="marginal")
+    summary = predict(titanic_glmer, data=new, re="marginal", output="table")
     medians = long.group_by("row").agg(pl.col("prediction").median()).sort("row")
     np.testing.assert_allclose(summary["estimate"], medians["prediction"])
     # marginal probabilities are pulled towards 1/2 relative to the typical group
-    zero = predict(titanic_glmer, data=new)
+    zero = predict(titanic_glmer, data=new, re="zero", output="table")
     assert abs(summary["estimate"][1] - 0.5) < abs(zero["estimate"][1] - 0.5)
 
 
 def test_predict_intercept_only_model(pois_null, counts):
-    out = predict(pois_null, data=pl.DataFrame({"t": [1.0, 3.0]}))
+    out = predict(pois_null, data=pl.DataFrame({"t": [1.0, 3.0]}), output="table")
     assert out.columns == ["row", "t", "estimate", "sd", "conf_low", "conf_high"]
     assert out["estimate"][1] == pytest.approx(3 * out["estimate"][0])
     overall = counts["y"].sum() / counts["t"].sum()
@@ -555,41 +558,45 @@ def test_predict_intercept_only_model(pois_null, counts):
 
 def test_predict_poisson_exposure_and_link(pois_fit):
     new = pl.DataFrame({"f": ["a", "a", "c"], "t": [1.0, 2.0, 1.0]})
-    resp = predict(pois_fit, data=new, summary=False)
+    resp = predict(pois_fit, data=new, output="draws")
     per_draw = resp.pivot(on="row", index=".draw", values="prediction").drop(".draw").to_numpy()
     np.testing.assert_allclose(per_draw[:, 1], 2 * per_draw[:, 0])
-    link = predict(pois_fit, data=new, type="link")
+    link = predict(pois_fit, data=new, type_predict="link", output="table")
     np.testing.assert_allclose(link["estimate"][1] - link["estimate"][0], np.log(2.0))
     assert link.columns == ["row", "f", "t", "estimate", "sd", "conf_low", "conf_high"]
     b = fixed(pois_fit.posterior)
     c = pois_fit.spec.terms.index("fc")
     assert link["estimate"][2] == pytest.approx(np.median(b[:, 0] + b[:, c]))
     true = np.exp(LEVEL_LOG_RATE["c"])
-    row = predict(pois_fit, data=new).row(2, named=True)
+    row = predict(pois_fit, data=new, output="table").row(2, named=True)
     assert row["conf_low"] < true < row["conf_high"]
-    pandas = predict(pois_fit, data=new.to_pandas(), type="link")
+    pandas = predict(pois_fit, data=new.to_pandas(), type_predict="link", output="table")
     np.testing.assert_allclose(pandas["estimate"], link["estimate"])
     # a glm has no group effects: every re gives the same
-    assert predict(pois_fit, data=new, re="marginal").equals(predict(pois_fit, data=new))
+    np.testing.assert_array_equal(
+        predict(pois_fit, data=new, re="marginal"), predict(pois_fit, data=new)
+    )
 
 
 def test_predict_bad_input(titanic_glmer, pois_fit, trials_fit):
     new = pl.DataFrame({"sex": ["male"], "pclass": [4]})
-    with pytest.raises(ValueError, match=r"re='include'.*'pclass'.*not in the fit: 4"):
-        predict(titanic_glmer, data=new, re="include")
-    assert predict(titanic_glmer, data=new, re="marginal").height == 1
+    with pytest.raises(ValueError, match=r"re='groups'.*'pclass'.*not in the fit: 4"):
+        predict(titanic_glmer, data=new)
+    assert predict(titanic_glmer, data=new, re="marginal").shape == (1,)
     with pytest.raises(ValueError, match=r"level\(s\) \['other'\] of 'sex'"):
-        predict(titanic_glmer, data=pl.DataFrame({"sex": ["other"]}))
+        predict(titanic_glmer, data=pl.DataFrame({"sex": ["other"]}), re="zero")
     with pytest.raises(ValueError, match=r"needs the column\(s\) \['sex'\]"):
+        predict(titanic_glmer, data=pl.DataFrame({"age": [3.0]}), re="zero")
+    with pytest.raises(ValueError, match=r"\['sex', 'pclass'\].*re='groups', the default"):
         predict(titanic_glmer, data=pl.DataFrame({"age": [3.0]}))
     with pytest.raises(ValueError, match=r"needs the column\(s\) \['t'\]"):
         predict(pois_fit, data=pl.DataFrame({"f": ["a"]}))
     with pytest.raises(ValueError, match=r"column\(s\) \['x'\] must be numeric"):
         predict(trials_fit, data=pl.DataFrame({"x": ["1.5"]}))
     with pytest.raises(ValueError, match="missing values"):
-        predict(pois_fit, data=pl.DataFrame({"f": ["a", None], "t": [1.0, 1.0]}))
-    with pytest.raises(ValueError, match="type must be one of"):
-        predict(pois_fit, type="probability")
+        predict(pois_fit, data=pl.DataFrame({"f": ["a", None], "t": [1.0, 1.0]}), output="draws")
+    with pytest.raises(ValueError, match="type_predict must be one of"):
+        predict(pois_fit, type_predict="probability")
     with pytest.raises(ValueError, match="re must be one of"):
         predict(pois_fit, re="random")
     with pytest.raises(ValueError, match="ci must be between 0 and 1"):

@@ -366,8 +366,18 @@ def test_grouse_slope_is_the_coefficient(grouse_glmer):
     assert link.columns == [".draw", "cHEIGHT_trend"]
     np.testing.assert_allclose(column(link, "cHEIGHT_trend"), b[:, 3], rtol=1e-7, atol=1e-10)
     assert abs(np.median(b[:, 3]) - -0.0239) < 0.003
-    # Response scale: d rate / d cHEIGHT = rate * slope, per draw, at each requested height.
-    resp = emmeans(grouse_glmer, "cHEIGHT", by="YEAR", at={"cHEIGHT": [0, 10]}, draws=True)
+    # The default type='response' still gives the link-scale slope, as emtrends/pymer4 do.
+    default = emmeans(grouse_glmer, "cHEIGHT", draws=True)
+    np.testing.assert_allclose(column(default, "cHEIGHT_trend"), b[:, 3], rtol=1e-7, atol=1e-10)
+    # regrid='response': d rate / d cHEIGHT = rate * slope, per draw, at each requested height.
+    resp = emmeans(
+        grouse_glmer,
+        "cHEIGHT",
+        by="YEAR",
+        at={"cHEIGHT": [0, 10]},
+        regrid="response",
+        draws=True,
+    )
     assert resp.columns == ["cHEIGHT", "YEAR", ".draw", "cHEIGHT_trend"]
     year96_at_10 = resp.filter((pl.col("YEAR") == "96") & (pl.col("cHEIGHT") == 10.0))
     rate = np.exp(b[:, 0] + b[:, 1] + 10 * b[:, 3])

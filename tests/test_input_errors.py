@@ -35,8 +35,8 @@ def test_unknown_column_is_named_at_construction(small):
 def test_unknown_family_and_link(small):
     with pytest.raises(ValueError, match="Unknown family 'gaussian'"):
         glm("y ~ x", small, family="gaussian")
-    with pytest.raises(ValueError, match="Unknown link 'log' for the binomial family"):
-        glm("y ~ x", small, link="log")
+    with pytest.raises(ValueError, match="Unknown link 'identity' for the binomial family"):
+        glm("y ~ x", small, link="identity")
     with pytest.raises(ValueError, match="Unknown link 'logit' for the poisson family"):
         glm("count ~ x", small, family="poisson", link="logit")
 

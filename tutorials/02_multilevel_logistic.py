@@ -115,10 +115,11 @@ print(pl.DataFrame(rows))
 
 # %% [markdown]
 # In first and second class the men's odds relative to women's are far lower than across all
-# passengers (in third class somewhat higher). Now the same comparison from the model, on a common footing: the probability of survival for
-# each sex *standardised to the class mix of all passengers* (`re='groups'` averages over the
-# observed classes; `weights='proportional'` gives each class its share of all passengers,
-# the same for both sexes), against the model's conditional odds ratio (one class at a time).
+# passengers (in third class somewhat higher). Now the same comparison from the model, on a
+# common footing: the probability of survival for each sex *standardised to the class mix of
+# all passengers* (`re='groups'` averages over the observed classes; `weights='proportional'`
+# gives each class its share of all passengers, the same for both sexes), against the model's
+# conditional odds ratio (one class at a time).
 
 # %%
 std = model.emmeans("sex", re="groups", weights="proportional", draws=True)

@@ -126,10 +126,11 @@ model.plot_contrasts("YEAR", contrasts="pairwise")
 # ## The altitude slope
 #
 # The `cHEIGHT` rate ratio is per metre, which is a small step. For a numeric variable
-# `emmeans` reports a slope (`cHEIGHT_trend`). As in R's emtrends (and pymer4), it is on the
-# link scale: the change in log rate per metre, the `cHEIGHT` coefficient. `regrid='response'`
-# gives instead the change in the expected number of ticks per metre at the average altitude,
-# with the years averaged on the log scale (the emmeans convention).
+# `emmeans` reports a slope (`cHEIGHT_trend`), the derivative of the marginal mean. As in R's
+# emtrends and pymer4 it is on the link scale whatever `type` says: the change in log rate per
+# metre, the `cHEIGHT` coefficient. `regrid='response'` gives the slope on the response scale
+# instead: the change in the expected number of ticks per metre at the average altitude, with
+# the years averaged on the log scale (the emmeans convention).
 
 # %%
 print(model.emmeans("cHEIGHT"))
