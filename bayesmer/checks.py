@@ -1268,10 +1268,13 @@ def predict(
         else:
             values[:, block] = v
     if output == "mean":
-        return _spread(means, design.complete)
+        return _with_missing_rows(means, design.complete)
     if output == "table":
         return design.frame.with_columns(
-            [pl.Series(k, _spread(v, design.complete)).fill_nan(None) for k, v in stats.items()]
+            [
+                pl.Series(k, _with_missing_rows(v, design.complete)).fill_nan(None)
+                for k, v in stats.items()
+            ]
         )
     row_name = design.frame.columns[0]
     rows = design.frame[row_name].to_numpy()
@@ -1284,7 +1287,7 @@ def predict(
     )
 
 
-def _spread(values: np.ndarray, complete: np.ndarray | None) -> np.ndarray:
+def _with_missing_rows(values: np.ndarray, complete: np.ndarray | None) -> np.ndarray:
     """Values of the complete rows, with NaN for the rows that miss a value."""
     if complete is None:
         return values

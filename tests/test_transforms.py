@@ -103,7 +103,7 @@ def test_emmeans_holds_age_at_its_mean_inside_i(contraception):
     trend = emmeans(model, "age", at={"age": 10.0}, type="link", draws=True)
     np.testing.assert_allclose(trend["age_trend"].to_numpy(), b[:, 1] + 20 * b[:, 2], rtol=1e-6)
     # Predictions on new data go through the same transforms.
-    pred = model.predict(pl.DataFrame({"age": [2.0], "urban": ["Y"]}), summary=False)
+    pred = model.predict(pl.DataFrame({"age": [2.0], "urban": ["Y"]}), output="draws")
     eta = b[:, 0] + 2 * b[:, 1] + 4 * b[:, 2] + b[:, 3]
     np.testing.assert_allclose(pred["prediction"].to_numpy(), special.expit(eta), rtol=1e-10)
 
@@ -188,7 +188,7 @@ def test_combined_grouping_factor(titanic):
     # predict with the fitted group effects builds the same combined labels from new data
     _fake_fixed_posterior(model)
     rows = pl.DataFrame({"sex": ["male"], "pclass": [1], "embarked": ["S"]})
-    pred = model.predict(rows, re="include", type="link", summary=False)
+    pred = model.predict(rows, re="groups", type_predict="link", output="draws")
     b = model.posterior["posterior"]["b"].values.reshape(-1, 2)
     u = model.posterior["posterior"][g.effect_name].sel({g.dim: "1:S"}).values.ravel()
     np.testing.assert_allclose(pred["prediction"].to_numpy(), b[:, 0] + b[:, 1] + u, rtol=1e-10)
