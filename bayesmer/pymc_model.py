@@ -255,18 +255,16 @@ def _group_means(g: GroupSpec, centre, sd):
 def _log_likelihood(spec: ModelSpec, eta):
     """Log-likelihood of the collapsed cells, up to a constant, as one fused expression.
 
-    Binomial logit: ``s * eta - n * softplus(eta)``; other binomial links:
-    ``s * log(p) + (n - s) * log1p(-p)``; Poisson: ``y * eta - exp(eta)`` (``eta`` includes
-    the log exposure). The binomial coefficients and ``log(y!)`` are constants of the data and
-    are left out: the posterior is the same, each gradient is cheaper (no per-cell
-    ``gammaln`` or parameter checks), and pointwise log-likelihoods for LOO are computed from
-    the draws in :mod:`bayesmer.checks` with the constants included.
+    Binomial: ``s * log(p) + (n - s) * log(1 - p)``, with the exact ``log(p)`` and
+    ``log(1 - p)`` of :meth:`bayesmer.families.Family.log_probs_pt`; Poisson:
+    ``y * eta - exp(eta)`` (``eta`` includes the log exposure). The binomial coefficients and
+    ``log(y!)`` are constants of the data and are left out: the posterior is the same, each
+    gradient is cheaper (no per-cell ``gammaln`` or parameter checks), and pointwise
+    log-likelihoods for LOO are computed from the draws in :mod:`bayesmer.checks` with the
+    NumPy counterparts (:meth:`~bayesmer.families.Family.log_probs`), constants included.
     """
     y = spec.y.astype(float)
     if spec.family.name == "poisson":
         return pt.sum(y * eta - pt.exp(eta))
-    n = spec.size
-    if spec.family.link == "logit":
-        return pt.sum(y * eta - n * pt.softplus(eta))
-    p = pt.clip(spec.family.inverse_link_pt(eta), 1e-12, 1 - 1e-12)
-    return pt.sum(y * pt.log(p) + (n - y) * pt.log1p(-p))
+    log_p, log_q = spec.family.log_probs_pt(eta)
+    return pt.sum(y * log_p + (spec.size - y) * log_q)
