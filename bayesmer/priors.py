@@ -186,7 +186,8 @@ def resolve_priors(
         else:
             sd = x_sd.get(term, 1.0)
             scale = DEFAULT_SCALE / sd if sd > 0 else DEFAULT_SCALE
-            out[term] = Prior("Normal", {"mu": 0.0, "sigma": float(round(scale, 4))})
+            # 4 significant digits (as prior_summary shows them), whatever the units of x
+            out[term] = Prior("Normal", {"mu": 0.0, "sigma": float(f"{scale:.4g}")})
     for key in group_keys:
         if key in user:
             out[key] = to_prior(key, user[key], positive=True)

@@ -42,6 +42,10 @@ from .spec import GroupSpec, ModelSpec
 #: Name of the likelihood term (a Potential: the log-likelihood of the collapsed cells).
 OBSERVED = "loglik"
 
+#: A predictor centred within groups whose largest value is below this fraction of the
+#: predictor's largest magnitude is constant within the groups (zero up to rounding).
+ZERO_WITHIN = 1e-9
+
 
 @dataclass(frozen=True)
 class Nesting:
@@ -143,6 +147,8 @@ def build_model(spec: ModelSpec, prior_only: bool = False) -> pm.Model:
     else:
         xbar = np.zeros(len(slope_idx))
     Xc = X[:, slope_idx] - xbar
+    # Scale of each predictor, for telling a column that is zero up to rounding from a small one.
+    x_scale = np.abs(X[:, slope_idx]).max(axis=0, initial=0.0)
     layout = nesting(spec)
     # Per carrying factor, its groups' predictor means (what its centres carry).
     xbar_g = {
@@ -163,7 +169,7 @@ def build_model(spec: ModelSpec, prior_only: bool = False) -> pm.Model:
                 eta = eta + pt.dot(Xc, beta)
         elif slopes:
             within = Xc - xbar_g[innermost_carrier.group.name][innermost_carrier.group.index]
-            eta = eta + _dot_nonzero(within, beta)
+            eta = eta + _dot_nonzero(within, beta, x_scale)
         means: dict[str, pt.TensorVariable] = {}
         for n in layout:
             g = n.group
@@ -178,7 +184,7 @@ def build_model(spec: ModelSpec, prior_only: bool = False) -> pm.Model:
                 else:
                     shift = shift - xbar_g[g.parent][g.parent_level]
                 if slopes:
-                    centre = centre + _dot_nonzero(shift, beta)
+                    centre = centre + _dot_nonzero(shift, beta, x_scale)
             level_mean = _group_means(g, centre, sd)
             means[g.name] = level_mean
             pm.Deterministic(g.effect_name, level_mean - centre, dims=g.dim)
@@ -200,13 +206,15 @@ def build_model(spec: ModelSpec, prior_only: bool = False) -> pm.Model:
     return model
 
 
-def _dot_nonzero(values: np.ndarray, beta):
+def _dot_nonzero(values: np.ndarray, beta, scale: np.ndarray):
     """``values @ beta``, leaving out the columns of ``values`` that are zero up to rounding.
 
-    A predictor constant within groups is zero once centred within them (up to rounding of
-    the group means, far below the 1e-9 used here): it is left out exactly.
+    A predictor constant within groups is zero once centred within them, up to rounding of
+    the group means: about 1e-16 of the predictor's magnitude ``scale`` (per column), far
+    below the :data:`ZERO_WITHIN` of it used here. Such a column is left out exactly. The
+    cutoff is relative, so a predictor in tiny units (concentrations of 1e-12) is kept.
     """
-    keep = np.flatnonzero(np.abs(values).max(axis=0, initial=0.0) > 1e-9)
+    keep = np.flatnonzero(np.abs(values).max(axis=0, initial=0.0) > ZERO_WITHIN * scale)
     if len(keep) == 0:
         return pt.zeros(values.shape[0])
     return pt.dot(values[:, keep], beta[keep])

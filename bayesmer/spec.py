@@ -528,7 +528,10 @@ def build_spec(
         raise ValueError(f"The formula {parsed.formula!r} has no fixed effects and no intercept.")
     X = np.asarray(common.design_matrix, dtype=float)
     terms = _r_term_names(common)
-    if np.linalg.matrix_rank(X) < X.shape[1]:
+    # Rank of the design with every column scaled to magnitude 1: numpy's cutoff is relative to
+    # the largest singular value, which would take a predictor in tiny units for a zero column.
+    magnitude = np.abs(X).max(axis=0, initial=0.0)
+    if np.linalg.matrix_rank(X / np.where(magnitude > 0, magnitude, 1.0)) < X.shape[1]:
         raise ValueError(
             f"The fixed effects of {parsed.formula!r} are not identifiable from the data (the "
             f"design matrix with columns {terms} is rank deficient): some factor combination "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bambi
 import numpy as np
+import polars as pl
 import pytest
 
 from bayesmer import glm, glmer
@@ -128,3 +129,16 @@ def test_tight_user_prior_pulls_the_posterior(titanic, titanic_glm, tight):
     assert row["prior"] == "Normal(mu=0, sigma=0.05)"
     pulled = model.params.filter(term="sexmale")["estimate"].item()
     assert -0.5 < pulled < 0
+
+
+@pytest.mark.parametrize("units", [1e-12, 1e6])
+def test_autoscaled_prior_in_any_units(titanic, units):
+    """sigma = 2.5 / sd(x) to 4 significant digits whatever the units of x (it was rounded to 4
+    decimals: Normal(0, 0) for a predictor in millions)."""
+    data = titanic.with_columns(pl.col("fare") * units)
+    model = glm("survived ~ fare", data)
+    fare = data["fare"].drop_nulls().to_numpy()
+    sigma = model.spec.priors["fare"].params["sigma"]
+    assert sigma == pytest.approx(2.5 / fare.std(), rel=5e-4)
+    row = prior_summary(model.spec).filter(pl.col("parameter") == "fare").row(0, named=True)
+    assert row["prior"] == f"Normal(mu=0, sigma={sigma:.4g})"

@@ -313,3 +313,57 @@ def test_weak_group_spread_fits_without_divergences(seed):
     model.fit(random_seed=seed, progressbar=False)
     assert model.chain_diagnostics["divergences"].sum() == 0
     assert model.diagnostics["rhat"].max() <= 1.01
+
+
+# -- predictors in any units -------------------------------------------------------------------
+
+
+def _grouped_data(seed: int = 7) -> pl.DataFrame:
+    """Bernoulli rows in 12 informative groups (all centred), x varying within groups."""
+    rng = np.random.default_rng(seed)
+    g = np.repeat(np.arange(12), 80)
+    x = rng.normal(size=g.size) + 0.5 * rng.normal(size=12)[g]
+    eta = -0.3 + 0.8 * x + rng.normal(0.0, 1.0, 12)[g]
+    y = (rng.random(g.size) < special.expit(eta)).astype(int)
+    return pl.DataFrame({"y": y, "x": x, "g": g.astype(str)})
+
+
+def test_predictor_in_tiny_units_gives_the_same_model():
+    """x in units of 1e-12 builds the same model as x (up to rounding): its within-group term is
+    kept (a fixed 1e-9 cutoff used to take it for a constant within groups and drop it)."""
+    data = _grouped_data()
+    tiny = data.with_columns(pl.col("x") * 1e-12)
+    models = [build_model(glmer("y ~ x + (1|g)", d).spec) for d in (data, tiny)]
+    assert carrier(glmer("y ~ x + (1|g)", tiny).spec).name == "g"
+    logp = [m.compile_logp() for m in models]
+    dlogp = [m.compile_dlogp() for m in models]
+    for point in _random_points(models[0], seed=3, n=3):
+        point = {k: v + 0.4 for k, v in point.items()}
+        assert logp[1](point) == pytest.approx(logp[0](point), rel=1e-12)
+        np.testing.assert_allclose(dlogp[1](point), dlogp[0](point), rtol=1e-9, atol=1e-9)
+
+
+def test_predictor_in_tiny_units_same_posterior_rescaled():
+    """The posterior of a slope in units of 1e-12 is the original one times 1e12 (within Monte
+    Carlo error: the same seed does not give the same draws, rounding sends NUTS elsewhere)."""
+    data = _grouped_data()
+    fits = []
+    for d in (data, data.with_columns(pl.col("x") * 1e-12)):
+        model = glmer("y ~ x + (1|g)", d)
+        model.fit(draws=1000, chains=2, random_seed=3, progressbar=False)
+        fits.append(model.result_fit.filter(pl.col("term") == "x").row(0, named=True))
+    orig, tiny = fits
+    assert tiny["sd"] * 1e-12 == pytest.approx(orig["sd"], rel=0.15)
+    # two independent medians, each with MC error about 1.25 sd / sqrt(ESS >= 1000)
+    assert abs(tiny["estimate"] * 1e-12 - orig["estimate"]) < 0.2 * orig["sd"]
+
+
+def test_predictor_in_tiny_units_is_identifiable():
+    """6,000 distinct values of x in units of 1e-12: numpy's rank cutoff, relative to the
+    largest singular value, took the column for zero and refused the design."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=6000)
+    data = pl.DataFrame({"x": x * 1e-12, "y": (rng.random(6000) < 0.5).astype(int)})
+    spec = glm("y ~ x", data).spec
+    assert spec.terms == ["(Intercept)", "x"]
+    np.testing.assert_allclose(spec.X[:, 1] * 1e12, spec.cells["x"].to_numpy() * 1e12)
