@@ -333,8 +333,13 @@ def test_predictor_in_tiny_units_gives_the_same_model():
     kept (a fixed 1e-9 cutoff used to take it for a constant within groups and drop it)."""
     data = _grouped_data()
     tiny = data.with_columns(pl.col("x") * 1e-12)
-    models = [build_model(glmer("y ~ x + (1|g)", d).spec) for d in (data, tiny)]
-    assert carrier(glmer("y ~ x + (1|g)", tiny).spec).name == "g"
+    # the same prior in both units (the autoscaled one is rounded to 4 decimals)
+    specs = [
+        glmer("y ~ x + (1|g)", d, priors={"x": ("normal", 0, sigma)}).spec
+        for d, sigma in ((data, 2.5), (tiny, 2.5e12))
+    ]
+    assert carrier(specs[1]).name == "g"
+    models = [build_model(spec) for spec in specs]
     logp = [m.compile_logp() for m in models]
     dlogp = [m.compile_dlogp() for m in models]
     for point in _random_points(models[0], seed=3, n=3):
