@@ -43,7 +43,7 @@ from .spec import GroupSpec, ModelSpec
 OBSERVED = "loglik"
 
 #: A predictor centred within groups whose largest value is below this fraction of the
-#: predictor's largest magnitude is constant within the groups (zero up to rounding).
+#: (centred) predictor's largest value is constant within the groups (zero up to rounding).
 ZERO_WITHIN = 1e-9
 
 
@@ -147,8 +147,9 @@ def build_model(spec: ModelSpec, prior_only: bool = False) -> pm.Model:
     else:
         xbar = np.zeros(len(slope_idx))
     Xc = X[:, slope_idx] - xbar
-    # Scale of each predictor, for telling a column that is zero up to rounding from a small one.
-    x_scale = np.abs(X[:, slope_idx]).max(axis=0, initial=0.0)
+    # Scale of each (centred) predictor, for telling a column that is zero up to rounding from a
+    # small one: the group means are computed from Xc, so they are rounded relative to it.
+    x_scale = np.abs(Xc).max(axis=0, initial=0.0)
     layout = nesting(spec)
     # Per carrying factor, its groups' predictor means (what its centres carry).
     xbar_g = {
@@ -210,9 +211,11 @@ def _dot_nonzero(values: np.ndarray, beta, scale: np.ndarray):
     """``values @ beta``, leaving out the columns of ``values`` that are zero up to rounding.
 
     A predictor constant within groups is zero once centred within them, up to rounding of
-    the group means: about 1e-16 of the predictor's magnitude ``scale`` (per column), far
-    below the :data:`ZERO_WITHIN` of it used here. Such a column is left out exactly. The
-    cutoff is relative, so a predictor in tiny units (concentrations of 1e-12) is kept.
+    the group means: a few 1e-16 of the centred predictor's largest value ``scale`` (per
+    column), far below the :data:`ZERO_WITHIN` of it used here. Such a column is left out
+    exactly. The cutoff is relative to the predictor's spread, so a predictor in tiny units
+    (concentrations of 1e-12) is kept, and so is one that varies little within groups
+    compared to its magnitude (timestamps in seconds).
     """
     keep = np.flatnonzero(np.abs(values).max(axis=0, initial=0.0) > ZERO_WITHIN * scale)
     if len(keep) == 0:

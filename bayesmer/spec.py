@@ -528,10 +528,7 @@ def build_spec(
         raise ValueError(f"The formula {parsed.formula!r} has no fixed effects and no intercept.")
     X = np.asarray(common.design_matrix, dtype=float)
     terms = _r_term_names(common)
-    # Rank of the design with every column scaled to magnitude 1: numpy's cutoff is relative to
-    # the largest singular value, which would take a predictor in tiny units for a zero column.
-    magnitude = np.abs(X).max(axis=0, initial=0.0)
-    if np.linalg.matrix_rank(X / np.where(magnitude > 0, magnitude, 1.0)) < X.shape[1]:
+    if _rank(X, "(Intercept)" in terms) < X.shape[1]:
         raise ValueError(
             f"The fixed effects of {parsed.formula!r} are not identifiable from the data (the "
             f"design matrix with columns {terms} is rank deficient): some factor combination "
@@ -592,6 +589,23 @@ def _r_term_names(common: Any) -> list[str]:
             else:
                 names.append(re.sub(r"\[([^\]]*)\]", r"\1", label))
     return names
+
+
+def _rank(X: np.ndarray, intercept: bool) -> int:
+    """Rank of a design matrix, whatever the units and offsets of its columns.
+
+    numpy's cutoff is relative to the largest singular value: a predictor in tiny units
+    (1e-12) would pass for a zero column, and one that varies little compared to its
+    magnitude (timestamps in seconds) for a copy of the intercept. With an intercept the
+    other columns are centred (the same column space), then every column is scaled to
+    magnitude 1.
+    """
+    design = X.copy()
+    if intercept:
+        constant = np.all(X == X[:1], axis=0)
+        design[:, ~constant] -= X[:, ~constant].mean(axis=0)
+    magnitude = np.abs(design).max(axis=0, initial=0.0)
+    return int(np.linalg.matrix_rank(design / np.where(magnitude > 0, magnitude, 1.0)))
 
 
 def heterogeneity(

@@ -328,24 +328,37 @@ def _grouped_data(seed: int = 7) -> pl.DataFrame:
     return pl.DataFrame({"y": y, "x": x, "g": g.astype(str)})
 
 
-def test_predictor_in_tiny_units_gives_the_same_model():
-    """x in units of 1e-12 builds the same model as x (up to rounding): its within-group term is
-    kept (a fixed 1e-9 cutoff used to take it for a constant within groups and drop it)."""
-    data = _grouped_data()
-    tiny = data.with_columns(pl.col("x") * 1e-12)
-    # the same prior in both units (the autoscaled one is rounded to 4 decimals)
+def _same_model(datasets, sigmas, rel=1e-12):
+    """Build glmer('y ~ x + (1|g)') on each data set with the given slope prior sd, and check
+    the log density and its gradient agree at a few points (to ``rel``)."""
     specs = [
         glmer("y ~ x + (1|g)", d, priors={"x": ("normal", 0, sigma)}).spec
-        for d, sigma in ((data, 2.5), (tiny, 2.5e12))
+        for d, sigma in zip(datasets, sigmas, strict=True)
     ]
-    assert carrier(specs[1]).name == "g"
+    assert all(carrier(spec).name == "g" for spec in specs)
     models = [build_model(spec) for spec in specs]
     logp = [m.compile_logp() for m in models]
     dlogp = [m.compile_dlogp() for m in models]
     for point in _random_points(models[0], seed=3, n=3):
         point = {k: v + 0.4 for k, v in point.items()}
-        assert logp[1](point) == pytest.approx(logp[0](point), rel=1e-12)
-        np.testing.assert_allclose(dlogp[1](point), dlogp[0](point), rtol=1e-9, atol=1e-9)
+        assert logp[1](point) == pytest.approx(logp[0](point), rel=rel)
+        np.testing.assert_allclose(dlogp[1](point), dlogp[0](point), rtol=1e3 * rel, atol=1e-9)
+
+
+def test_predictor_in_tiny_units_gives_the_same_model():
+    """x in units of 1e-12 builds the same model as x (up to rounding): its within-group term is
+    kept (a fixed 1e-9 cutoff used to take it for a constant within groups and drop it)."""
+    data = _grouped_data()
+    _same_model([data, data.with_columns(pl.col("x") * 1e-12)], [2.5, 2.5e12])
+
+
+def test_predictor_far_from_zero_keeps_its_within_group_term():
+    """A predictor that varies little compared to its magnitude (like timestamps in seconds) is
+    judged on its spread, not its magnitude: the same model as the predictor shifted to 0."""
+    far = _grouped_data().with_columns(pl.col("x") * 1e-6 + 1e6)
+    near = far.with_columns(pl.col("x") - 1e6)  # exact: the same rounded values, shifted
+    # up to the rounding of the mean of x (1e-10 of 1e6), which the centring subtracts
+    _same_model([far, near], [2.5e6, 2.5e6], rel=1e-6)
 
 
 def test_predictor_in_tiny_units_same_posterior_rescaled():
@@ -363,12 +376,16 @@ def test_predictor_in_tiny_units_same_posterior_rescaled():
     assert abs(tiny["estimate"] * 1e-12 - orig["estimate"]) < 0.2 * orig["sd"]
 
 
-def test_predictor_in_tiny_units_is_identifiable():
-    """6,000 distinct values of x in units of 1e-12: numpy's rank cutoff, relative to the
-    largest singular value, took the column for zero and refused the design."""
+@pytest.mark.parametrize("scale, shift", [(1e-12, 0.0), (1e-3, 1e9)], ids=["tiny", "far"])
+def test_predictor_in_any_units_is_identifiable(scale, shift):
+    """6,000 distinct values of x in units of 1e-12, or varying by 1e-3 around 1e9 (timestamps):
+    numpy's rank cutoff, relative to the largest singular value, took the column for zero or for
+    a copy of the intercept and refused the design. A column that is a copy still is refused."""
     rng = np.random.default_rng(1)
-    x = rng.normal(size=6000)
-    data = pl.DataFrame({"x": x * 1e-12, "y": (rng.random(6000) < 0.5).astype(int)})
-    spec = glm("y ~ x", data).spec
-    assert spec.terms == ["(Intercept)", "x"]
-    np.testing.assert_allclose(spec.X[:, 1] * 1e12, spec.cells["x"].to_numpy() * 1e12)
+    x = rng.normal(size=6000) * scale + shift
+    data = pl.DataFrame({"x": x, "y": (rng.random(6000) < 0.5).astype(int)})
+    assert glm("y ~ x", data).spec.terms == ["(Intercept)", "x"]
+    with pytest.raises(ValueError, match="rank deficient"):
+        glm("y ~ x + x2", data.with_columns(x2=pl.col("x") * 2.0)).fit()
+    with pytest.raises(ValueError, match="rank deficient"):
+        glm("y ~ x + c", data.with_columns(c=pl.lit(shift + 3.0))).fit()
