@@ -571,7 +571,7 @@ def compare(*models: Model, names: Sequence[str] | None = None) -> pl.DataFrame:
             )
         same_rows = (row == rows[0][0]).all()
         same_y = (y == rows[0][1]).all()
-        same_size = np.allclose(size, rows[0][2])
+        same_size = np.allclose(size, rows[0][2], rtol=1e-9, atol=0.0)  # any units
         if not (same_rows and same_y and same_size):
             raise ValueError(
                 f"compare() needs models of the same observations: {labels[0]!r} and "
