@@ -277,5 +277,10 @@ def _log_likelihood(spec: ModelSpec, eta):
     y = spec.y.astype(float)
     if spec.family.name == "poisson":
         return pt.sum(y * eta - pt.exp(eta))
+    n = spec.size
+    if spec.family.link == "logit":
+        # log_probs_pt's logit pair, eta - softplus(eta) and -softplus(eta), summed: written
+        # in its shortest form, the one fits have always computed (the same seeded draws)
+        return pt.sum(y * eta - n * pt.softplus(eta))
     log_p, log_q = spec.family.log_probs_pt(eta)
-    return pt.sum(y * log_p + (spec.size - y) * log_q)
+    return pt.sum(y * log_p + (n - y) * log_q)
