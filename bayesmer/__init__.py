@@ -5,9 +5,11 @@ from .datasets import load_dataset
 from .diagnostics import ConvergenceWarning
 from .io import load_model, save_model
 from .models import Model, NotFittedError, glm, glmer
+from .sampling import FitInterruptedWarning
 
 __all__ = [
     "ConvergenceWarning",
+    "FitInterruptedWarning",
     "compare",
     "Model",
     "NotFittedError",

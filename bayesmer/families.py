@@ -12,6 +12,11 @@ _LINKS: dict[str, tuple[str, ...]] = {
     "binomial": ("logit", "probit", "cloglog"),
     "poisson": ("log",),
 }
+_SQRT2 = float(np.sqrt(2.0))
+
+#: Below this linear predictor the cloglog ``log(p) = log(1 - exp(-exp(eta)))`` is computed as
+#: ``eta - exp(eta) / 2`` (its series; the next term, ``exp(eta)^2 / 24``, is below 1e-18).
+CLOGLOG_SERIES_BELOW = -20.0
 
 #: Links R (and so pymer4) accepts for these families that bayesmer does not fit, and why.
 _NOT_FITTED: dict[tuple[str, str], str] = {
@@ -77,15 +82,77 @@ class Family:
             return -np.expm1(-np.exp(eta))
         return np.exp(eta)
 
-    def inverse_link_pt(self, eta):
-        """The inverse link as a PyTensor expression."""
+    def log_probs(self, eta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``log(p)`` and ``log(1 - p)`` of a binomial link, in NumPy.
+
+        The counterpart of :meth:`log_probs_pt` (what the sampled model uses), for the
+        pointwise log-likelihoods of LOO: exact to rounding for any ``eta``, no clipping.
+        """
+        eta = np.asarray(eta, dtype=float)
         if self.link == "logit":
-            return pt.sigmoid(eta)
+            return special.log_expit(eta), special.log_expit(-eta)
         if self.link == "probit":
-            return 0.5 * pt.erfc(-eta / np.sqrt(2.0))
+            return special.log_ndtr(eta), special.log_ndtr(-eta)
         if self.link == "cloglog":
-            return -pt.expm1(-pt.exp(eta))
-        return pt.exp(eta)
+            rate = np.exp(eta)  # p = 1 - exp(-rate)
+            low = np.minimum(eta, CLOGLOG_SERIES_BELOW)
+            high = np.exp(np.maximum(eta, CLOGLOG_SERIES_BELOW))
+            log_p = np.where(eta < CLOGLOG_SERIES_BELOW, low - np.exp(low) / 2.0, _log1mexp(-high))
+            return log_p, -rate
+        raise ValueError(f"log_probs is for binomial links, not {self.link!r}.")
+
+    def log_probs_pt(self, eta):
+        """``log(p)`` and ``log(1 - p)`` of a binomial link, as PyTensor expressions.
+
+        Exact to rounding, values and gradients, with no clipping:
+
+        - logit: ``eta - softplus(eta)`` and ``-softplus(eta)``, one softplus for both (the
+          likelihood is ``s * eta - n * softplus(eta)``). Their error is the rounding of
+          ``eta`` (1e-16 of ``|eta|``): ``log_expit`` is also exact relative to a tiny
+          ``log(p)`` far in the tail, which no sum of log-likelihood terms can see, and it
+          doubles the cost of the likelihood.
+        - probit: ``log Phi(eta)`` and ``log Phi(-eta)`` (:func:`_log_ndtr_pt`).
+        - cloglog: ``log1mexp(-exp(eta))`` (``eta - exp(eta) / 2`` below
+          :data:`CLOGLOG_SERIES_BELOW`, where ``exp(eta)`` underflows further down) and
+          ``-exp(eta)``.
+
+        Each branch of a switch gets its input clipped to its own range, so the branch not
+        taken has a finite gradient (the switch multiplies it by zero, and zero times an
+        overflowed derivative is NaN).
+        """
+        if self.link == "logit":
+            softplus = pt.softplus(eta)
+            return eta - softplus, -softplus
+        if self.link == "probit":
+            return _log_ndtr_pt(eta), _log_ndtr_pt(-eta)
+        if self.link == "cloglog":
+            low = pt.minimum(eta, CLOGLOG_SERIES_BELOW)
+            high = pt.exp(pt.maximum(eta, CLOGLOG_SERIES_BELOW))
+            log_p = pt.switch(
+                pt.lt(eta, CLOGLOG_SERIES_BELOW), low - pt.exp(low) / 2.0, pt.log1mexp(-high)
+            )
+            return log_p, -pt.exp(eta)
+        raise ValueError(f"log_probs_pt is for binomial links, not {self.link!r}.")
+
+
+def _log1mexp(x: np.ndarray) -> np.ndarray:
+    """``log(1 - exp(x))`` for ``x <= 0``, as PyTensor's ``log1mexp`` computes it."""
+    with np.errstate(divide="ignore"):
+        return np.where(x < -np.log(2.0), np.log1p(-np.exp(x)), np.log(-np.expm1(x)))
+
+
+def _log_ndtr_pt(z):
+    """``log Phi(z)`` in PyTensor, exact to rounding in both tails.
+
+    Below ``z = -1``: ``log(erfcx(-z / sqrt 2) / 2) - z^2 / 2`` (the tail does not
+    underflow); above: ``log1p(-erfc(z / sqrt 2) / 2)``. :func:`scipy.special.log_ndtr` is
+    the NumPy counterpart (``tests/test_families.py`` checks they agree).
+    """
+    low = pt.minimum(z, -1.0)
+    high = pt.maximum(z, -1.0)
+    lower_tail = pt.log(pt.erfcx(-low / _SQRT2) / 2.0) - low**2 / 2.0
+    upper = pt.log1p(-pt.erfc(high / _SQRT2) / 2.0)
+    return pt.switch(pt.lt(z, -1.0), lower_tail, upper)
 
 
 def get_family(family: str, link: str = "default") -> Family:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import warnings
 from types import MappingProxyType
 from typing import Any
 
@@ -10,11 +11,18 @@ import polars as pl
 import xarray as xr
 
 from . import compat, summaries
-from .diagnostics import Diagnostics, diagnose, warn_if_bad
+from .diagnostics import PACKAGE_DIR, Diagnostics, diagnose, warn_if_bad
 from .families import Family, get_family
 from .formula import ParsedFormula, parse_formula
 from .pymc_model import build_model
-from .sampling import Sampler, check_sampler_kwargs, default_sampler_kwargs
+from .sampling import (
+    MIN_KEPT_DRAWS,
+    FitInterruptedWarning,
+    Sampler,
+    SamplingInterrupted,
+    check_sampler_kwargs,
+    default_sampler_kwargs,
+)
 from .spec import ModelSpec, build_spec, check_columns
 
 
@@ -284,6 +292,15 @@ class Model:
             take.
         ValueError
             For out-of-range ``ci``, ``draws``, ``tune``, ``chains`` or ``type_predict``.
+
+        Notes
+        -----
+        Interrupting the sampling (Ctrl-C) keeps the chains that finished at least
+        :data:`~bayesmer.sampling.MIN_KEPT_DRAWS` draws, all cut to the same length, with a
+        :class:`~bayesmer.FitInterruptedWarning` saying how many; ``draws`` and ``chains``
+        are then what was kept, and the diagnostics are computed on those draws. When no
+        chain got that far the ``KeyboardInterrupt`` goes on and the model is left exactly as
+        it was (its previous fit, if any, intact).
         """
         rejected = {k: v for k, v in sampler_kwargs.items() if k in compat.FIT}
         compat.reject("fit", compat.FIT, rejected)
@@ -302,21 +319,22 @@ class Model:
         spec = self.spec
         if self._sampler is None:
             self._sampler = Sampler.compile(build_model(spec))
-        self.random_seed = secrets.randbelow(2**31) if random_seed is None else random_seed
+        seed = secrets.randbelow(2**31) if random_seed is None else random_seed
         kwargs = {**default_sampler_kwargs(spec), **sampler_kwargs}
-        self.sampler_kwargs = kwargs
-        self.draws, self.tune, self.chains = draws, tune, chains
-        self.posterior = self._sampler.sample(
-            draws, tune, chains, self.random_seed, progressbar, **kwargs
+        try:
+            posterior = self._sampler.sample(draws, tune, chains, seed, progressbar, **kwargs)
+        except SamplingInterrupted as stop:
+            posterior, draws, chains = self._interrupted(stop, draws, chains)
+        names = ["b"] + [n for g in spec.groups for n in (g.sd_name, g.effect_name)]
+        diag = diagnose(
+            posterior["posterior"].to_dataset(), posterior["sample_stats"].to_dataset(), names
         )
+        # The model changes only now, all at once: an interrupt before leaves it as it was.
+        self.random_seed, self.sampler_kwargs = seed, kwargs
+        self.draws, self.tune, self.chains = draws, tune, chains
+        self.posterior, self._diag = posterior, diag
         self.exponentiate = exponentiate
         self.ci = ci
-        names = ["b"] + [n for g in spec.groups for n in (g.sd_name, g.effect_name)]
-        self._diag = diagnose(
-            self.posterior["posterior"].to_dataset(),
-            self.posterior["sample_stats"].to_dataset(),
-            names,
-        )
         warn_if_bad(self._diag)
         self._add_fitted(type_predict)
         return self.summary() if summary else None
@@ -339,6 +357,39 @@ class Model:
             for k, v in new.items():
                 data[k] = v
             self.data = data
+
+    def _interrupted(
+        self, stop: SamplingInterrupted, draws: int, chains: int
+    ) -> tuple[xr.DataTree, int, int]:
+        """The finished draws of an interrupted fit, draws and chains kept, with a warning.
+
+        When no chain finished :data:`~bayesmer.sampling.MIN_KEPT_DRAWS` draws the interrupt
+        is raised again and the model is left as it was.
+        """
+        if stop.chains == 0:
+            before = "its previous fit" if self.posterior is not None else "not fitted"
+            warnings.warn(
+                f"Sampling was interrupted before any chain finished {MIN_KEPT_DRAWS} draws: "
+                f"the model is left as it was ({before}).",
+                FitInterruptedWarning,
+                skip_file_prefixes=(PACKAGE_DIR,),
+            )
+            raise stop
+        left_out = (
+            f"; {chains - stop.chains} chain(s) with fewer than {MIN_KEPT_DRAWS} finished "
+            "draws left out"
+            if stop.chains < chains
+            else ""
+        )
+        warnings.warn(
+            f"Sampling was interrupted: the fit keeps {stop.chains} chains of {stop.draws} "
+            f"draws, the draws every kept chain finished (of {chains} x {draws} asked "
+            f"for{left_out}); the diagnostics are computed on those.",
+            FitInterruptedWarning,
+            skip_file_prefixes=(PACKAGE_DIR,),
+        )
+        self._sampler.sample_seconds = stop.seconds
+        return stop.trace, stop.draws, stop.chains
 
     def _require_fit(self, what: str) -> None:
         if self.posterior is None:

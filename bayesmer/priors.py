@@ -186,7 +186,10 @@ def resolve_priors(
         else:
             sd = x_sd.get(term, 1.0)
             scale = DEFAULT_SCALE / sd if sd > 0 else DEFAULT_SCALE
-            out[term] = Prior("Normal", {"mu": 0.0, "sigma": float(round(scale, 4))})
+            # 4 decimals, but at least 3 significant digits: a predictor in large units (sd
+            # over 250) has a small scale, which 4 decimals would round towards 0
+            digits = max(4, 2 - int(np.floor(np.log10(scale))))
+            out[term] = Prior("Normal", {"mu": 0.0, "sigma": float(round(scale, digits))})
     for key in group_keys:
         if key in user:
             out[key] = to_prior(key, user[key], positive=True)

@@ -42,6 +42,10 @@ from .spec import GroupSpec, ModelSpec
 #: Name of the likelihood term (a Potential: the log-likelihood of the collapsed cells).
 OBSERVED = "loglik"
 
+#: A predictor centred within groups whose largest value is below this fraction of the
+#: (centred) predictor's largest value is constant within the groups (zero up to rounding).
+ZERO_WITHIN = 1e-9
+
 
 @dataclass(frozen=True)
 class Nesting:
@@ -143,6 +147,9 @@ def build_model(spec: ModelSpec, prior_only: bool = False) -> pm.Model:
     else:
         xbar = np.zeros(len(slope_idx))
     Xc = X[:, slope_idx] - xbar
+    # Scale of each (centred) predictor, for telling a column that is zero up to rounding from a
+    # small one: the group means are computed from Xc, so they are rounded relative to it.
+    x_scale = np.abs(Xc).max(axis=0, initial=0.0)
     layout = nesting(spec)
     # Per carrying factor, its groups' predictor means (what its centres carry).
     xbar_g = {
@@ -163,7 +170,7 @@ def build_model(spec: ModelSpec, prior_only: bool = False) -> pm.Model:
                 eta = eta + pt.dot(Xc, beta)
         elif slopes:
             within = Xc - xbar_g[innermost_carrier.group.name][innermost_carrier.group.index]
-            eta = eta + _dot_nonzero(within, beta)
+            eta = eta + _dot_nonzero(within, beta, x_scale)
         means: dict[str, pt.TensorVariable] = {}
         for n in layout:
             g = n.group
@@ -178,7 +185,7 @@ def build_model(spec: ModelSpec, prior_only: bool = False) -> pm.Model:
                 else:
                     shift = shift - xbar_g[g.parent][g.parent_level]
                 if slopes:
-                    centre = centre + _dot_nonzero(shift, beta)
+                    centre = centre + _dot_nonzero(shift, beta, x_scale)
             level_mean = _group_means(g, centre, sd)
             means[g.name] = level_mean
             pm.Deterministic(g.effect_name, level_mean - centre, dims=g.dim)
@@ -200,13 +207,17 @@ def build_model(spec: ModelSpec, prior_only: bool = False) -> pm.Model:
     return model
 
 
-def _dot_nonzero(values: np.ndarray, beta):
+def _dot_nonzero(values: np.ndarray, beta, scale: np.ndarray):
     """``values @ beta``, leaving out the columns of ``values`` that are zero up to rounding.
 
-    A predictor constant within groups is zero once centred within them (up to rounding of
-    the group means, far below the 1e-9 used here): it is left out exactly.
+    A predictor constant within groups is zero once centred within them, up to rounding of
+    the group means: a few 1e-16 of the centred predictor's largest value ``scale`` (per
+    column), far below the :data:`ZERO_WITHIN` of it used here. Such a column is left out
+    exactly. The cutoff is relative to the predictor's spread, so a predictor in tiny units
+    (concentrations of 1e-12) is kept, and so is one that varies little within groups
+    compared to its magnitude (timestamps in seconds).
     """
-    keep = np.flatnonzero(np.abs(values).max(axis=0, initial=0.0) > 1e-9)
+    keep = np.flatnonzero(np.abs(values).max(axis=0, initial=0.0) > ZERO_WITHIN * scale)
     if len(keep) == 0:
         return pt.zeros(values.shape[0])
     return pt.dot(values[:, keep], beta[keep])
@@ -255,18 +266,21 @@ def _group_means(g: GroupSpec, centre, sd):
 def _log_likelihood(spec: ModelSpec, eta):
     """Log-likelihood of the collapsed cells, up to a constant, as one fused expression.
 
-    Binomial logit: ``s * eta - n * softplus(eta)``; other binomial links:
-    ``s * log(p) + (n - s) * log1p(-p)``; Poisson: ``y * eta - exp(eta)`` (``eta`` includes
-    the log exposure). The binomial coefficients and ``log(y!)`` are constants of the data and
-    are left out: the posterior is the same, each gradient is cheaper (no per-cell
-    ``gammaln`` or parameter checks), and pointwise log-likelihoods for LOO are computed from
-    the draws in :mod:`bayesmer.checks` with the constants included.
+    Binomial: ``s * log(p) + (n - s) * log(1 - p)``, with the exact ``log(p)`` and
+    ``log(1 - p)`` of :meth:`bayesmer.families.Family.log_probs_pt`; Poisson:
+    ``y * eta - exp(eta)`` (``eta`` includes the log exposure). The binomial coefficients and
+    ``log(y!)`` are constants of the data and are left out: the posterior is the same, each
+    gradient is cheaper (no per-cell ``gammaln`` or parameter checks), and pointwise
+    log-likelihoods for LOO are computed from the draws in :mod:`bayesmer.checks` with the
+    NumPy counterparts (:meth:`~bayesmer.families.Family.log_probs`), constants included.
     """
     y = spec.y.astype(float)
     if spec.family.name == "poisson":
         return pt.sum(y * eta - pt.exp(eta))
     n = spec.size
     if spec.family.link == "logit":
+        # log_probs_pt's logit pair, eta - softplus(eta) and -softplus(eta), summed: written
+        # in its shortest form, the one fits have always computed (the same seeded draws)
         return pt.sum(y * eta - n * pt.softplus(eta))
-    p = pt.clip(spec.family.inverse_link_pt(eta), 1e-12, 1 - 1e-12)
-    return pt.sum(y * pt.log(p) + (n - y) * pt.log1p(-p))
+    log_p, log_q = spec.family.log_probs_pt(eta)
+    return pt.sum(y * log_p + (n - y) * log_q)

@@ -20,6 +20,7 @@ import logging
 import os
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -38,6 +39,35 @@ from .spec import CENTRED_MIN_INFORMATION, ModelSpec
 #: Target acceptance is raised when a grouping factor has fewer levels than this (the sd
 #: posterior then has a long tail that needs small steps).
 FEW_GROUPS = 10
+
+#: An interrupted fit keeps the chains that finished at least this many draws (after tuning),
+#: all cut to the same length; with none, the model is left as it was before the fit.
+MIN_KEPT_DRAWS = 100
+
+
+class FitInterruptedWarning(UserWarning):
+    """Sampling was interrupted (Ctrl-C): the fit kept the finished draws, or was not made."""
+
+
+class SamplingInterrupted(KeyboardInterrupt):
+    """Sampling was interrupted; the finished draws come with it (see :func:`finished_draws`).
+
+    Attributes
+    ----------
+    trace : xarray.DataTree
+        ``posterior`` and ``sample_stats`` of the kept chains, each cut to ``draws`` draws.
+    chains, draws : int
+        Chains kept (zero if no chain finished :data:`MIN_KEPT_DRAWS` draws) and draws in each.
+    seconds : float
+        Wall time of the sampling until the interrupt.
+    """
+
+    def __init__(self, trace: xr.DataTree, chains: int, draws: int, seconds: float) -> None:
+        super().__init__(f"sampling interrupted: {chains} chains of {draws} finished draws kept")
+        self.trace = trace
+        self.chains = chains
+        self.draws = draws
+        self.seconds = seconds
 
 
 def default_sampler_kwargs(spec: ModelSpec) -> dict[str, Any]:
@@ -186,10 +216,15 @@ class Sampler:
         -------
         xarray.DataTree
             With ``posterior`` and ``sample_stats`` groups.
+
+        Raises
+        ------
+        SamplingInterrupted
+            On a keyboard interrupt (Ctrl-C), with the draws every chain finished.
         """
         cores = max(1, min(chains, os.cpu_count() or 1))
         start = time.perf_counter()
-        trace = nutpie.sample(
+        running = nutpie.sample(
             self.compiled,
             draws=draws,
             tune=tune,
@@ -198,10 +233,53 @@ class Sampler:
             seed=random_seed,
             progress_bar=progressbar,
             save_warmup=False,
+            blocking=False,
             **kwargs,
         )
+        try:
+            trace = running.wait()
+        except KeyboardInterrupt:
+            # nutpie's blocking sample() would return the aborted trace as if it were complete,
+            # its unfinished draws NaN
+            with warnings.catch_warnings():
+                # arviz's complaint about a trace with fewer draws than chains (none finished)
+                warnings.filterwarnings("ignore", "Found chain dimension", UserWarning)
+                aborted = running.abort()
+            kept, n_chains, n_draws = finished_draws(aborted)
+            raise SamplingInterrupted(
+                kept, n_chains, n_draws, time.perf_counter() - start
+            ) from None
+        except Exception:
+            running.cancel()
+            raise
         self.sample_seconds = time.perf_counter() - start
         return trace
+
+
+def finished_draws(trace: xr.DataTree) -> tuple[xr.DataTree, int, int]:
+    """The finished draws of an aborted nutpie trace: the trace, chains kept, draws per chain.
+
+    nutpie pads each chain's unfinished draws with NaN (zeros for integer statistics) up to
+    the longest chain, and runs at most one chain per core at a time (with more chains than
+    cores, the last ones may not have started). The chains that finished at least
+    :data:`MIN_KEPT_DRAWS` draws are kept, renumbered from 0, each cut to the shortest one's
+    length.
+    """
+    stats = trace["sample_stats"]
+    if stats.sizes.get("draw", 0) == 0:
+        return trace, 0, 0
+    finished = ~np.isnan(stats["step_size"].values)  # (chain, draw)
+    lengths = np.where(finished.all(axis=1), finished.shape[1], finished.argmin(axis=1))
+    keep = np.flatnonzero(lengths >= MIN_KEPT_DRAWS)
+    if len(keep) == 0:
+        return trace, 0, 0
+    n = int(lengths[keep].min())
+    cut = trace.isel(chain=keep, draw=slice(0, n), missing_dims="ignore")
+    chain = np.arange(len(keep))
+    cut = cut.map_over_datasets(
+        lambda ds: ds.assign_coords(chain=chain) if "chain" in ds.dims else ds
+    )
+    return cut, len(keep), n
 
 
 def sample_prior(model: pm.Model, draws: int, random_seed: int | None) -> xr.DataTree:

@@ -576,7 +576,7 @@ def build_spec(
             f"The term(s) {not_finite} of {parsed.formula!r} are not finite for some rows "
             "(the log or square root of a value <= 0?); transform or filter the data first."
         )
-    if np.linalg.matrix_rank(X) < X.shape[1]:
+    if _rank(X, "(Intercept)" in terms) < X.shape[1]:
         raise ValueError(
             f"The fixed effects of {parsed.formula!r} are not identifiable from the data (the "
             f"design matrix with columns {terms} is rank deficient): some factor combination "
@@ -667,6 +667,23 @@ def _r_term_names(common: Any, parsed: ParsedFormula) -> list[str]:
                 label = relabel(label, parsed.calls)
                 names.append(re.sub(r"\[([^\]]*)\]", r"\1", label))
     return names
+
+
+def _rank(X: np.ndarray, intercept: bool) -> int:
+    """Rank of a design matrix, whatever the units and offsets of its columns.
+
+    numpy's cutoff is relative to the largest singular value: a predictor in tiny units
+    (1e-12) would pass for a zero column, and one that varies little compared to its
+    magnitude (timestamps in seconds) for a copy of the intercept. With an intercept the
+    other columns are centred (the same column space), then every column is scaled to
+    magnitude 1.
+    """
+    design = X.copy()
+    if intercept:
+        constant = np.all(X == X[:1], axis=0)
+        design[:, ~constant] -= X[:, ~constant].mean(axis=0)
+    magnitude = np.abs(design).max(axis=0, initial=0.0)
+    return int(np.linalg.matrix_rank(design / np.where(magnitude > 0, magnitude, 1.0)))
 
 
 def heterogeneity(

@@ -334,6 +334,20 @@ def test_compare_ranks_the_true_predictor_first(pois_fit, pois_null, counts):
     assert other["se_diff"] == pytest.approx(ref.loc["null", "dse"] * np.sqrt(n / (n - 1)))
 
 
+def test_compare_refuses_other_exposures_in_tiny_units(counts):
+    """Exposures of 1e-9 and 2e-9 are different data (an absolute 1e-8 tolerance took them
+    for the same)."""
+    models = []
+    for unit in (1e-9, 2e-9):
+        model = glm(
+            "y ~ offset(log(t))", data=counts.with_columns(pl.col("t") * unit), family="poisson"
+        )
+        model.fit(random_seed=6, **FIT)
+        models.append(model)
+    with pytest.raises(ValueError, match="same observations"):
+        compare(*models)
+
+
 def test_compare_is_exported():
     assert bayesmer.compare is compare
 

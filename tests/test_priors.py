@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bambi
 import numpy as np
+import polars as pl
 import pytest
 
 from bayesmer import glm, glmer
@@ -157,3 +158,24 @@ def test_changes_to_factors_or_priors_forget_stale_state(titanic):
     model.priors = {}
     model.factors = {"sex": ["male", "female"]}
     assert model.spec.terms == ["(Intercept)", "sexfemale"]
+
+
+@pytest.mark.parametrize("units", [1e-12, 1e6])
+def test_autoscaled_prior_in_any_units(titanic, units):
+    """sigma = 2.5 / sd(x) to 3 significant digits or better whatever the units of x (it was
+    rounded to 4 decimals: Normal(0, 0) for a predictor in millions)."""
+    data = titanic.with_columns(pl.col("fare") * units)
+    model = glm("survived ~ fare", data)
+    fare = data["fare"].drop_nulls().to_numpy()
+    sigma = model.spec.priors["fare"].params["sigma"]
+    assert sigma == pytest.approx(2.5 / fare.std(), rel=5e-3)
+    row = prior_summary(model.spec).filter(pl.col("parameter") == "fare").row(0, named=True)
+    assert row["prior"] == f"Normal(mu=0, sigma={sigma:.4g})"
+
+
+def test_autoscaled_prior_keeps_four_decimals_in_usual_units(titanic):
+    """Predictors with sd up to 250 keep the 4-decimal sigma they always had."""
+    for column in ("fare", "sibsp"):
+        x = titanic[column].drop_nulls().to_numpy()
+        sigma = glm(f"survived ~ {column}", titanic).spec.priors[column].params["sigma"]
+        assert sigma == round(2.5 / x.std(), 4)

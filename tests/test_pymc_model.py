@@ -3,8 +3,9 @@ parametrization (centring, nesting, within-group predictors) reports the usual q
 
 import numpy as np
 import polars as pl
+import pytensor
 import pytest
-from scipy import stats
+from scipy import optimize, special, stats
 
 from bayesmer import ConvergenceWarning, glm, glmer
 from bayesmer.pymc_model import OBSERVED, build_model, carrier, nesting
@@ -45,6 +46,73 @@ def test_binomial_potential_is_exact_loglik_up_to_a_constant(titanic, link):
         values.append((pot, exact))
     (pot1, ex1), (pot2, ex2) = values
     assert pot1 - pot2 == pytest.approx(ex1 - ex2, rel=1e-9, abs=1e-7)
+
+
+def _scipy_binomial_loglik(link, eta, s, n):
+    """Exact binomial log-likelihood from scipy's log(p) and log(1 - p), constants included."""
+    if link == "logit":
+        log_p, log_q = special.log_expit(eta), special.log_expit(-eta)
+    elif link == "probit":
+        log_p, log_q = special.log_ndtr(eta), special.log_ndtr(-eta)
+    else:  # cloglog: p is the cdf of the Gumbel distribution of the minimum
+        log_p, log_q = stats.gumbel_l.logcdf(eta), stats.gumbel_l.logsf(eta)
+    const = special.gammaln(n + 1) - special.gammaln(s + 1) - special.gammaln(n - s + 1)
+    return float(np.sum(const + s * log_p + (n - s) * log_q))
+
+
+@pytest.mark.parametrize("link", ["logit", "probit", "cloglog"])
+def test_binomial_potential_and_gradient_exact_far_in_the_tails(link):
+    """Cells with eta from -12 to 12, successes and failures in each: the likelihood the
+    sampler sees is the exact one there too (it used to be clipped at p = 1 - 1e-12, past
+    eta 3.3 for cloglog and 7 for probit, with a constant, zero-gradient failures term)."""
+    x = np.linspace(-3.0, 3.0, 13)
+    s = np.arange(13) + 3
+    n = np.full(13, 20)
+    data = pl.DataFrame({"x": x, "s": s, "f": n - s})
+    spec = glm("cbind(s, f) ~ x", data, link=link).spec
+    model = build_model(spec)
+    (z,) = [v for v in model.value_vars if v.name == "b_z"]
+    grad = model.compile_fn(
+        pytensor.grad(model.potentiallogp, z), inputs=model.value_vars, on_unused_input="ignore"
+    )
+    points = [{"Intercept_c": np.array(c), "b_z": np.array([k])} for c, k in ((0.5, 3.0), (-1, 2))]
+    values = []
+    for point in points:
+        pot, eta = _potential_and_eta(model, spec, point)
+        assert eta.min() < -5.0 and eta.max() > 5.0
+        values.append((pot, _scipy_binomial_loglik(link, eta, s, n)))
+        # d/dz of the exact log-likelihood, by central differences
+        h = 1e-6
+        up = _potential_and_eta(model, spec, {**point, "b_z": point["b_z"] + h})[1]
+        down = _potential_and_eta(model, spec, {**point, "b_z": point["b_z"] - h})[1]
+        numeric = (
+            _scipy_binomial_loglik(link, up, s, n) - _scipy_binomial_loglik(link, down, s, n)
+        ) / (2 * h)
+        assert float(grad(point)[0]) == pytest.approx(numeric, rel=1e-6)
+    (pot1, ex1), (pot2, ex2) = values
+    assert pot1 - pot2 == pytest.approx(ex1 - ex2, rel=1e-9, abs=1e-7)
+
+
+def test_cloglog_fit_heeds_failures_far_in_the_tail():
+    """A cloglog fit matches the exact maximum likelihood when one cell, far out on x, has a
+    few failures: the exact likelihood bends the slope to them (each costs exp(eta)); a
+    likelihood clipped past eta 3.3 ignored them and put the slope 28 sd away."""
+    x = np.append(np.linspace(-1.0, 1.0, 11), 2.0)
+    s = np.array([40, 68, 88, 117, 157, 188, 198, 200, 200, 200, 200, 197])
+    n = np.full(12, 200)
+    data = pl.DataFrame({"x": x, "s": s, "f": n - s})
+
+    def negative_loglik(b):
+        return -_scipy_binomial_loglik("cloglog", b[0] + b[1] * x, s, n)
+
+    mle = optimize.minimize(negative_loglik, [0.5, 1.0], method="BFGS").x
+    assert mle == pytest.approx([0.5275, 1.2869], abs=1e-3)
+    model = glm("cbind(s, f) ~ x", data, link="cloglog")
+    model.fit(draws=500, chains=2, random_seed=1, progressbar=False)
+    fit = model.result_fit
+    # posterior median vs MLE: Monte Carlo error (sd / sqrt(ESS) ~ 0.04 sd) plus the O(1/n)
+    # gap between a posterior median and the mode
+    assert np.abs(fit["estimate"].to_numpy() - mle).max() < 0.25 * fit["sd"].min()
 
 
 def test_poisson_potential_is_exact_loglik_up_to_a_constant(grouseticks):
@@ -245,3 +313,79 @@ def test_weak_group_spread_fits_without_divergences(seed):
     model.fit(random_seed=seed, progressbar=False)
     assert model.chain_diagnostics["divergences"].sum() == 0
     assert model.diagnostics["rhat"].max() <= 1.01
+
+
+# -- predictors in any units -------------------------------------------------------------------
+
+
+def _grouped_data(seed: int = 7) -> pl.DataFrame:
+    """Bernoulli rows in 12 informative groups (all centred), x varying within groups."""
+    rng = np.random.default_rng(seed)
+    g = np.repeat(np.arange(12), 80)
+    x = rng.normal(size=g.size) + 0.5 * rng.normal(size=12)[g]
+    eta = -0.3 + 0.8 * x + rng.normal(0.0, 1.0, 12)[g]
+    y = (rng.random(g.size) < special.expit(eta)).astype(int)
+    return pl.DataFrame({"y": y, "x": x, "g": g.astype(str)})
+
+
+def _same_model(datasets, sigmas, rel=1e-12):
+    """Build glmer('y ~ x + (1|g)') on each data set with the given slope prior sd, and check
+    the log density and its gradient agree at a few points (to ``rel``)."""
+    specs = [
+        glmer("y ~ x + (1|g)", d, priors={"x": ("normal", 0, sigma)}).spec
+        for d, sigma in zip(datasets, sigmas, strict=True)
+    ]
+    assert all(carrier(spec).name == "g" for spec in specs)
+    models = [build_model(spec) for spec in specs]
+    logp = [m.compile_logp() for m in models]
+    dlogp = [m.compile_dlogp() for m in models]
+    for point in _random_points(models[0], seed=3, n=3):
+        point = {k: v + 0.4 for k, v in point.items()}
+        assert logp[1](point) == pytest.approx(logp[0](point), rel=rel)
+        np.testing.assert_allclose(dlogp[1](point), dlogp[0](point), rtol=1e3 * rel, atol=1e-9)
+
+
+def test_predictor_in_tiny_units_gives_the_same_model():
+    """x in units of 1e-12 builds the same model as x (up to rounding): its within-group term is
+    kept (a fixed 1e-9 cutoff used to take it for a constant within groups and drop it)."""
+    data = _grouped_data()
+    _same_model([data, data.with_columns(pl.col("x") * 1e-12)], [2.5, 2.5e12])
+
+
+def test_predictor_far_from_zero_keeps_its_within_group_term():
+    """A predictor that varies little compared to its magnitude (like timestamps in seconds) is
+    judged on its spread, not its magnitude: the same model as the predictor shifted to 0."""
+    far = _grouped_data().with_columns(pl.col("x") * 1e-6 + 1e6)
+    near = far.with_columns(pl.col("x") - 1e6)  # exact: the same rounded values, shifted
+    # up to the rounding of the mean of x (1e-10 of 1e6), which the centring subtracts
+    _same_model([far, near], [2.5e6, 2.5e6], rel=1e-6)
+
+
+def test_predictor_in_tiny_units_same_posterior_rescaled():
+    """The posterior of a slope in units of 1e-12 is the original one times 1e12 (within Monte
+    Carlo error: the same seed does not give the same draws, rounding sends NUTS elsewhere)."""
+    data = _grouped_data()
+    fits = []
+    for d in (data, data.with_columns(pl.col("x") * 1e-12)):
+        model = glmer("y ~ x + (1|g)", d)
+        model.fit(draws=1000, chains=2, random_seed=3, progressbar=False)
+        fits.append(model.result_fit.filter(pl.col("term") == "x").row(0, named=True))
+    orig, tiny = fits
+    assert tiny["sd"] * 1e-12 == pytest.approx(orig["sd"], rel=0.15)
+    # two independent medians, each with MC error about 1.25 sd / sqrt(ESS >= 1000)
+    assert abs(tiny["estimate"] * 1e-12 - orig["estimate"]) < 0.2 * orig["sd"]
+
+
+@pytest.mark.parametrize("scale, shift", [(1e-12, 0.0), (1e-3, 1e9)], ids=["tiny", "far"])
+def test_predictor_in_any_units_is_identifiable(scale, shift):
+    """6,000 distinct values of x in units of 1e-12, or varying by 1e-3 around 1e9 (timestamps):
+    numpy's rank cutoff, relative to the largest singular value, took the column for zero or for
+    a copy of the intercept and refused the design. A column that is a copy still is refused."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=6000) * scale + shift
+    data = pl.DataFrame({"x": x, "y": (rng.random(6000) < 0.5).astype(int)})
+    assert glm("y ~ x", data).spec.terms == ["(Intercept)", "x"]
+    with pytest.raises(ValueError, match="rank deficient"):
+        glm("y ~ x + x2", data.with_columns(x2=pl.col("x") * 2.0)).fit()
+    with pytest.raises(ValueError, match="rank deficient"):
+        glm("y ~ x + c", data.with_columns(c=pl.lit(shift + 3.0))).fit()

@@ -4,16 +4,26 @@ Equivalent code paths, so the tolerances are tight: the callbacks return exactly
 PyTensor functions return, and a seeded fit draws exactly what stock nutpie draws.
 """
 
+import _thread
 import ctypes
+import os
+import re
+import sys
+import threading
+import time
+import warnings
 
 import numpy as np
 import nutpie
 import nutpie.compile_pymc
+import polars as pl
+import polars.selectors
 import pytest
 
-from bayesmer import glmer
+from bayesmer import FitInterruptedWarning, glm, glmer
+from bayesmer.diagnostics import rank_diagnostics
 from bayesmer.pymc_model import build_model
-from bayesmer.sampling import compile_model
+from bayesmer.sampling import MIN_KEPT_DRAWS, compile_model
 
 
 @pytest.fixture(scope="module")
@@ -76,3 +86,94 @@ def test_seeded_draws_equal_stock_nutpie(titanic_model, compiled):
     np.testing.assert_array_equal(
         ours["sample_stats"]["diverging"].values, stock["sample_stats"]["diverging"].values
     )
+
+
+# -- interrupting a fit ------------------------------------------------------------------------
+
+
+def _interrupt_after(draws: int, chains: int = 1):
+    """A stand-in for nutpie's wait() that raises KeyboardInterrupt (what Ctrl-C does there)
+    once ``chains`` chains have finished ``draws`` posterior draws each."""
+
+    def wait(self, *, timeout=None):
+        while True:
+            time.sleep(0.02)
+            with warnings.catch_warnings():  # arviz: no draw yet, fewer draws than chains
+                warnings.simplefilter("ignore", UserWarning)
+                stats = self.inspect()["sample_stats"]
+            done = np.isfinite(stats["step_size"].values).sum(axis=1) if stats.sizes["draw"] else 0
+            if np.sum(done >= draws) >= chains:
+                raise KeyboardInterrupt
+
+    return wait
+
+
+def _interrupt_at_once(self, *, timeout=None):
+    """nutpie's wait() interrupted as soon as sampling starts (long before tuning is over)."""
+    raise KeyboardInterrupt
+
+
+def _nutpie_waiting():
+    return sys.modules["nutpie.sample"]._BackgroundSampler
+
+
+def test_interrupted_fit_keeps_the_draws_every_chain_finished(titanic, monkeypatch):
+    """Ctrl-C during fit(draws=10**6): the chains that ran are cut to the same finished length
+    (one chain per core runs at a time: with 3 chains on 2 cores the third has not started),
+    the model says so, and its tables hold numbers (they were NaN: unfinished draws read as
+    finished)."""
+    model = glm("survived ~ sex + fare", titanic)
+    running = min(3, os.cpu_count())
+    monkeypatch.setattr(_nutpie_waiting(), "wait", _interrupt_after(400, running))
+    with pytest.warns(FitInterruptedWarning, match="the fit keeps") as caught:
+        model.fit(draws=10**6, chains=3, random_seed=1, progressbar=False)
+    message = str(next(w.message for w in caught if w.category is FitInterruptedWarning))
+    chains, kept = map(int, re.search(r"keeps (\d+) chains of (\d+) draws", message).groups())
+    assert chains == running and 400 <= kept < 10**6
+    assert (model.chains, model.draws) == (chains, kept)
+    posterior = model.posterior["posterior"]
+    assert dict(posterior.sizes)["chain"] == chains and posterior.sizes["draw"] == kept
+    assert posterior["chain"].values.tolist() == list(range(chains))
+    assert model.posterior["sample_stats"].sizes["draw"] == kept
+    assert np.isfinite(posterior["b"].values).all()
+    assert np.isfinite(model.result_fit.select(pl.selectors.numeric()).to_numpy()).all()
+    assert np.isfinite(model.emmeans("sex")["prob"].to_numpy()).all()
+    # the diagnostics are those of the kept draws
+    b = posterior["b"].values.transpose(2, 0, 1)
+    np.testing.assert_allclose(model.diagnostics["ess_bulk"].to_numpy(), rank_diagnostics(b)[1])
+    assert len(model.chain_diagnostics) == chains
+
+
+def test_fit_interrupted_before_enough_draws_leaves_the_model_as_it_was(titanic, monkeypatch):
+    model = glm("survived ~ sex", titanic)
+    model.fit(draws=1000, chains=2, random_seed=1, progressbar=False)
+    posterior, params, summary = model.posterior, model.params, str(model.summary())
+    monkeypatch.setattr(_nutpie_waiting(), "wait", _interrupt_at_once)
+    with pytest.warns(FitInterruptedWarning, match="left as it was \\(its previous fit\\)"):
+        with pytest.raises(KeyboardInterrupt):
+            model.fit(draws=5000, tune=5000, chains=4, random_seed=2, progressbar=False)
+    assert model.posterior is posterior
+    assert model.params.equals(params)
+    assert (model.draws, model.chains, model.random_seed) == (1000, 2, 1)
+    assert str(model.summary()) == summary
+
+
+def test_fit_interrupted_by_a_real_ctrl_c(titanic):
+    """SIGINT through nutpie's own waiting: the fit keeps finished draws or (on a machine too
+    slow to finish MIN_KEPT_DRAWS in a second) raises and keeps its previous fit; never NaN."""
+    model = glm("survived ~ sex", titanic)
+    model.fit(draws=1000, chains=2, random_seed=1, progressbar=False)  # compiled before the timer
+    timer = threading.Timer(1.0, _thread.interrupt_main)
+    timer.start()
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")  # a short kept fit may also warn about convergence
+            model.fit(draws=10**8, chains=2, random_seed=2, progressbar=False)
+    except KeyboardInterrupt:
+        assert (model.draws, model.random_seed) == (1000, 1)
+    else:
+        assert FitInterruptedWarning in [w.category for w in caught]
+        assert MIN_KEPT_DRAWS <= model.draws < 10**8 and model.random_seed == 2
+    finally:
+        timer.join()
+    assert np.isfinite(model.params["estimate"].to_numpy()).all()
