@@ -214,19 +214,20 @@ print(moved)
 no_brood = glm("TICKS ~ YEAR + cHEIGHT", data=ticks, family="poisson")
 no_brood.set_factors("YEAR")
 no_brood.fit(random_seed=SEED, progressbar=False)
-per_100m = pl.concat(
-    [
-        fitted.result_fit.filter(pl.col("term") == "cHEIGHT").select(
-            pl.lit(name).alias("model"),
-            (100 * pl.col("estimate")).exp().alias("ratio per 100 m"),
-            (100 * pl.col("conf_low")).exp().alias("conf_low"),
-            (100 * pl.col("conf_high")).exp().alias("conf_high"),
-            (100 * pl.col("sd")).alias("sd of 100 x slope"),
-        )
-        for name, fitted in (("with broods", model), ("without broods", no_brood))
-    ]
-)
-print(per_100m)
+rows = []
+for name, fitted in (("with broods", model), ("without broods", no_brood)):
+    draws_100m = 100 * fitted.posterior["posterior"]["b"].sel(term="cHEIGHT").values.ravel()
+    low, high = np.exp(np.quantile(draws_100m, [0.025, 0.975]))
+    rows.append(
+        {
+            "model": name,
+            "ratio per 100 m": float(np.exp(np.median(draws_100m))),
+            "2.5%": float(low),
+            "97.5%": float(high),
+            "sd of the log ratio": float(draws_100m.std()),
+        }
+    )
+print(pl.DataFrame(rows))
 
 # %% [markdown]
 # Without broods the interval is much narrower: the model claims a precision the data do not
@@ -265,6 +266,8 @@ ppc_table = pl.concat(
     ]
 )
 print(ppc_table)
+# With re='new' the default statistics include the spread of the brood means.
+print(model.ppc(random_seed=SEED, re="new"))
 
 # %% [markdown]
 # For comparison, the model without brood intercepts assumes that, given year and altitude,
@@ -275,11 +278,17 @@ print(no_brood.ppc(stat=checks, random_seed=SEED))
 
 # %% [markdown]
 # Without broods the model is far from the data: the observed statistics of spread lie outside
-# what it can simulate, with `ppp` at or near 0 or 1. That is overdispersion. With the fitted
-# brood effects the multilevel model reproduces the spread; replicating new broods is the
-# harder test, and the table shows how it fares. Remaining misfit there, or in the share of
-# zeros, points to variation between chicks of the same brood; an intercept per chick,
-# `(1|INDEX)`, or a negative binomial distribution are the usual next steps.
+# what it can simulate, with `ppp` at or near 0 or 1. That is overdispersion.
+#
+# The two replications of the multilevel model answer different questions. Reusing the fitted
+# broods asks whether chicks vary *within* their broods as a Poisson distribution allows; the
+# observed share of zeros and variance sit in the upper tail of those replicates (read the
+# `ppp` column), a hint that chicks of one brood differ more than that. Replicating new broods
+# asks whether the *population* of broods could produce data like these; its replicates spread
+# far wider, because the brood effects vary too, so the same statistics land in the middle,
+# and the spread of the brood means is checked directly. Neither `ppp` proves fit. The hint of
+# within-brood excess is what an intercept per chick, `(1|INDEX)`, or a negative binomial
+# distribution would address.
 #
 # `plot_ppc` shows the check as a picture, each observed statistic against the distribution of
 # its replicates, here with new broods.
@@ -308,8 +317,9 @@ print(
 
 # %% [markdown]
 # Read this output critically. The model has four fixed effects, but also 118 brood intercepts
-# and their sd: over a hundred parameters, and `p_loo` (the effective number of parameters)
-# says so. With more parameters than about a fifth of the observations, high Pareto k values
+# and their sd: over a hundred parameters. `p_loo` (the effective number of parameters) comes
+# out even larger than that count, itself a sign that the importance sampling behind PSIS-LOO
+# is struggling. With more parameters than about a fifth of the observations, high Pareto k values
 # are expected *even for a correct model*: each brood has only three or four chicks and its
 # own intercept, so leaving one chick out moves its brood's intercept more than PSIS can
 # reconstruct from a single fit. The ELPD is then itself uncertain.
