@@ -388,10 +388,21 @@ print(
 #
 # The odds ratio between the sexes, by contrast, is one number in this model whichever class
 # we pick, because the sex effect is shared by all classes (the interaction model above shows
-# that the data do not quite agree).
+# that the data do not quite agree). That is the *conditional* odds ratio, within a class. The
+# *population-averaged* odds ratio, between the probabilities averaged over all classes
+# (`re='marginal'`), is closer to 1: averaging over classes attenuates an odds ratio, the
+# non-collapsibility met above.
 
 # %%
-print(model.emmeans("sex", contrasts={"male_vs_female": [-1, 1]}))
+conditional_vs_averaged = pl.concat(
+    [
+        model.emmeans("sex", contrasts={"male_vs_female": [-1, 1]}, re=re).with_columns(
+            re=pl.lit(re)
+        )
+        for re in ("zero", "marginal")
+    ]
+)
+print(conditional_vs_averaged.select("re", "contrast", "odds_ratio", "lower_HPD", "upper_HPD"))
 
 # %% [markdown]
 # ## Diagnostics, and what to do when they complain
@@ -464,7 +475,8 @@ print("problems:", model.convergence_problems)
 #   the class effects as odds multipliers, `fixef` the resulting per-class odds, with the sex
 #   odds ratio shared by all classes.
 # - Odds ratios are non-collapsible: adjusting for class moves the odds ratio away from 1
-#   while the standardised risk difference moves towards 0. Judge confounding on risk
+#   while the standardised risk difference moves towards 0, and the population-averaged odds
+#   ratio (`re='marginal'`) is closer to 1 than the conditional one. Judge confounding on risk
 #   differences or ratios, not on a change in an odds ratio.
 # - Check a shared effect against the data: here the sex odds ratio differs by class, and a
 #   `sex * pclass` interaction predicts better.

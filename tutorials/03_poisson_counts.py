@@ -117,6 +117,22 @@ print(model.emmeans("YEAR"))
 print(model.emmeans("YEAR", contrasts="pairwise"))
 
 # %% [markdown]
+# These are ratios for a typical brood (`re='zero'`). Unlike an odds ratio, a rate ratio is
+# *collapsible*: averaging the rates over the whole population of broods (`re='marginal'`)
+# multiplies every year's rate by the same factor, so the population-averaged rate ratios are
+# the same as the conditional ones, draw by draw (tutorial 2 shows the opposite for odds
+# ratios).
+
+# %%
+marginal_ratios = model.emmeans("YEAR", contrasts="pairwise", re="marginal")
+print(marginal_ratios.select("contrast", "ratio", "lower_HPD", "upper_HPD"))
+same = np.allclose(
+    model.emmeans("YEAR", contrasts="pairwise", draws=True)["ratio"].to_numpy(),
+    model.emmeans("YEAR", contrasts="pairwise", re="marginal", draws=True)["ratio"].to_numpy(),
+)
+print("conditional and population-averaged rate ratios equal draw by draw:", same)
+
+# %% [markdown]
 # `plot_contrasts` draws them as a forest plot, with the line at a ratio of 1 (no difference).
 
 # %%
