@@ -10,10 +10,11 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 import pytest
-import xarray as xr
+from fakes import fake_posterior
 from scipy import special
 
 from bayesmer import glm, glmer, load_dataset
+from bayesmer.draws import fixed
 from bayesmer.emmeans import emmeans
 from bayesmer.pymc_model import build_model
 
@@ -21,23 +22,6 @@ from bayesmer.pymc_model import build_model
 @pytest.fixture(scope="module")
 def contraception():
     return load_dataset("contraception")
-
-
-def _fake_fixed_posterior(model, seed=0, n=200):
-    spec = model.spec
-    rng = np.random.default_rng(seed)
-    b = rng.normal(0.0, 0.3, (2, n // 2, len(spec.terms)))
-    data = {"b": (("chain", "draw", "term"), b)}
-    coords = {"term": spec.terms}
-    for g in spec.groups:
-        data[g.sd_name] = (("chain", "draw"), np.abs(rng.normal(1, 0.2, (2, n // 2))))
-        data[g.effect_name] = (
-            ("chain", "draw", g.dim),
-            rng.normal(0, 1, (2, n // 2, len(g.levels))),
-        )
-        coords[g.dim] = g.levels
-    model.posterior = xr.DataTree.from_dict({"posterior": xr.Dataset(data, coords=coords)})
-    return b.reshape(n, -1)
 
 
 def test_contraception_terms_are_named_as_lme4(contraception):
@@ -92,7 +76,7 @@ def test_scale_uses_the_data_rows_not_the_cells():
 def test_emmeans_holds_age_at_its_mean_inside_i(contraception):
     """emmeans('urban'): I(age^2) at (mean age)^2, not at the mean of age^2 (R's emmeans)."""
     model = glm("use01 ~ age + I(age^2) + urban", contraception)
-    b = _fake_fixed_posterior(model)
+    b = fixed(fake_posterior(model).posterior)
     mean_age = contraception["age"].mean()
     res = emmeans(model, "urban", type="link", draws=True)
     for k, level in enumerate(["N", "Y"]):
@@ -186,7 +170,7 @@ def test_combined_grouping_factor(titanic):
     observed = titanic.drop_nulls("embarked").select("pclass", "embarked").unique()
     assert sorted(g.levels) == sorted(f"{a}:{b}" for a, b in observed.iter_rows())
     # predict with the fitted group effects builds the same combined labels from new data
-    _fake_fixed_posterior(model)
+    fake_posterior(model)
     rows = pl.DataFrame({"sex": ["male"], "pclass": [1], "embarked": ["S"]})
     pred = model.predict(rows, re="groups", type_predict="link", output="draws")
     b = model.posterior["posterior"]["b"].values.reshape(-1, 2)
