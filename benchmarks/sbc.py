@@ -487,9 +487,10 @@ def summarise(
         ``model, parameter, datasets, chi2, p_value, min_bin, max_bin``.
     fits : polars.DataFrame
         ``model, datasets, errors, warned, divergent_fits, divergences, min_ess_bulk,
-        median_ess_bulk, max_rhat, fit_seconds, wall_seconds, parametrizations``.
+        median_ess_bulk, max_rhat, fit_seconds`` (mean wall time of one data set: simulate,
+        compile, sample, rank), ``fit_minutes`` (their sum: with 2 workers the model's share of
+        a run's wall time is about half of it) and ``parametrizations``.
     """
-    runs = _read_runs(out)
     p_rows, f_rows = [], []
     for name in names:
         model = MODELS[name]
@@ -530,18 +531,11 @@ def summarise(
                 "fit_seconds": float(np.mean([rec["seconds"]["total"] for rec in ok]))
                 if ok
                 else float("nan"),
-                "wall_seconds": sum(r["wall_seconds"] for r in runs if r["model"] == name),
+                "fit_minutes": sum(rec["seconds"]["total"] for rec in ok) / 60,
                 "parametrizations": ", ".join(f"{k} {v}" for k, v in sorted(kinds.items())),
             }
         )
     return pl.DataFrame(p_rows), pl.DataFrame(f_rows)
-
-
-def _read_runs(out: Path) -> list[dict[str, Any]]:
-    path = out / "runs.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def plot_ranks(out: Path, names: list[str], n_draws: int, bins: int, path: Path) -> None:
@@ -595,7 +589,7 @@ def markdown(params: pl.DataFrame, fits: pl.DataFrame) -> str:
     lines += [
         "",
         "| model | data sets | errors | fits warned | fits with divergences (total) | "
-        "min / median bulk ESS | max R-hat | s per fit | wall time (min) | parametrizations |",
+        "min / median bulk ESS | max R-hat | s per fit | fit-minutes | parametrizations |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in fits.iter_rows(named=True):
@@ -603,7 +597,7 @@ def markdown(params: pl.DataFrame, fits: pl.DataFrame) -> str:
             f"| {r['model']} | {r['datasets']} | {r['errors']} | {r['warned']} | "
             f"{r['divergent_fits']} ({r['divergences']}) | {r['min_ess_bulk']:.0f} / "
             f"{r['median_ess_bulk']:.0f} | {r['max_rhat']:.3f} | {r['fit_seconds']:.1f} | "
-            f"{r['wall_seconds'] / 60:.1f} | {r['parametrizations']} |"
+            f"{r['fit_minutes']:.0f} | {r['parametrizations']} |"
         )
     return "\n".join(lines)
 
@@ -663,42 +657,50 @@ def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
-    if not args.resume:
-        for name in args.models:
-            results_path(out, name).unlink(missing_ok=True)
-        runs = [r for r in _read_runs(out) if r["model"] not in args.models]
-        (out / "runs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in runs))
-    for name in args.models:
-        done = {r["dataset"] for r in read_results(out, name) if "error" not in r}
-        tasks = [
-            (name, k, args.seed, args.thin_to, args.chains, args.draws, args.tune)
-            for k in range(args.datasets)
-            if k not in done
-        ]
-        print(f"{name}: {len(done)} data sets recorded, fitting {len(tasks)}", flush=True)
-        start = time.perf_counter()
-        with results_path(out, name).open("a") as fh:
-            for i, rec in enumerate(_results(tasks, args.workers), 1):
-                fh.write(json.dumps(rec) + "\n")
-                fh.flush()
-                if "error" in rec:
-                    print(f"  data set {rec['dataset']}: {rec['error']}", flush=True)
-                if i % 20 == 0 or i == len(tasks):
-                    print(f"  {i}/{len(tasks)} ({time.perf_counter() - start:.0f} s)", flush=True)
-        if tasks:
-            run = {
-                "model": name,
-                "fitted": len(tasks),
-                "wall_seconds": round(time.perf_counter() - start, 1),
-                "workers": args.workers,
-                "seed": args.seed,
-                "chains": args.chains,
-                "draws": args.draws,
-                "tune": args.tune,
-            }
-            with (out / "runs.jsonl").open("a") as fh:
-                fh.write(json.dumps(run) + "\n")
     names = [n for n in MODELS if n in args.models]
+    if not args.resume:
+        for name in names:
+            results_path(out, name).unlink(missing_ok=True)
+        (out / "runs.jsonl").unlink(missing_ok=True)
+    # Round robin over the models, so an interrupted run leaves every model with as many data
+    # sets as the others (``--resume`` fills in the rest).
+    missing = {}
+    for name in names:
+        done = {r["dataset"] for r in read_results(out, name) if "error" not in r}
+        missing[name] = [k for k in range(args.datasets) if k not in done]
+        print(f"{name}: {len(done)} data sets recorded, fitting {len(missing[name])}", flush=True)
+    tasks = [
+        (name, k, args.seed, args.thin_to, args.chains, args.draws, args.tune)
+        for i in range(args.datasets)
+        for name in names
+        if i < len(missing[name])
+        for k in [missing[name][i]]
+    ]
+    start = time.perf_counter()
+    handles = {name: results_path(out, name).open("a") for name in names}
+    try:
+        for i, rec in enumerate(_results(tasks, args.workers), 1):
+            handles[rec["model"]].write(json.dumps(rec) + "\n")
+            handles[rec["model"]].flush()
+            if "error" in rec:
+                print(f"  {rec['model']} data set {rec['dataset']}: {rec['error']}", flush=True)
+            if i % 20 == 0 or i == len(tasks):
+                print(f"  {i}/{len(tasks)} ({time.perf_counter() - start:.0f} s)", flush=True)
+    finally:
+        for fh in handles.values():
+            fh.close()
+    if tasks:
+        run = {
+            "fitted": {name: len(missing[name]) for name in names},
+            "wall_seconds": round(time.perf_counter() - start, 1),
+            "workers": args.workers,
+            "seed": args.seed,
+            "chains": args.chains,
+            "draws": args.draws,
+            "tune": args.tune,
+        }
+        with (out / "runs.jsonl").open("a") as fh:
+            fh.write(json.dumps(run) + "\n")
     params, fits = summarise(out, names, args.thin_to, args.bins)
     params.write_csv(out / "summary.csv")
     fits.write_csv(out / "fits.csv")

@@ -126,14 +126,24 @@ def test_seeds_are_deterministic_and_distinct(sbc):
     assert sbc.seeds(1, model, 7) != sbc.seeds(1, sbc.MODELS["binomial_few"], 7)
 
 
-def test_one_dataset_end_to_end(sbc):
-    model = sbc.MODELS["poisson_few"]
-    rec = sbc.fit_one(model, 0, base_seed=1, n_draws=19, chains=2, draws=100, tune=200)
+def test_one_dataset_end_to_end(sbc, tmp_path):
+    argv = ["--models", "poisson_few", "--datasets", "1", "--workers", "1", "--out", str(tmp_path)]
+    argv += ["--chains", "2", "--draws", "100", "--tune", "200", "--thin-to", "19"]
+    assert sbc.main(argv) == 0  # one data set: one rank in one of 20 bins, p = 0.46
+    (rec,) = sbc.read_results(tmp_path, "poisson_few")
+    assert rec["model"] == "poisson_few" and rec["dataset"] == 0
     assert set(rec["ranks"]) == {"(Intercept)", "x", "1|g"}
     assert all(0 <= r <= 19 for r in rec["ranks"].values())
-    assert rec["model"] == "poisson_few" and rec["dataset"] == 0
     assert rec["divergences"] >= 0 and isinstance(rec["warnings"], list)
     assert rec["parametrization"]["g"].split(" ")[0] in {"centered", "noncentered", "mixed"}
+    summary = (tmp_path / "summary.csv").read_text().splitlines()
+    assert summary[0] == "model,parameter,datasets,chi2,p_value,min_bin,max_bin"
+    assert len(summary) == 4 and (tmp_path / "sbc_ranks.png").stat().st_size > 0
+    # the same data set and fit seed give the same ranks; --resume fits nothing more
+    again = sbc.fit_one(sbc.MODELS["poisson_few"], 0, 1, 19, chains=2, draws=100, tune=200)
+    assert again["ranks"] == rec["ranks"] and again["truth"] == rec["truth"]
+    assert sbc.main([*argv, "--resume"]) == 0
+    assert len(sbc.read_results(tmp_path, "poisson_few")) == 1
 
 
 def test_thin_to_must_split_into_equal_bins(sbc, capsys):
