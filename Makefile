@@ -15,7 +15,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help install test test-fast demo lint bench clean
+.PHONY: help install test test-fast demo lint bench sbc clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 12
@@ -45,6 +45,12 @@ lint: $(STAMP) ## ruff check and format check
 
 bench: $(STAMP) ## bayesmer vs plain Bambi, side by side (long: tens of minutes)
 	$(PY) benchmarks/bench.py
+
+# Extra options for benchmarks/sbc.py, e.g. SBC_ARGS="--resume" or SBC_ARGS="--models poisson_few".
+SBC_ARGS ?=
+
+sbc: $(STAMP) ## simulation-based calibration, 200 data sets per model (long: about an hour)
+	MPLBACKEND=Agg $(PY) benchmarks/sbc.py --datasets 200 --seed 1 $(SBC_ARGS)
 
 clean: ## remove the virtual environment and caches
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
