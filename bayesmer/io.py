@@ -181,7 +181,7 @@ def _plain(value: Any, what: str) -> Any:
 def _encode_prior(key: str, value: Any) -> dict[str, Any]:
     if isinstance(value, tuple | list):
         return {"type": "tuple", "value": _plain(list(value), f"the prior for {key!r}")}
-    prior = to_prior(key, value, positive=key.startswith("1|"))
+    prior = to_prior(key, value, positive="|" in key)
     return {
         "type": "dist",
         "dist": prior.dist,
@@ -401,7 +401,7 @@ def _rebuild(meta: dict[str, Any], contents: dict[str, bytes]) -> Model:
     model.draws, model.tune, model.chains = int(fit["draws"]), int(fit["tune"]), int(fit["chains"])
     model.random_seed = int(fit["random_seed"])
     model.sampler_kwargs = dict(fit["sampler_kwargs"])
-    names = ["b"] + [n for g in spec.groups for n in (g.sd_name, g.effect_name)]
+    names = ["b"] + [n for g in spec.groups for n in g.reported]
     model._diag = diagnose(
         model.posterior["posterior"].to_dataset(),
         model.posterior["sample_stats"].to_dataset(),

@@ -325,7 +325,7 @@ class Model:
             posterior = self._sampler.sample(draws, tune, chains, seed, progressbar, **kwargs)
         except SamplingInterrupted as stop:
             posterior, draws, chains = self._interrupted(stop, draws, chains)
-        names = ["b"] + [n for g in spec.groups for n in (g.sd_name, g.effect_name)]
+        names = ["b"] + [n for g in spec.groups for n in g.reported]
         diag = diagnose(
             posterior["posterior"].to_dataset(), posterior["sample_stats"].to_dataset(), names
         )
@@ -465,7 +465,11 @@ class Model:
         ]
         for g in spec.groups:
             within = f" within {g.parent}" if g.parent else ""
-            header.append(f"Groups: {g.name} {len(g.levels)}{within} ({g.parametrization})")
+            terms = ""
+            if g.slopes:
+                kind = "correlated" if g.cor_pairs else "uncorrelated"
+                terms = f"; {kind} {', '.join(g.terms)}"
+            header.append(f"Groups: {g.name} {len(g.levels)}{within} ({g.parametrization}{terms})")
         header.append(
             f"Sampler: nutpie NUTS, {self.chains} chains x {self.draws} draws "
             f"(tune {self.tune}), seed {self.random_seed}"
@@ -483,18 +487,23 @@ class Model:
         if spec.groups:
             from .pooling import scale_note, with_scale_columns
 
-            random = with_scale_columns(self, self.ranef_var)
+            random = self.ranef_var
+            if not spec.slopes:  # icc and median ratios are defined for random intercepts
+                random = with_scale_columns(self, random)
         fixed = self.result_fit.select("term", "estimate", "sd", "conf_low", "conf_high", "pd")
         scale = "exp() of the link scale" if self.exponentiate else "link scale"
         footer = [
             f"Fixed effects are posterior medians on the {scale}; pd is the probability "
             "of direction."
         ]
-        if spec.groups:
+        if spec.groups and not spec.slopes:
             footer.append(scale_note(self))
         if d.problems:
             footer.append("WARNING: " + " ".join(d.problems))
-        return summaries.Summary(header, random, fixed, footer, decimals)
+        title = (
+            "sds and correlations of the group effects" if spec.slopes else "sd of group intercepts"
+        )
+        return summaries.Summary(header, random, fixed, footer, decimals, title)
 
     # -- marginal estimates (bayesmer.emmeans) ----------------------------------------------
 
