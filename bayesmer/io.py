@@ -35,7 +35,7 @@ import polars as pl
 import xarray as xr
 
 from .collapse import CELL, EXPOSURE, ROWS, TRIALS, WEIGHT, Y
-from .priors import Prior, to_prior
+from .priors import Prior, lkj_prior, to_prior
 
 if TYPE_CHECKING:
     from .models import Model
@@ -181,7 +181,10 @@ def _plain(value: Any, what: str) -> Any:
 def _encode_prior(key: str, value: Any) -> dict[str, Any]:
     if isinstance(value, tuple | list):
         return {"type": "tuple", "value": _plain(list(value), f"the prior for {key!r}")}
-    prior = to_prior(key, value, positive="|" in key)
+    if key.startswith("cor|"):
+        prior = lkj_prior(key, value)
+    else:
+        prior = to_prior(key, value, positive="|" in key)
     return {
         "type": "dist",
         "dist": prior.dist,

@@ -208,7 +208,7 @@ def resolve_priors(
                 out[key] = Prior("HalfNormal", {"sigma": _autoscaled(sd)})
         if g.cor_pairs:
             key = f"cor|{g.name}"
-            out[key] = _lkj_prior(key, user[key]) if key in user else Prior("LKJCorr", {"eta": 1.0})
+            out[key] = lkj_prior(key, user[key]) if key in user else Prior("LKJCorr", {"eta": 1.0})
     return out
 
 
@@ -221,7 +221,7 @@ def _autoscaled(sd: float) -> float:
     return float(round(scale, digits))
 
 
-def _lkj_prior(key: str, value: Any) -> Prior:
+def lkj_prior(key: str, value: Any) -> Prior:
     """The LKJ prior of a factor's correlations from ``('lkj', eta)`` or a Prior."""
     if isinstance(value, Prior) and value.dist == "LKJCorr":
         return Prior("LKJCorr", dict(value.params), "user")

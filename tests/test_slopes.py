@@ -77,6 +77,26 @@ def test_binomial_factor_slopes_are_the_exact_likelihood(titanic):
     assert pot1 - pot2 == pytest.approx(ex1 - ex2, rel=1e-9, abs=1e-7)
 
 
+def test_non_centred_correlated_slopes_are_the_exact_likelihood():
+    spec = glmer("y ~ x + (x|g)", _simulated("binomial", 1)).spec
+    (g,) = spec.groups
+    assert not g.centred.any()
+    model = build_model(spec)
+    names = _names(model, "g", ["L_g", "cor_g"])
+    x = spec.cells["x"].to_numpy()
+    values = []
+    for point in _random_points(model, seed=5):
+        pot, v = _reported(model, spec, point, names)
+        _check_effects(model, v, g, correlated=True)
+        U = v["u_g"]
+        eta = spec.X @ v["b"] + U[g.index, 0] + x * U[g.index, 1]
+        values.append(
+            (pot, stats.binom.logpmf(spec.y, spec.size.astype(int), special.expit(eta)).sum())
+        )
+    (pot1, ex1), (pot2, ex2) = values
+    assert pot1 - pot2 == pytest.approx(ex1 - ex2, rel=1e-9, abs=1e-7)
+
+
 def test_poisson_uncorrelated_slopes_are_the_exact_likelihood(grouseticks):
     spec = glmer("TICKS ~ YEAR + cHEIGHT + (cHEIGHT||LOCATION)", grouseticks, "poisson").spec
     (g,) = spec.groups
@@ -271,3 +291,67 @@ def test_emmeans_with_slopes_integrates_the_group_effects(binomial_slopes, re):
         else:  # Monte Carlo error of the mean probability, on the link scale
             se = p.std(axis=1) / np.sqrt(p.shape[1]) / (p.mean(axis=1) * (1 - p.mean(axis=1)))
             assert np.all(np.abs(values - expected) < 5 * se)
+
+
+def test_empredict_in_given_groups_adds_their_slopes(binomial_slopes):
+    model = binomial_slopes
+    got = model.empredict(at={"g": ["g03"], "x": [1.5], "f": ["a"]}, type="link")
+    b, u = _draws(model, "b"), _draws(model, "u_g")
+    expected = b[:, 0] + 1.5 * b[:, 1] + u[:, 3, 0] + 1.5 * u[:, 3, 1]
+    assert got["emmean"][0] == pytest.approx(np.median(expected), rel=1e-10)
+
+
+def test_plot_ranef_has_a_panel_per_term(binomial_slopes):
+    fig = binomial_slopes.plot_ranef()
+    titles = [ax.get_title() for ax in fig.axes]
+    assert [t.split(":")[0] for t in titles] == ["(Intercept) | g", "x | g"]
+    fig = binomial_slopes.plot_prior_posterior()
+    assert {"sd of (1|g)", "sd of (x|g)"} <= {ax.get_title().split("\n")[0] for ax in fig.axes}
+
+
+def test_save_and_load_keep_the_slopes(binomial_slopes, tmp_path):
+    from polars.testing import assert_frame_equal
+
+    from bayesmer import load_model
+
+    path = tmp_path / "slopes.bayesmer"
+    binomial_slopes.save(path)
+    loaded = load_model(path)
+    for name in ("ranef", "fixef", "ranef_var", "result_fit", "diagnostics"):
+        assert_frame_equal(getattr(loaded, name), getattr(binomial_slopes, name))
+    np.testing.assert_array_equal(loaded.predict(), binomial_slopes.predict())
+
+
+def test_icc_and_kfold_reject_slopes_clearly(binomial_slopes):
+    with pytest.raises(ValueError, match=r"icc is defined for random intercepts only; \['g'\]"):
+        binomial_slopes.icc()
+    with pytest.raises(ValueError, match="kfold does not integrate yet"):
+        binomial_slopes.kfold("g", k=2)
+
+
+def test_slope_priors_are_named_stated_and_drawn():
+    data = _with_factor("binomial", 7, 20, 60)
+    priors = {"x|g": ("exponential", 2), "cor|g": ("lkj", 2)}
+    model = glmer("y ~ x + f + (x|g)", data, priors=priors)
+    table = model.prior_summary()
+    rows = {r["parameter"]: r for r in table.iter_rows(named=True)}
+    assert rows["1|g"]["prior"] == "HalfNormal(sigma=2.5)"
+    assert rows["x|g"]["prior"] == "Exponential(lam=2)" and rows["x|g"]["kind"] == "group sd"
+    assert rows["cor|g"]["prior"] == "LKJCorr(eta=2)"
+    assert rows["cor|g"]["kind"] == "group correlation"
+    default = glmer("y ~ x + (x|g)", data).prior_summary()
+    sd_x = float(np.std(data["x"].to_numpy()))
+    assert default.filter(pl.col("parameter") == "x|g")["prior"][0] == (
+        f"HalfNormal(sigma={round(2.5 / sd_x, 4):.4g})"
+    )
+    prior = model.sample_prior(draws=400, random_seed=1)["prior"]
+    assert prior["sd_g"].dims == ("chain", "draw", "g_term")
+    assert prior["u_g"].dims == ("chain", "draw", "g_level", "g_term")
+    cor = prior["cor_g"].values.ravel()
+    assert prior["cor_g"].dims == ("chain", "draw", "g_cor")
+    # LKJ(2) in two dimensions: (r + 1) / 2 ~ Beta(2, 2), sd of r = 1 / sqrt(5)
+    assert abs(cor.std() - 1 / np.sqrt(5)) < 0.05 and abs(cor.mean()) < 0.07
+    with pytest.raises(ValueError, match=r"Prior for 'cor\|g' is the LKJ prior"):
+        _ = glmer("y ~ x + (x|g)", data, priors={"cor|g": ("normal", 0, 1)}).spec
+    with pytest.raises(ValueError, match=r"priors given for \['z\|g'\]"):
+        _ = glmer("y ~ x + (x|g)", data, priors={"z|g": ("exponential", 1)}).spec
