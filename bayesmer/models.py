@@ -760,7 +760,17 @@ class glm(Model):  # noqa: N801  (pymer4's name)
 
 
 class glmer(Model):  # noqa: N801  (pymer4's name)
-    """Bayesian generalized linear mixed model with random intercepts ``(1|group)``.
+    """Bayesian generalized linear mixed model in lme4's formula language.
+
+    Random effects: intercepts ``(1|g)``; correlated intercepts and slopes ``(x|g)``,
+    ``(1 + x + z|g)`` (sds with half-normal priors, an LKJ prior on the correlations: keys
+    ``'1|g'``, ``'x|g'`` and ``'cor|g'`` in ``priors=``); slopes only ``(0 + x|g)``;
+    uncorrelated ``(x||g)`` (or ``(1|g) + (0 + x|g)``); factor slopes ``(sex|g)``, one
+    deviation per non-reference level (``sexmale``); nested ``(1|site/plot)`` and combined
+    ``(1|a:b)`` factors. ``ranef`` has a column per random term, ``fixef`` adds them to the
+    fixed effects (lme4's ``coef()``), ``ranef_var`` lists the sds and correlations
+    (``sd__(Intercept)``, ``sd__x``, ``cor__(Intercept).x`` for a factor with slopes).
+    ``icc`` and ``kfold`` are for random intercepts only.
 
     Parameters are those of :class:`Model`.
 
@@ -770,6 +780,10 @@ class glmer(Model):  # noqa: N801  (pymer4's name)
     >>> model = glmer("survived ~ sex + (1|pclass)", data=load_dataset("titanic"))
     >>> model.fit(exponentiate=True)  # doctest: +SKIP
     >>> model.ranef  # doctest: +SKIP
+    >>> formula = "use01 ~ age + I(age^2) + urban + livch + (urban | district)"
+    >>> slopes = glmer(formula, data=load_dataset("contraception"))
+    >>> slopes.fit()  # doctest: +SKIP
+    >>> slopes.ranef_var  # doctest: +SKIP
     """
 
     _requires_groups = True
@@ -797,7 +811,8 @@ class glmer(Model):  # noqa: N801  (pymer4's name)
 
     @property
     def ranef(self) -> pl.DataFrame | dict[str, pl.DataFrame]:
-        """``level, (Intercept)``: group deviations (posterior medians; exp() if exponentiated).
+        """``level`` and a column per random term (``(Intercept)``, slopes such as ``x``):
+        group deviations (posterior medians; exp() if exponentiated).
 
         A dict keyed by grouping column when the model has several.
         """
@@ -812,7 +827,9 @@ class glmer(Model):  # noqa: N801  (pymer4's name)
 
     @property
     def ranef_var(self) -> pl.DataFrame:
-        """``group, term, estimate, conf_low, conf_high``: sd of the group intercepts."""
+        """``group, term, estimate, conf_low, conf_high``: sd of the group intercepts
+        (``(Intercept)``), or for a factor with slopes lme4's VarCorr rows ``sd__<term>`` and
+        ``cor__<term>.<term>``."""
         self._require_fit("ranef_var")
         return summaries.ranef_var_table(self.spec, self.posterior, self.ci)
 

@@ -635,6 +635,15 @@ def build_spec(
                 "need at least two groups."
             )
     numeric = [c for c in fixed_vars if c not in factor_cols]
+    for part in parsed.random:
+        factor_slopes = [v for v in part.variables if v in factor_cols]
+        if factor_slopes and not part.correlated:
+            raise ValueError(
+                f"Uncorrelated random effects of {part.group!r} with the factor(s) "
+                f"{factor_slopes}: lme4 reads (f || g) and (1 | g) + (0 + f | g) with a factor "
+                "f as correlated effects of f's levels, which bayesmer does not split; write "
+                f"({' + '.join(part.variables)} | {part.group}) for correlated effects."
+            )
 
     work = clean.with_columns(
         [*resp_exprs, *[level_expr(c, schema[c]) for c in level_cols]]
