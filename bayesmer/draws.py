@@ -1,8 +1,10 @@
 """Reading posterior draws back as plain arrays, and the small statistics computed on them.
 
 Every summary and marginal estimate in bayesmer goes through these functions, so they only
-depend on the reported posterior variables (``b``, ``sd_g``, ``u_g``; see
+depend on the reported posterior variables (``b``, ``sd_g``, ``u_g``, ``cor_g``; see
 :mod:`bayesmer.pymc_model`) and the :class:`~bayesmer.spec.ModelSpec`.
+:func:`linear_predictor` is the one place the linear predictor is computed from draws, for
+any rows (fitted cells, a reference grid, new data).
 """
 
 from __future__ import annotations
@@ -34,12 +36,12 @@ def fixed(trace: xr.DataTree | xr.Dataset) -> np.ndarray:
 
 
 def group_sd(trace: xr.DataTree | xr.Dataset, group: GroupSpec) -> np.ndarray:
-    """Draws of a grouping factor's sd, shape (S,)."""
+    """Draws of a grouping factor's sd, shape (S,); (S, terms) for a factor with slopes."""
     return stacked(trace, group.sd_name)
 
 
 def group_effects(trace: xr.DataTree | xr.Dataset, group: GroupSpec) -> np.ndarray:
-    """Draws of the group deviations, shape (S, levels)."""
+    """Draws of the group deviations, shape (S, levels); (S, levels, terms) with slopes."""
     return stacked(trace, group.effect_name)
 
 

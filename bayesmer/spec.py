@@ -194,9 +194,10 @@ class ModelSpec:
     formula : ParsedFormula
     family : Family
     factors : dict
-        Level order of each categorical fixed-effect column (first = reference).
+        Level order of each categorical fixed-effect or random-slope column (first =
+        reference).
     numeric : list of str
-        Numeric fixed-effect columns.
+        Numeric fixed-effect and random-slope columns.
     groups : list of GroupSpec
     cells : pl.DataFrame
         One row per collapsed cell: predictor and group columns (factors as strings), ``_y``,

@@ -391,12 +391,13 @@ LME4_CONTRACEPTION = {
 
 
 @pytest.mark.slow
-def test_contraception_random_slopes_match_lme4():
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_contraception_random_slopes_match_lme4(seed):
     from bayesmer import load_dataset
 
     formula = "use01 ~ age + I(age^2) + urban + livch + (urban | district)"
     model = glmer(formula, load_dataset("contraception"))
-    model.fit(random_seed=1, progressbar=False)  # the defaults
+    model.fit(random_seed=seed, progressbar=False)  # the defaults
     fit = model.result_fit
     assert fit["term"].to_list() == list(LME4_CONTRACEPTION)
     for row in fit.iter_rows(named=True):
@@ -419,3 +420,19 @@ def test_uncorrelated_factor_slopes_are_rejected(titanic):
     for formula in ("survived ~ sex + (sex || pclass)", "survived ~ (1|pclass) + (0 + sex|pclass)"):
         with pytest.raises(ValueError, match=r"factor\(s\) \['sex'\].*\(sex \| pclass\)"):
             _ = glmer(formula, titanic).spec
+
+
+def test_ppc_and_simulate_draw_new_levels_with_their_slopes(binomial_slopes):
+    model = binomial_slopes
+    table = model.ppc(stat="mean", re="new", random_seed=1)
+    observed = float(model.data["y"].mean())
+    assert table["observed"][0] == pytest.approx(observed)
+    # new groups spread the replicated means wider than the fitted groups do
+    fitted = model.ppc(stat="mean", random_seed=1)
+    width = (table["replicated_high"] - table["replicated_low"])[0]
+    assert width > (fitted["replicated_high"] - fitted["replicated_low"])[0]
+    sims = model.simulate(200, re="new", random_seed=2)
+    assert sims.shape == (model.data.height, 200)
+    assert abs(sims.to_numpy().mean() - observed) < 0.05
+    again = model.simulate(200, re="new", random_seed=2)
+    assert sims.equals(again)
