@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -35,9 +35,19 @@ from scipy import special
 from .collapse import CELL, EXPOSURE, ROWS, TRIALS, WEIGHT, Y
 from .compat import PREDICT, SIMULATE, reject, resolve_re
 from .diagnostics import PACKAGE_DIR
-from .draws import fixed, group_effects, group_sd, hdi
+from .draws import (
+    GroupRows,
+    fixed,
+    group_cor,
+    group_effects,
+    group_sd,
+    hdi,
+    linear_predictor,
+    new_effects,
+    random_variance,
+)
 from .emmeans import QUADRATURE_NODES, marginal_link
-from .spec import ModelSpec, level_expr, to_lazy, with_group_columns
+from .spec import ModelSpec, level_expr, random_design, to_lazy, with_group_columns
 
 if TYPE_CHECKING:
     from .models import Model
@@ -118,7 +128,8 @@ def _predictor_exprs(
 
 def _keys(spec: ModelSpec) -> list[str]:
     """Columns that define a cell (as in :func:`bayesmer.spec.build_spec`)."""
-    return list(dict.fromkeys([*spec.formula.fixed_variables, *spec.formula.groups]))
+    parsed = spec.formula
+    return list(dict.fromkeys([*parsed.fixed_variables, *parsed.random_variables, *parsed.groups]))
 
 
 def _not_missing(columns: Sequence[str], schema: dict[str, pl.DataType]) -> pl.Expr:
@@ -223,19 +234,23 @@ def _free_name(name: str, taken: set[str]) -> str:
 
 @dataclass(frozen=True)
 class _Draws:
-    """The draws needed for the linear predictor, read once: (S, p) and (S, levels) arrays."""
+    """The draws needed for the linear predictor, read once: (S, p) and (S, levels) arrays
+    ((S, levels, terms) for a factor with slopes; ``cor`` holds its (S, terms, terms)
+    correlation matrices)."""
 
     b: np.ndarray
     u: dict[str, np.ndarray]
     sd: dict[str, np.ndarray]
     n_chains: int
+    cor: dict[str, np.ndarray] = field(default_factory=dict)
 
     @classmethod
     def read(cls, spec: ModelSpec, trace: xr.DataTree) -> _Draws:
         n_chains = trace["posterior"].sizes["chain"]
         u = {g.name: group_effects(trace, g) for g in spec.groups}
         sd = {g.name: group_sd(trace, g) for g in spec.groups}
-        return cls(fixed(trace), u, sd, n_chains)
+        cor = {g.name: group_cor(trace, g) for g in spec.groups if g.slopes}
+        return cls(fixed(trace), u, sd, n_chains, cor)
 
     @property
     def n(self) -> int:
@@ -244,14 +259,44 @@ class _Draws:
     def eta(
         self,
         X: np.ndarray,
-        group_index: dict[str, np.ndarray] | None = None,
+        groups: dict[str, GroupRows] | None = None,
         draws: slice | np.ndarray = slice(None),
     ) -> np.ndarray:
         """Linear predictor (without offset), shape (draws, rows)."""
-        eta = self.b[draws] @ X.T
-        for name, index in (group_index or {}).items():
-            eta = eta + self.u[name][draws][:, index]
-        return eta
+        u = {name: self.u[name][draws] for name in groups or {}}
+        return linear_predictor(self.b[draws], X, u, groups or {})
+
+    def random_sd(
+        self, spec: ModelSpec, Z: dict[str, np.ndarray | None], draws: slice | np.ndarray
+    ) -> np.ndarray:
+        """sd of the summed effects of new levels of every factor: (draws, 1) or (draws, rows).
+
+        ``Z`` holds each factor's random design of the rows (None for a random intercept).
+        """
+        variance = sum(
+            random_variance(
+                self.sd[g.name][draws],
+                self.cor[g.name][draws] if g.slopes else None,
+                Z[g.name],
+            )
+            for g in spec.groups
+        )
+        return np.sqrt(variance)
+
+    def new_levels(
+        self, spec: ModelSpec, rng: np.random.Generator, draws: slice | np.ndarray = slice(None)
+    ) -> dict[str, np.ndarray]:
+        """Fresh effects for every level of every factor, drawn in the order of
+        ``spec.groups`` (see :func:`bayesmer.draws.new_effects`)."""
+        return {
+            g.name: new_effects(
+                self.sd[g.name][draws],
+                self.cor[g.name][draws] if g.slopes else None,
+                len(g.levels),
+                rng,
+            )
+            for g in spec.groups
+        }
 
 
 def _blocks(n: int, width: int) -> Iterator[slice]:
@@ -450,8 +495,7 @@ def _compute_loo(model: Model) -> LooResult:
     k_i = np.empty(m)
     for block in _blocks(m, S):
         c = cells[block]
-        gi = {g.name: g.index[c] for g in spec.groups}
-        ll = _log_likelihood(spec, draws.eta(spec.X[c], gi), y[block], size[block])
+        ll = _log_likelihood(spec, draws.eta(spec.X[c], spec.group_rows(c)), y[block], size[block])
         ll = ll.T.reshape(-1, draws.n_chains, n_draws_chain)
         e, k, p = array_stats.loo(ll, chain_axis=-2, draw_axis=-1, r_eff=r_eff)
         elpd_i[block], k_i[block], p_i[block] = e, k, p
@@ -648,17 +692,15 @@ def _row_means(
     """
     X = spec.X[cells]
     if re == "groups":
-        gi = {g.name: g.index[cells] for g in spec.groups}
-        return spec.family.inverse_link(draws.eta(X, gi, sel))
+        return spec.family.inverse_link(draws.eta(X, spec.group_rows(cells), sel))
     eta = draws.eta(X, {}, sel)
     if re == "marginal" and spec.groups:
-        sigma = np.sqrt(sum(draws.sd[g.name][sel] ** 2 for g in spec.groups))
+        Z = {name: z for name, (_, z) in spec.group_rows(cells).items()}
+        sigma = draws.random_sd(spec, Z, sel)
         return spec.family.inverse_link(marginal_link(spec.family, eta, sigma))
     if re == "new":
-        for g in spec.groups:
-            sd = draws.sd[g.name][sel]
-            u = rng.standard_normal((len(sd), len(g.levels))) * sd[:, None]
-            eta = eta + u[:, g.index[cells]]
+        u = draws.new_levels(spec, rng, sel)
+        eta = linear_predictor(draws.b[sel], X, u, spec.group_rows(cells))
     return spec.family.inverse_link(eta)
 
 
@@ -680,15 +722,8 @@ def _replicate(
 
 
 def _new_group_draws(spec: ModelSpec, draws: _Draws, rng: np.random.Generator) -> _Draws:
-    """The draws with fresh group effects: per draw and level, ``sd * z`` with z ~ N(0, 1).
-
-    Drawn in the order of ``spec.groups``, one (draws x levels) array each, from ``rng``.
-    """
-    u = {
-        g.name: draws.sd[g.name][:, None] * rng.standard_normal((draws.n, len(g.levels)))
-        for g in spec.groups
-    }
-    return _Draws(draws.b, u, draws.sd, draws.n_chains)
+    """The draws with fresh group effects for every level (see :meth:`_Draws.new_levels`)."""
+    return _Draws(draws.b, draws.new_levels(spec, rng), draws.sd, draws.n_chains, draws.cor)
 
 
 Statistic = Callable[[np.ndarray, pl.DataFrame], np.ndarray]
@@ -1021,11 +1056,13 @@ def simulate(
 
 @dataclass(frozen=True)
 class _Design:
-    """Rows to predict: what to show, design matrix, group indices and log exposure."""
+    """Rows to predict: what to show, design matrix, group levels and random designs (see
+    :data:`bayesmer.draws.GroupRows`; levels of -1 when the groups are not given) and log
+    exposure."""
 
     frame: pl.DataFrame
     X: np.ndarray
-    group_index: dict[str, np.ndarray]
+    groups: dict[str, GroupRows]
     log_exposure: np.ndarray
     #: Which rows of ``frame`` are predicted (the others miss a value); None for all.
     complete: np.ndarray | None = None
@@ -1041,7 +1078,7 @@ def _fitted_design(model: Model) -> _Design:
     return _Design(
         _public_rows(spec, rows),
         spec.X[cells],
-        {g.name: g.index[cells] for g in spec.groups},
+        spec.group_rows(cells),
         log_exposure,
     )
 
@@ -1057,6 +1094,8 @@ def _new_design(model: Model, data: Any, re: str, allow_missing: bool = False) -
     lf, _ = to_lazy(data)
     schema = dict(lf.collect_schema())
     predictors = list(parsed.fixed_variables)
+    if re != "zero":  # the random slopes' columns
+        predictors = list(dict.fromkeys([*predictors, *parsed.random_variables]))
     sources = [c for g in parsed.groups for c in parsed.group_sources(g)] if re == "groups" else []
     offset_col = parsed.exposure or parsed.offset
     needed = list(dict.fromkeys([*predictors, *sources, *([offset_col] if offset_col else [])]))
@@ -1104,13 +1143,15 @@ def _new_design(model: Model, data: Any, re: str, allow_missing: bool = False) -
         predictors = list(dict.fromkeys([*predictors, *parsed.groups]))
     converted = raw.select(_predictor_exprs(spec, schema, predictors))
     for col, levels in spec.factors.items():
+        if col not in converted.columns:  # a random slope's column, unused with re='zero'
+            continue
         unknown = sorted(set(converted[col].to_list()) - set(levels))
         if unknown:
             raise ValueError(
                 f"predict() data has level(s) {unknown} of {col!r} that the model was not "
                 f"fitted with; its levels are {levels}."
             )
-    group_index: dict[str, np.ndarray] = {}
+    group_index = {g.name: np.full(len(raw), -1, dtype=np.int64) for g in spec.groups}
     if re == "groups":
         for g in spec.groups:
             values = converted[g.name].to_list()
@@ -1138,9 +1179,20 @@ def _new_design(model: Model, data: Any, re: str, allow_missing: bool = False) -
         log_exposure = np.log(e)
     elif parsed.offset is not None:
         log_exposure = raw[parsed.offset].cast(pl.Float64).to_numpy()
+    groups = {
+        g.name: (
+            group_index[g.name],
+            None
+            if not g.slopes or re == "zero"
+            else random_design(spec, g, converted)
+            if len(raw)
+            else np.zeros((0, len(g.terms))),
+        )
+        for g in spec.groups
+    }
     row_name = _free_name("row", set(needed))
     frame = frame.with_row_index(row_name).with_columns(pl.col(row_name).cast(pl.Int64))
-    return _Design(frame, X, group_index, log_exposure, complete)
+    return _Design(frame, X, groups, log_exposure, complete)
 
 
 def predict(
@@ -1229,20 +1281,27 @@ def predict(
     else:
         design = _new_design(model, data, re, allow_missing=output != "draws")
     draws = _Draws.read(spec, model.posterior)
-    group_index = design.group_index if re == "groups" else {}
+    groups = design.groups if re == "groups" else {}
     sigma = None
     if re == "marginal":
-        sigma = np.sqrt(sum(draws.sd[g.name] ** 2 for g in spec.groups))
+        sigma = draws.random_sd(
+            spec, {name: Z for name, (_, Z) in design.groups.items()}, slice(None)
+        )
     n_rows = design.X.shape[0]
     width = draws.n * (QUADRATURE_NODES if sigma is not None else 1)
     values = np.empty((draws.n, n_rows)) if output == "draws" else None
     means = np.empty(n_rows)
     stats = {k: np.empty(n_rows) for k in ("estimate", "sd", "conf_low", "conf_high")}
     for block in _blocks(n_rows, width):
-        gi = {name: index[block] for name, index in group_index.items()}
+        gi = {
+            name: (index[block], None if Z is None else Z[block])
+            for name, (index, Z) in groups.items()
+        }
         eta = draws.eta(design.X[block], gi)
         offset = design.log_exposure[block]
-        link = eta if sigma is None else marginal_link(spec.family, eta, sigma)
+        if sigma is not None:
+            eta = marginal_link(spec.family, eta, sigma if sigma.shape[1] == 1 else sigma[:, block])
+        link = eta
         # a Poisson row's exposure shifts the link; the offset is 0 for binomial models
         link = link + offset
         v = link if type_predict == "link" else spec.family.inverse_link(link)
@@ -1302,7 +1361,7 @@ def fitted_values(model: Model, type_predict: str = "response") -> tuple[np.ndar
     mean_link = np.empty(n_cells)
     mean_response = np.empty(n_cells)
     for block in _blocks(n_cells, draws.n):
-        eta = draws.eta(spec.X[block], {g.name: g.index[block] for g in spec.groups})
+        eta = draws.eta(spec.X[block], spec.group_rows(np.arange(n_cells)[block]))
         mean_link[block] = eta.mean(axis=0)
         mean_response[block] = spec.family.inverse_link(eta).mean(axis=0)
     cells = rows[CELL].to_numpy().astype(np.int64)

@@ -86,10 +86,12 @@ def _flatten(ds: xr.Dataset, names: list[str]) -> tuple[list[str], np.ndarray]:
             labels.append(name)
             cols.append(da.transpose("chain", "draw").values[..., None])
             continue
-        (dim,) = extra
-        for lv in da[dim].values:
-            labels.append(f"{name}[{lv}]")
-        cols.append(da.transpose("chain", "draw", dim).values)
+        values = da.transpose("chain", "draw", *extra).values
+        # one label per scalar, in C order: u_g[level] or u_g[level, term]
+        for idx in np.ndindex(*values.shape[2:]):
+            coords = ", ".join(str(da[d].values[i]) for d, i in zip(extra, idx, strict=True))
+            labels.append(f"{name}[{coords}]")
+        cols.append(values.reshape(*values.shape[:2], -1))
     return labels, np.concatenate(cols, axis=-1)
 
 

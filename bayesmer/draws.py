@@ -1,8 +1,10 @@
 """Reading posterior draws back as plain arrays, and the small statistics computed on them.
 
 Every summary and marginal estimate in bayesmer goes through these functions, so they only
-depend on the reported posterior variables (``b``, ``sd_g``, ``u_g``; see
+depend on the reported posterior variables (``b``, ``sd_g``, ``u_g``, ``cor_g``; see
 :mod:`bayesmer.pymc_model`) and the :class:`~bayesmer.spec.ModelSpec`.
+:func:`linear_predictor` is the one place the linear predictor is computed from draws, for
+any rows (fitted cells, a reference grid, new data).
 """
 
 from __future__ import annotations
@@ -34,13 +36,91 @@ def fixed(trace: xr.DataTree | xr.Dataset) -> np.ndarray:
 
 
 def group_sd(trace: xr.DataTree | xr.Dataset, group: GroupSpec) -> np.ndarray:
-    """Draws of a grouping factor's sd, shape (S,)."""
+    """Draws of a grouping factor's sd, shape (S,); (S, terms) for a factor with slopes."""
     return stacked(trace, group.sd_name)
 
 
 def group_effects(trace: xr.DataTree | xr.Dataset, group: GroupSpec) -> np.ndarray:
-    """Draws of the group deviations, shape (S, levels)."""
+    """Draws of the group deviations, shape (S, levels); (S, levels, terms) with slopes."""
     return stacked(trace, group.effect_name)
+
+
+def group_cor(trace: xr.DataTree | xr.Dataset, group: GroupSpec) -> np.ndarray:
+    """Draws of a factor's correlation matrix, shape (S, terms, terms); the identity for
+    uncorrelated effects."""
+    q = len(group.terms)
+    n = stacked(trace, group.sd_name).shape[0]
+    out = np.broadcast_to(np.eye(q), (n, q, q)).copy()
+    if group.cor_pairs:
+        cor = stacked(trace, group.cor_name)
+        for k, (i, j) in enumerate(group.cor_pairs):
+            out[:, i, j] = out[:, j, i] = cor[:, k]
+    return out
+
+
+#: A grouping factor's part of some rows: each row's level, and its random design
+#: (rows x terms; None for a random intercept).
+GroupRows = tuple[np.ndarray, np.ndarray | None]
+
+
+def linear_predictor(
+    b: np.ndarray, X: np.ndarray, u: dict[str, np.ndarray], groups: dict[str, GroupRows]
+) -> np.ndarray:
+    """Fixed part plus group effects per draw, shape (S, rows), without offset.
+
+    The one place the linear predictor is computed from draws, for any rows (fitted cells,
+    a reference grid, new data).
+
+    Parameters
+    ----------
+    b : np.ndarray
+        Fixed coefficients (S, p).
+    X : np.ndarray
+        Fixed design of the rows (rows x p).
+    u : dict
+        Group effects per factor: (S, levels) for a random intercept, (S, levels, terms)
+        with slopes.
+    groups : dict
+        Per factor to include, its :data:`GroupRows` for the rows.
+    """
+    eta = b @ X.T
+    for name, (index, Z) in groups.items():
+        eta = eta + group_part(u[name], index, Z)
+    return eta
+
+
+def group_part(u: np.ndarray, index: np.ndarray, Z: np.ndarray | None) -> np.ndarray:
+    """One factor's contribution to the linear predictor, (S, rows): ``u[index] . z``."""
+    if Z is None:
+        return u[:, index]
+    return np.einsum("srq,rq->sr", u[:, index, :], Z)
+
+
+def random_variance(sd: np.ndarray, cor: np.ndarray | None, Z: np.ndarray | None) -> np.ndarray:
+    """Variance of one factor's contribution for a new level: ``z' Sigma z`` per draw and row.
+
+    ``sd`` is (S,) for a random intercept (variance ``sd^2``, shape (S, 1)) or (S, terms)
+    with ``cor`` (S, terms, terms) and ``Z`` (rows x terms): shape (S, rows).
+    """
+    if Z is None:
+        return (sd**2)[:, None]
+    zs = Z[None, :, :] * sd[:, None, :]
+    return np.einsum("srq,sqk,srk->sr", zs, cor, zs)
+
+
+def new_effects(
+    sd: np.ndarray, cor: np.ndarray | None, n_levels: int, rng: np.random.Generator
+) -> np.ndarray:
+    """Effects of ``n_levels`` new levels per draw, drawn from the fitted distribution.
+
+    (S, levels) ``sd * z`` for a random intercept; (S, levels, terms) ``z @ L.T * sd`` with
+    ``L`` the Cholesky factor of each draw's correlation matrix.
+    """
+    if cor is None:
+        return sd[:, None] * rng.standard_normal((len(sd), n_levels))
+    z = rng.standard_normal((len(sd), n_levels, sd.shape[1]))
+    chol = np.linalg.cholesky(cor)
+    return np.einsum("slk,sqk->slq", z, chol) * sd[:, None, :]
 
 
 def hdi(values: np.ndarray, prob: float) -> np.ndarray:

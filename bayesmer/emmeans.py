@@ -25,9 +25,19 @@ from numpy.polynomial.legendre import leggauss
 from scipy import special
 
 from .collapse import ROWS
-from .draws import fixed, group_effects, group_sd, hdi, prob_direction
+from .draws import (
+    fixed,
+    group_cor,
+    group_effects,
+    group_part,
+    group_sd,
+    hdi,
+    new_effects,
+    prob_direction,
+    random_variance,
+)
 from .families import Family
-from .spec import GroupSpec, ModelSpec, parent_levels
+from .spec import GroupSpec, ModelSpec, parent_levels, random_design
 
 if TYPE_CHECKING:
     from .models import Model
@@ -545,7 +555,9 @@ def _numeric_mean(spec: ModelSpec, col: str) -> float:
 def _axes(spec: ModelSpec, values: dict[str, list[Any]]) -> dict[str, list[Any]]:
     """Grid values of every fixed-effect variable (``at`` first, else levels or the mean)."""
     axes: dict[str, list[Any]] = {}
-    for col in spec.formula.fixed_variables:
+    parsed = spec.formula
+    # the random slopes' columns too: the random design of a grid point needs them
+    for col in dict.fromkeys([*parsed.fixed_variables, *parsed.random_variables]):
         if col in spec.factors:
             axes[col] = values.get(col, list(spec.factors[col]))
         elif col in spec.numeric:
@@ -775,31 +787,53 @@ def _link_values(
         col, step = shift
         frame = frame.with_columns(pl.col(col) + step)
     eta = fixed(trace) @ _design_rows(spec, frame).T
+    Z = {g.name: random_design(spec, g, frame) if g.slopes else None for g in spec.groups}
     for g in spec.groups:
         if g.name in frame.columns:
             index = frame[g.name].cast(pl.String).cast(pl.Enum(g.levels)).to_physical()
-            eta = eta + group_effects(trace, g)[:, index.to_numpy().astype(np.int64)]
+            index = index.to_numpy().astype(np.int64)
+            eta = eta + group_part(group_effects(trace, g), index, Z[g.name])
     if grid.remaining and re == "marginal":
-        variance = sum(group_sd(trace, g) ** 2 for g in grid.remaining)
+        variance = sum(
+            random_variance(
+                group_sd(trace, g), group_cor(trace, g) if g.slopes else None, Z[g.name]
+            )
+            for g in grid.remaining
+        )
         eta = marginal_link(spec.family, eta, np.sqrt(variance))
     elif grid.remaining and re == "new":
-        eta = eta + new_group_effect(trace, grid.remaining, random_seed)[:, None]
+        eta = eta + new_group_effect(trace, grid.remaining, random_seed, Z)
     elif grid.remaining and re == "groups":
-        effects = sum(
-            group_effects(trace, g)[:, grid.combos[:, i]] for i, g in enumerate(grid.remaining)
-        )
+        effects = {
+            g.name: group_effects(trace, g)[:, grid.combos[:, i]]
+            for i, g in enumerate(grid.remaining)
+        }
+        intercepts = sum(effects[g.name] for g in grid.remaining if not g.slopes)
         out = np.empty_like(eta)
-        for part in _column_chunks(eta.shape[0], eta.shape[1], effects.shape[1]):
-            nodes = eta[:, part, None] + effects[:, None, :]
+        for part in _column_chunks(eta.shape[0], eta.shape[1], grid.combos.shape[0]):
+            # (S, grid points, observed combinations): each combination's summed effects
+            nodes = eta[:, part, None] + (
+                intercepts[:, None, :] if isinstance(intercepts, np.ndarray) else 0.0
+            )
+            for g in grid.remaining:
+                if g.slopes:
+                    nodes = nodes + np.einsum("skq,nq->snk", effects[g.name], Z[g.name][part])
             out[:, part] = _link_of_mean(spec.family, nodes, grid.group_weights[None, part])
         eta = out
     return eta @ grid.weights.T
 
 
 def new_group_effect(
-    trace: Any, groups: list[GroupSpec], random_seed: int | None = None
+    trace: Any,
+    groups: list[GroupSpec],
+    random_seed: int | None = None,
+    Z: dict[str, np.ndarray | None] | None = None,
 ) -> np.ndarray:
-    """One new group's summed effect per draw: ``sqrt(sum of sd^2) * z``, z ~ N(0, 1).
+    """One new group's summed effect per draw.
+
+    For random intercepts ``sqrt(sum of sd^2) * z``, z ~ N(0, 1); a factor with slopes adds
+    ``u . z_row`` with ``u ~ N(0, Sigma)`` drawn once per draw (see
+    :func:`bayesmer.draws.new_effects`) and ``z_row`` each row's random design.
 
     Parameters
     ----------
@@ -809,15 +843,26 @@ def new_group_effect(
         The grouping factors whose effects are drawn anew.
     random_seed : int, optional
         Seed of ``numpy.random.default_rng``; :data:`NEW_GROUP_SEED` when None.
+    Z : dict, optional
+        The random design of the rows per factor with slopes (needed for those).
 
     Returns
     -------
     np.ndarray
-        Shape (S,): one effect per posterior draw (chains stacked).
+        Shape (S, 1) for random intercepts (one effect per posterior draw, chains stacked),
+        (S, rows) when a factor has slopes.
     """
-    sigma = np.sqrt(sum(group_sd(trace, g) ** 2 for g in groups))
     rng = np.random.default_rng(NEW_GROUP_SEED if random_seed is None else random_seed)
-    return sigma * rng.standard_normal(sigma.shape[0])
+    intercepts = [g for g in groups if not g.slopes]
+    out = 0.0
+    if intercepts:
+        sigma = np.sqrt(sum(group_sd(trace, g) ** 2 for g in intercepts))
+        out = (sigma * rng.standard_normal(sigma.shape[0]))[:, None]
+    for g in groups:
+        if g.slopes:
+            u = new_effects(group_sd(trace, g), group_cor(trace, g), 1, rng)[:, 0, :]
+            out = out + u @ Z[g.name].T
+    return out
 
 
 def _cdf(link: str, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -863,6 +908,10 @@ def _link_of_mean(family: Family, nodes: np.ndarray, weights: np.ndarray) -> np.
 def marginal_link(family: Family, eta: np.ndarray, sd: np.ndarray) -> np.ndarray:
     """link(E[inverse_link(eta + sd * Z)]), Z ~ N(0, 1), per draw (rows of ``eta``).
 
+    ``sd`` is one value per draw, shape (S,) or (S, 1), or one per draw and column of
+    ``eta`` (S, columns): with random slopes the sd of a new group's effect differs between
+    rows (``sqrt(z' Sigma z)``).
+
     Exact for the log link (``eta + sd^2 / 2``) and the probit link
     (``eta / sqrt(1 + sd^2)``). For logit and cloglog: Gauss-Hermite quadrature while
     ``sd <= HERMITE_MAX_SD[link]``; for larger sds the inverse link is nearly a step at the scale of
@@ -870,7 +919,8 @@ def marginal_link(family: Family, eta: np.ndarray, sd: np.ndarray) -> np.ndarray
     drawn from the distribution F) is integrated instead, by Gauss-Legendre over the
     quantiles of L. Both rules are accurate to about 1e-6 or better over their ranges.
     """
-    sd = sd[:, None]
+    # one sd per draw (S,) or (S, 1), or per draw and column of eta (S, columns)
+    sd = sd[:, None] if sd.ndim == 1 else sd
     if family.link == "log":
         return eta + sd**2 / 2
     if family.link == "probit":
@@ -881,13 +931,14 @@ def marginal_link(family: Family, eta: np.ndarray, sd: np.ndarray) -> np.ndarray
     v, wv = (x + 1) / 2, wx / 2
     quantiles = _quantile(family.link, v)
     out = np.empty_like(eta)
-    wide = (sd[:, 0] > HERMITE_MAX_SD[family.link])[:, None]
     for part in _column_chunks(eta.shape[0], eta.shape[1], QUADRATURE_NODES):
         e = eta[:, part, None]
-        p, q = _cdf(family.link, e + sd[:, :, None] * z)
+        s = sd if sd.shape[1] == 1 else sd[:, part]
+        wide = s > HERMITE_MAX_SD[family.link]
+        p, q = _cdf(family.link, e + s[:, :, None] * z)
         hermite = _link_from(family.link, p @ wz, q @ wz)
         if wide.any():
-            t = (e - quantiles) / sd[:, :, None]
+            t = (e - quantiles) / s[:, :, None]
             legendre = _link_from(family.link, special.ndtr(t) @ wv, special.ndtr(-t) @ wv)
             hermite = np.where(wide, legendre, hermite)
         out[:, part] = hermite

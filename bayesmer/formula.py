@@ -1,7 +1,8 @@
 """Parse lme4-style formulas into their parts.
 
 The fixed-effects part is later handed to formulae for the design matrix; this module only
-splits a formula into response, fixed terms, random intercepts and an offset, and rejects what
+splits a formula into response, fixed terms, random effects (``(1|g)``, ``(x|g)``, ``(0 + x|g)``,
+``(x||g)``, nested ``(1|a/b)`` and combined ``(1|a:b)`` factors) and an offset, and rejects what
 bayesmer does not support with a message that says so.
 """
 
@@ -54,6 +55,41 @@ class Response:
 
 
 @dataclass(frozen=True)
+class RandomPart:
+    """The random effects of one grouping factor.
+
+    Attributes
+    ----------
+    group : str
+        The grouping factor (a column, or ``'a:b'`` for a combination of columns).
+    intercept : bool
+        Whether the levels have their own intercept (lme4's default; ``0 +`` or ``-1 +``
+        removes it).
+    variables : tuple of str
+        The columns with a slope per level, in formula order (a factor gives one slope per
+        non-reference level, as in the fixed part).
+    correlated : bool
+        Whether the intercept and slopes are correlated (``|``) or not (``||``, or several
+        one-column terms such as ``(1|g) + (0 + x|g)``).
+    """
+
+    group: str
+    intercept: bool = True
+    variables: tuple[str, ...] = ()
+    correlated: bool = True
+
+    @property
+    def slopes(self) -> bool:
+        """Whether the factor has anything but a random intercept."""
+        return bool(self.variables) or not self.intercept
+
+    @property
+    def rhs(self) -> str:
+        """The random design in Wilkinson syntax, for formulae (``'1 + x'``, ``'0 + x'``)."""
+        return " + ".join(["1" if self.intercept else "0", *self.variables])
+
+
+@dataclass(frozen=True)
 class ParsedFormula:
     """A formula split into the pieces bayesmer models.
 
@@ -67,7 +103,7 @@ class ParsedFormula:
         Right-hand side of the fixed effects in Wilkinson syntax (``"1"`` if empty), calls such
         as ``log(x)`` or ``I(x^2)`` as written.
     groups : tuple of str
-        Grouping factors of the random intercepts, in formula order: a column (``(1|g)``) or
+        Grouping factors of the random effects, in formula order: a column (``(1|g)``) or
         a combination of columns named as lme4 names it (``'site:plot'`` for ``(1|site:plot)``;
         ``(1|site/plot)`` gives ``'site'`` and ``'site:plot'``).
     exposure : str or None
@@ -76,6 +112,8 @@ class ParsedFormula:
         Column holding a log-scale offset when the formula has ``offset(col)``.
     calls : tuple of Call
         The calls in the fixed part (see :mod:`bayesmer.transforms`).
+    random : tuple of RandomPart
+        The random effects of each grouping factor, in the order of ``groups``.
     """
 
     formula: str
@@ -85,6 +123,16 @@ class ParsedFormula:
     exposure: str | None = None
     offset: str | None = None
     calls: tuple[Call, ...] = ()
+    random: tuple[RandomPart, ...] = ()
+
+    def random_part(self, group: str) -> RandomPart:
+        """The random effects of a grouping factor (a random intercept by default)."""
+        return next((r for r in self.random if r.group == group), RandomPart(group))
+
+    @property
+    def random_variables(self) -> list[str]:
+        """Data columns with random slopes, in order of first appearance."""
+        return list(dict.fromkeys(v for r in self.random for v in r.variables))
 
     @property
     def fixed_variables(self) -> list[str]:
@@ -101,7 +149,7 @@ class ParsedFormula:
     @property
     def columns(self) -> list[str]:
         """Every data column the formula uses."""
-        cols = [*self.response.columns, *self.fixed_variables]
+        cols = [*self.response.columns, *self.fixed_variables, *self.random_variables]
         cols += [c for g in self.groups for c in self.group_sources(g)]
         cols += [c for c in (self.exposure, self.offset) if c is not None]
         return list(dict.fromkeys(cols))
@@ -143,7 +191,7 @@ def _parse_response(lhs: str) -> Response:
 
 
 def parse_formula(formula: str) -> ParsedFormula:
-    """Split an lme4-style formula into response, fixed part, random intercepts and offset.
+    """Split an lme4-style formula into response, fixed part, random effects and offset.
 
     Parameters
     ----------
@@ -158,8 +206,9 @@ def parse_formula(formula: str) -> ParsedFormula:
     Raises
     ------
     ValueError
-        If the formula has no single ``~``, uses random slopes, or a call in the fixed part
-        that bayesmer does not support (see :mod:`bayesmer.transforms`).
+        If the formula has no single ``~``, a random term bayesmer cannot read (calls inside
+        it, or several terms on one factor that are not one column each), or a call in the
+        fixed part that bayesmer does not support (see :mod:`bayesmer.transforms`).
     TypeError
         If ``formula`` is not a string.
     """
@@ -173,22 +222,18 @@ def parse_formula(formula: str) -> ParsedFormula:
     response = _parse_response(lhs)
 
     groups: list[str] = []
+    parts: dict[str, list[tuple[RandomPart, str]]] = {}
     for m in _RANDOM.finditer(rhs):
         expr, group = m.group(1).strip(), m.group(2).strip()
-        if "||" in m.group(0):
-            raise ValueError(f"Random-effect term {m.group(0)!r}: '||' is not supported yet.")
-        if expr != "1":
-            raise ValueError(
-                f"Random-effect term {m.group(0)!r}: random slopes are not supported yet; "
-                "only random intercepts such as (1|group) are."
-            )
+        correlated = "||" not in m.group(0)
+        intercept, variables = _random_expression(expr, m.group(0))
         for name in _grouping_factors(group, m.group(0)):
-            if name in groups:
-                raise ValueError(
-                    f"The grouping factor {name!r} appears twice in {formula!r}"
-                    + (" ((1|a/b) already means (1|a) + (1|a:b))." if ":" in name else ".")
-                )
-            groups.append(name)
+            if name not in parts:
+                groups.append(name)
+            parts.setdefault(name, []).append(
+                (RandomPart(name, intercept, variables, correlated), m.group(0))
+            )
+    random = tuple(_merge_parts(name, parts[name], formula) for name in groups)
     rest = _RANDOM.sub(" ", rhs)
 
     exposure = offset = None
@@ -204,7 +249,9 @@ def parse_formula(formula: str) -> ParsedFormula:
     fixed = _tidy_terms(rest)
     if "|" in fixed:
         raise ValueError(
-            f"Could not read the random-effect part of {formula!r}: write it as (1 | group)."
+            f"Could not read the random-effect part of {formula!r}: write it as (1 | group), "
+            "(1 + x | group) or (x || group), with plain column names (no calls such as "
+            "log(x) inside random terms)."
         )
     calls = tuple(find_calls(fixed))
     outside = fixed
@@ -217,7 +264,63 @@ def parse_formula(formula: str) -> ParsedFormula:
             f"Unexpected characters {bad!r} in the fixed part of {formula!r}: "
             "use column names joined by +, *, : and -1, or calls such as log(x) and I(x^2)."
         )
-    return ParsedFormula(formula, response, fixed, tuple(groups), exposure, offset, calls)
+    return ParsedFormula(formula, response, fixed, tuple(groups), exposure, offset, calls, random)
+
+
+def _random_expression(expr: str, term: str) -> tuple[bool, tuple[str, ...]]:
+    """The left side of a random term: (has an intercept, columns with slopes)."""
+    tokens = [t.strip() for t in re.split(r"\+", re.sub(r"-\s*1\b", "+ -1", expr))]
+    tokens = [t for t in tokens if t]
+    intercept = "0" not in tokens and "-1" not in tokens
+    variables = [t for t in tokens if t not in ("0", "1", "-1")]
+    for t in variables:
+        if "(" in t:
+            raise ValueError(
+                f"Random-effect term {term!r}: calls such as {t!r} are not supported inside "
+                "random terms yet; add the transformed values as a column of the data and use "
+                "that column."
+            )
+        if not re.fullmatch(_IDENT, t):
+            raise ValueError(
+                f"Random-effect term {term!r}: could not read {t!r}; write the random part "
+                "as columns joined by '+', e.g. (1 + x | g), (0 + x | g) or (x || g)."
+            )
+    if len(set(variables)) != len(variables):
+        raise ValueError(f"Random-effect term {term!r} names a column twice.")
+    if not intercept and not variables:
+        raise ValueError(f"Random-effect term {term!r} has neither an intercept nor a slope.")
+    return intercept, tuple(variables)
+
+
+def _merge_parts(name: str, parts: list[tuple[RandomPart, str]], formula: str) -> RandomPart:
+    """One grouping factor's terms as one :class:`RandomPart`.
+
+    Several terms on a factor are accepted when each has one column (``(1|g) + (0 + x|g)``,
+    lme4's way of writing ``(x || g)``): uncorrelated effects.
+    """
+    if len(parts) == 1:
+        return parts[0][0]
+    columns = [
+        "(Intercept)" if p.intercept else p.variables[0]
+        for p, _ in parts
+        if len(p.variables) + p.intercept == 1
+    ]
+    if len(columns) < len(parts) or len(set(columns)) < len(columns):
+        terms = " + ".join(t for _, t in parts)
+        if all(not p.slopes for p, _ in parts):
+            raise ValueError(
+                f"The grouping factor {name!r} appears twice in {formula!r}"
+                + (" ((1|a/b) already means (1|a) + (1|a:b))." if ":" in name else ".")
+            )
+        raise ValueError(
+            f"The grouping factor {name!r} appears in several random terms ({terms}) that "
+            "bayesmer cannot combine: write one term per factor, (1 + x | g) for correlated "
+            "effects or (x || g) for uncorrelated ones; separate one-column terms such as "
+            "(1 | g) + (0 + x | g) are read as (x || g)."
+        )
+    intercept = "(Intercept)" in columns
+    variables = tuple(c for c in columns if c != "(Intercept)")
+    return RandomPart(name, intercept, variables, correlated=False)
 
 
 def _grouping_factors(group: str, term: str) -> list[str]:

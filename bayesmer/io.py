@@ -35,7 +35,7 @@ import polars as pl
 import xarray as xr
 
 from .collapse import CELL, EXPOSURE, ROWS, TRIALS, WEIGHT, Y
-from .priors import Prior, to_prior
+from .priors import Prior, lkj_prior, to_prior
 
 if TYPE_CHECKING:
     from .models import Model
@@ -181,7 +181,10 @@ def _plain(value: Any, what: str) -> Any:
 def _encode_prior(key: str, value: Any) -> dict[str, Any]:
     if isinstance(value, tuple | list):
         return {"type": "tuple", "value": _plain(list(value), f"the prior for {key!r}")}
-    prior = to_prior(key, value, positive=key.startswith("1|"))
+    if key.startswith("cor|"):
+        prior = lkj_prior(key, value)
+    else:
+        prior = to_prior(key, value, positive="|" in key)
     return {
         "type": "dist",
         "dist": prior.dist,
@@ -401,7 +404,7 @@ def _rebuild(meta: dict[str, Any], contents: dict[str, bytes]) -> Model:
     model.draws, model.tune, model.chains = int(fit["draws"]), int(fit["tune"]), int(fit["chains"])
     model.random_seed = int(fit["random_seed"])
     model.sampler_kwargs = dict(fit["sampler_kwargs"])
-    names = ["b"] + [n for g in spec.groups for n in (g.sd_name, g.effect_name)]
+    names = ["b"] + [n for g in spec.groups for n in g.reported]
     model._diag = diagnose(
         model.posterior["posterior"].to_dataset(),
         model.posterior["sample_stats"].to_dataset(),

@@ -217,6 +217,13 @@ def kfold(
     """
     model._require_fit("kfold")
     spec = model.spec
+    slopes = [h.name for h in spec.groups if h.slopes]
+    if slopes:
+        raise ValueError(
+            f"kfold scores held-out groups by integrating over one group effect at a time; "
+            f"{slopes} has random slopes (a vector of effects per level), which kfold does "
+            "not integrate yet. Compare such models with loo()."
+        )
     names = [g.name for g in spec.groups]
     if group not in names:
         raise ValueError(

@@ -325,7 +325,7 @@ class Model:
             posterior = self._sampler.sample(draws, tune, chains, seed, progressbar, **kwargs)
         except SamplingInterrupted as stop:
             posterior, draws, chains = self._interrupted(stop, draws, chains)
-        names = ["b"] + [n for g in spec.groups for n in (g.sd_name, g.effect_name)]
+        names = ["b"] + [n for g in spec.groups for n in g.reported]
         diag = diagnose(
             posterior["posterior"].to_dataset(), posterior["sample_stats"].to_dataset(), names
         )
@@ -465,7 +465,11 @@ class Model:
         ]
         for g in spec.groups:
             within = f" within {g.parent}" if g.parent else ""
-            header.append(f"Groups: {g.name} {len(g.levels)}{within} ({g.parametrization})")
+            terms = ""
+            if g.slopes:
+                kind = "correlated" if g.cor_pairs else "uncorrelated"
+                terms = f"; {kind} {', '.join(g.terms)}"
+            header.append(f"Groups: {g.name} {len(g.levels)}{within} ({g.parametrization}{terms})")
         header.append(
             f"Sampler: nutpie NUTS, {self.chains} chains x {self.draws} draws "
             f"(tune {self.tune}), seed {self.random_seed}"
@@ -483,18 +487,23 @@ class Model:
         if spec.groups:
             from .pooling import scale_note, with_scale_columns
 
-            random = with_scale_columns(self, self.ranef_var)
+            random = self.ranef_var
+            if not spec.slopes:  # icc and median ratios are defined for random intercepts
+                random = with_scale_columns(self, random)
         fixed = self.result_fit.select("term", "estimate", "sd", "conf_low", "conf_high", "pd")
         scale = "exp() of the link scale" if self.exponentiate else "link scale"
         footer = [
             f"Fixed effects are posterior medians on the {scale}; pd is the probability "
             "of direction."
         ]
-        if spec.groups:
+        if spec.groups and not spec.slopes:
             footer.append(scale_note(self))
         if d.problems:
             footer.append("WARNING: " + " ".join(d.problems))
-        return summaries.Summary(header, random, fixed, footer, decimals)
+        title = (
+            "sds and correlations of the group effects" if spec.slopes else "sd of group intercepts"
+        )
+        return summaries.Summary(header, random, fixed, footer, decimals, title)
 
     # -- marginal estimates (bayesmer.emmeans) ----------------------------------------------
 
@@ -751,7 +760,17 @@ class glm(Model):  # noqa: N801  (pymer4's name)
 
 
 class glmer(Model):  # noqa: N801  (pymer4's name)
-    """Bayesian generalized linear mixed model with random intercepts ``(1|group)``.
+    """Bayesian generalized linear mixed model in lme4's formula language.
+
+    Random effects: intercepts ``(1|g)``; correlated intercepts and slopes ``(x|g)``,
+    ``(1 + x + z|g)`` (sds with half-normal priors, an LKJ prior on the correlations: keys
+    ``'1|g'``, ``'x|g'`` and ``'cor|g'`` in ``priors=``); slopes only ``(0 + x|g)``;
+    uncorrelated ``(x||g)`` (or ``(1|g) + (0 + x|g)``); factor slopes ``(sex|g)``, one
+    deviation per non-reference level (``sexmale``); nested ``(1|site/plot)`` and combined
+    ``(1|a:b)`` factors. ``ranef`` has a column per random term, ``fixef`` adds them to the
+    fixed effects (lme4's ``coef()``), ``ranef_var`` lists the sds and correlations
+    (``sd__(Intercept)``, ``sd__x``, ``cor__(Intercept).x`` for a factor with slopes).
+    ``icc`` and ``kfold`` are for random intercepts only.
 
     Parameters are those of :class:`Model`.
 
@@ -761,6 +780,10 @@ class glmer(Model):  # noqa: N801  (pymer4's name)
     >>> model = glmer("survived ~ sex + (1|pclass)", data=load_dataset("titanic"))
     >>> model.fit(exponentiate=True)  # doctest: +SKIP
     >>> model.ranef  # doctest: +SKIP
+    >>> formula = "use01 ~ age + I(age^2) + urban + livch + (urban | district)"
+    >>> slopes = glmer(formula, data=load_dataset("contraception"))
+    >>> slopes.fit()  # doctest: +SKIP
+    >>> slopes.ranef_var  # doctest: +SKIP
     """
 
     _requires_groups = True
@@ -788,7 +811,8 @@ class glmer(Model):  # noqa: N801  (pymer4's name)
 
     @property
     def ranef(self) -> pl.DataFrame | dict[str, pl.DataFrame]:
-        """``level, (Intercept)``: group deviations (posterior medians; exp() if exponentiated).
+        """``level`` and a column per random term (``(Intercept)``, slopes such as ``x``):
+        group deviations (posterior medians; exp() if exponentiated).
 
         A dict keyed by grouping column when the model has several.
         """
@@ -803,7 +827,9 @@ class glmer(Model):  # noqa: N801  (pymer4's name)
 
     @property
     def ranef_var(self) -> pl.DataFrame:
-        """``group, term, estimate, conf_low, conf_high``: sd of the group intercepts."""
+        """``group, term, estimate, conf_low, conf_high``: sd of the group intercepts
+        (``(Intercept)``), or for a factor with slopes lme4's VarCorr rows ``sd__<term>`` and
+        ``cor__<term>.<term>``."""
         self._require_fit("ranef_var")
         return summaries.ranef_var_table(self.spec, self.posterior, self.ci)
 

@@ -419,7 +419,9 @@ def plot_ranef(model: Model, ci: float | None = None, exponentiate: bool | None 
     """Caterpillar plot of the group deviations: one panel per grouping factor.
 
     Each level's deviation from the fixed intercept (lme4's ranef) as posterior median and
-    highest-density interval, levels sorted by the median.
+    highest-density interval, levels sorted by the median; a factor with random slopes gets
+    one panel per term (``(Intercept) | g``, ``x | g``: the deviations from the fixed
+    intercept and slope).
 
     Parameters
     ----------
@@ -452,12 +454,17 @@ def plot_ranef(model: Model, ci: float | None = None, exponentiate: bool | None 
         raise ValueError(
             f"exponentiate=True needs a logit or log link; this model uses {model.link}."
         )
+    # one panel per random term: (1|g), and with slopes (Intercept)|g, x|g, ...
+    panels = [(g, k) for g in spec.groups for k in range(len(g.terms))]
     n_levels = max(len(g.levels) for g in spec.groups)
     height = max(2.4, min(0.24 * n_levels + 1.4, 16.0))
-    fig = Figure(figsize=(4.6 * len(spec.groups), height), layout="constrained")
-    axes = fig.subplots(1, len(spec.groups), squeeze=False)[0]
-    for ax, g in zip(axes, spec.groups, strict=True):
+    fig = Figure(figsize=(4.6 * len(panels), height), layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
+    for ax, (g, k) in zip(axes, panels, strict=True):
         u = group_effects(model.posterior, g)
+        sd = group_sd(model.posterior, g)
+        if g.slopes:
+            u, sd = u[:, :, k], sd[:, k]
         if exponentiate:
             u = np.exp(u)  # the HDI of the multipliers themselves
         est = np.median(u, axis=0)
@@ -472,8 +479,8 @@ def plot_ranef(model: Model, ci: float | None = None, exponentiate: bool | None 
             ax.set_ylabel(f"{len(g.levels)} levels, sorted by estimate")
         elif len(g.levels) > 25:
             ax.tick_params(axis="y", labelsize=7)
-        sd = float(np.median(group_sd(model.posterior, g)))
-        ax.set_title(f"(1|{g.name}): sd {sd:.2f}", fontsize=10)
+        label = f"(1|{g.name})" if not g.slopes else f"{g.terms[k]} | {g.name}"
+        ax.set_title(f"{label}: sd {float(np.median(sd)):.2f}", fontsize=10)
         if exponentiate:
             _ratio_axis(ax)
         ax.set_xlabel(
@@ -624,7 +631,7 @@ def plot_shrinkage(
 def _scalar_series(model: Model, var_names: Sequence[str] | None) -> list[tuple[str, np.ndarray]]:
     """(label, draws of shape (chain, draw)) for every scalar in the named variables."""
     spec = model.spec
-    available = ["b"] + [n for g in spec.groups for n in (g.sd_name, g.effect_name)]
+    available = ["b"] + [n for g in spec.groups for n in g.reported]
     names = list(var_names) if var_names is not None else ["b"] + [g.sd_name for g in spec.groups]
     unknown = [n for n in names if n not in available]
     if unknown or not names:
@@ -637,10 +644,10 @@ def _scalar_series(model: Model, var_names: Sequence[str] | None) -> list[tuple[
         if not extra:
             out.append((name, da.transpose("chain", "draw").values))
             continue
-        (dim,) = extra
-        values = da.transpose("chain", "draw", dim).values
-        for j, level in enumerate(da[dim].values):
-            out.append((f"{name}[{level}]", values[..., j]))
+        values = da.transpose("chain", "draw", *extra).values
+        for idx in np.ndindex(*values.shape[2:]):
+            coords = ", ".join(str(da[d].values[i]) for d, i in zip(extra, idx, strict=True))
+            out.append((f"{name}[{coords}]", values[(..., *idx)]))
     return out
 
 
@@ -863,8 +870,11 @@ def plot_prior_posterior(
                     desc += "\non the centred intercept"
                 panels.append((term, desc, pri[:, j], post[:, j], False))
         else:
-            key = f"1|{name[3:]}"
-            panels.append((f"sd of ({key})", spec.priors[key].describe(), pri, post, True))
+            g = next(g for g in spec.groups if g.sd_name == name)
+            for k, term in enumerate(g.terms):
+                key = g.sd_key(term)
+                p_k, q_k = (pri[:, k], post[:, k]) if g.slopes else (pri, post)
+                panels.append((f"sd of ({key})", spec.priors[key].describe(), p_k, q_k, True))
     fig, flat = _panel_grid(len(panels), panel_size=(3.8, 2.7))
     for ax, (label, desc, pri, post, positive) in zip(flat, panels, strict=False):
         lo = min(float(np.quantile(pri, 0.005)), float(post.min()))

@@ -20,7 +20,7 @@ import polars as pl
 from scipy import sparse, special
 
 from .collapse import CELL, ROWS, Y
-from .draws import fixed, group_effects, group_sd, hdi
+from .draws import fixed, group_effects, group_part, group_sd, hdi
 from .families import Family
 from .spec import GroupSpec, ModelSpec
 
@@ -142,7 +142,8 @@ def shrinkage(model: Model, group: str | None = None) -> pl.DataFrame:
     trace = model.posterior
     b = fixed(trace)
     X = spec.X[cell]
-    effects = [(group_effects(trace, h), h.index[cell]) for h in spec.groups]
+    effects = {h.name: group_effects(trace, h) for h in spec.groups}
+    groups = spec.group_rows(cell)
     complete = np.empty((b.shape[0], n_levels))
     partial = np.empty((b.shape[0], n_levels))
     step = max(1, _BLOCK_VALUES // max(1, len(cell)))
@@ -150,8 +151,8 @@ def shrinkage(model: Model, group: str | None = None) -> pl.DataFrame:
         part = slice(start, start + step)
         eta = b[part] @ X.T
         complete[part] = (weights.T @ eta.T).T
-        for u, index in effects:
-            eta = eta + u[part][:, index]
+        for name, (index, Z) in groups.items():
+            eta = eta + group_part(effects[name][part], index, Z)
         partial[part] = (weights.T @ eta.T).T
     size_name = "trials" if binomial else "exposure"
     return pl.DataFrame(
@@ -231,6 +232,7 @@ def icc(model: Model, ci: float | None = None) -> pl.DataFrame:
     spec = model.spec
     if not spec.groups:
         raise ValueError("icc needs random effects (a glmer model such as (1|group)).")
+    _intercepts_only(spec, "icc")
     ci = model.ci if ci is None else ci
     if isinstance(ci, bool) or not isinstance(ci, int | float) or not 0 < ci < 1:
         raise ValueError(f"ci must be between 0 and 1, got {ci!r}.")
@@ -250,6 +252,17 @@ def icc(model: Model, ci: float | None = None) -> pl.DataFrame:
     return pl.DataFrame(out)
 
 
+def _intercepts_only(spec: ModelSpec, what: str) -> None:
+    """Raise a ValueError for a model with random slopes."""
+    slopes = [g.name for g in spec.groups if g.slopes]
+    if slopes:
+        raise ValueError(
+            f"{what} is defined for random intercepts only; {slopes} has random slopes, so "
+            "the variance of its effects depends on the predictors (see model.ranef_var for "
+            "its sds and correlations)."
+        )
+
+
 def icc_draws(model: Model) -> dict[str, dict[str, np.ndarray]]:
     """Per grouping factor, the draws of ``sd``, ``icc`` and the median ratio (see :func:`icc`).
 
@@ -259,6 +272,7 @@ def icc_draws(model: Model) -> dict[str, dict[str, np.ndarray]]:
         Grouping factor -> statistic name -> draws, shape (S,).
     """
     spec = model.spec
+    _intercepts_only(spec, "icc")
     trace = model.posterior
     sds = {g.name: group_sd(trace, g) for g in spec.groups}
     variance = sum(sd**2 for sd in sds.values())

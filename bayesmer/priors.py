@@ -7,6 +7,10 @@ Defaults follow rstanarm's weakly informative, autoscaled choices:
 - each coefficient: Normal(0, 2.5 / sd(x)), so the prior says the same thing whatever the
   unit of the predictor.
 - ``1|g`` (the sd of the intercepts of group g): HalfNormal(2.5).
+- ``x|g`` (the sd of the slopes of x in group g): HalfNormal(2.5 / sd(x)), autoscaled as the
+  fixed slopes.
+- ``cor|g`` (the correlations of a factor's intercept and slopes): LKJ(eta=1), uniform over
+  correlation matrices.
 
 Users override any of them with ``priors={'sexmale': ('normal', 0, 1), '1|pclass':
 ('exponential', 1)}`` or with a ``bambi.Prior`` for anything PyMC has.
@@ -23,7 +27,7 @@ import pymc as pm
 import xarray as xr
 
 if TYPE_CHECKING:
-    from .spec import ModelSpec
+    from .spec import GroupSpec, ModelSpec
 
 #: Plain-tuple prior names -> (PyMC distribution, ordered parameter names).
 _TUPLE_PRIORS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -142,8 +146,9 @@ def to_prior(key: str, value: Any, positive: bool) -> Prior:
 def resolve_priors(
     terms: list[str],
     x_sd: dict[str, float],
-    groups: list[str],
+    groups: list[GroupSpec],
     user: dict[str, Any] | None,
+    random_sd: dict[str, dict[str, float]] | None = None,
 ) -> dict[str, Prior]:
     """Every prior in force, defaults filled in where the user gave none.
 
@@ -153,10 +158,15 @@ def resolve_priors(
         Fixed-effect term names, ``'(Intercept)'`` included if the model has one.
     x_sd : dict
         Standard deviation of each non-intercept column of the design matrix (for autoscaling).
-    groups : list of str
-        Grouping columns; their sd priors are keyed ``'1|g'``.
+    groups : list of GroupSpec
+        Grouping factors: the sd of each random term is keyed ``'1|g'`` (intercept) or
+        ``'x|g'`` (the slope of ``x``), the LKJ prior of a correlated factor ``'cor|g'``.
     user : dict or None
-        The user's priors keyed by term, ``'(Intercept)'`` or ``'1|g'``.
+        The user's priors keyed by term, ``'(Intercept)'``, ``'1|g'``, ``'x|g'`` or
+        ``'cor|g'`` (``('lkj', eta)``).
+    random_sd : dict, optional
+        Per factor with slopes, the sd of each slope column of its random design (for
+        autoscaling its sd prior: HalfNormal(2.5 / sd(x)), as the fixed slopes).
 
     Returns
     -------
@@ -169,7 +179,8 @@ def resolve_priors(
         If ``user`` names something that is not in the model.
     """
     user = dict(user or {})
-    group_keys = [f"1|{g}" for g in groups]
+    random_sd = random_sd or {}
+    group_keys = [k for g in groups for k in g.prior_keys]
     known = [*terms, *group_keys]
     unknown = [k for k in user if k not in known]
     if unknown:
@@ -184,18 +195,50 @@ def resolve_priors(
         elif term == "(Intercept)":
             out[term] = Prior("Normal", {"mu": 0.0, "sigma": DEFAULT_SCALE})
         else:
-            sd = x_sd.get(term, 1.0)
-            scale = DEFAULT_SCALE / sd if sd > 0 else DEFAULT_SCALE
-            # 4 decimals, but at least 3 significant digits: a predictor in large units (sd
-            # over 250) has a small scale, which 4 decimals would round towards 0
-            digits = max(4, 2 - int(np.floor(np.log10(scale))))
-            out[term] = Prior("Normal", {"mu": 0.0, "sigma": float(round(scale, digits))})
-    for key in group_keys:
-        if key in user:
-            out[key] = to_prior(key, user[key], positive=True)
-        else:
-            out[key] = Prior("HalfNormal", {"sigma": DEFAULT_SCALE})
+            out[term] = Prior("Normal", {"mu": 0.0, "sigma": _autoscaled(x_sd.get(term, 1.0))})
+    for g in groups:
+        for term in g.terms:
+            key = g.sd_key(term)
+            if key in user:
+                out[key] = to_prior(key, user[key], positive=True)
+            elif term == "(Intercept)":
+                out[key] = Prior("HalfNormal", {"sigma": DEFAULT_SCALE})
+            else:
+                sd = random_sd.get(g.name, {}).get(term, 1.0)
+                out[key] = Prior("HalfNormal", {"sigma": _autoscaled(sd)})
+        if g.cor_pairs:
+            key = f"cor|{g.name}"
+            out[key] = lkj_prior(key, user[key]) if key in user else Prior("LKJCorr", {"eta": 1.0})
     return out
+
+
+def _autoscaled(sd: float) -> float:
+    """``2.5 / sd``, rounded to 4 decimals but at least 3 significant digits."""
+    scale = DEFAULT_SCALE / sd if sd > 0 else DEFAULT_SCALE
+    # a predictor in large units (sd over 250) has a small scale, which 4 decimals would
+    # round towards 0
+    digits = max(4, 2 - int(np.floor(np.log10(scale))))
+    return float(round(scale, digits))
+
+
+def lkj_prior(key: str, value: Any) -> Prior:
+    """The LKJ prior of a factor's correlations from ``('lkj', eta)`` or a Prior."""
+    if isinstance(value, Prior) and value.dist == "LKJCorr":
+        return Prior("LKJCorr", dict(value.params), "user")
+    if (
+        isinstance(value, tuple | list)
+        and len(value) == 2
+        and isinstance(value[0], str)
+        and value[0].lower() == "lkj"
+        and isinstance(value[1], int | float)
+        and not isinstance(value[1], bool)
+        and value[1] > 0
+    ):
+        return Prior("LKJCorr", {"eta": float(value[1])}, "user")
+    raise ValueError(
+        f"Prior for {key!r} is the LKJ prior of the correlations: give it as ('lkj', eta) "
+        f"with eta > 0 (1 is uniform over correlation matrices); got {value!r}."
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -217,7 +260,9 @@ def _design_sd(spec: ModelSpec) -> dict[str, float]:
 def _kind(key: str) -> str:
     if key == "(Intercept)":
         return "intercept"
-    if key.startswith("1|"):
+    if key.startswith("cor|"):
+        return "group correlation"
+    if "|" in key:
         return "group sd"
     return "coefficient"
 
@@ -229,9 +274,19 @@ def _note(key: str, prior: Prior, x_sd: dict[str, float]) -> str:
             "on the intercept with every predictor centred at its mean (the linear predictor "
             "of an average row); the reported (Intercept) is shifted back to the data scale"
         )
+    if kind == "group correlation":
+        return (
+            f"LKJ prior on the correlations of the random effects of {key[4:]!r} "
+            "(eta = 1: uniform over correlation matrices)"
+        )
     if kind == "group sd":
-        group = key[2:]
-        return f"sd of the random intercepts of {group!r}, on the link scale"
+        term, group = key.rsplit("|", 1)
+        if term == "1":
+            return f"sd of the random intercepts of {group!r}, on the link scale"
+        note = f"sd of the random slopes of {term!r} in {group!r}, on the link scale"
+        if prior.source == "default":
+            note += f" (autoscaled: sigma = {DEFAULT_SCALE:g} / sd({term}))"
+        return note
     sd = x_sd.get(key, 0.0)
     if prior.source == "user":
         return "as given (user priors are not autoscaled)"
@@ -255,8 +310,10 @@ def prior_summary(spec: ModelSpec) -> pl.DataFrame:
     -------
     polars.DataFrame
         One row per parameter, in model order, with columns ``parameter`` (the key to use in
-        ``priors=``: a term such as ``'sexmale'``, ``'(Intercept)'``, or ``'1|g'`` for the sd of
-        group g's intercepts), ``kind`` (``'intercept'``, ``'coefficient'`` or ``'group sd'``),
+        ``priors=``: a term such as ``'sexmale'``, ``'(Intercept)'``, ``'1|g'`` for the sd of
+        group g's intercepts, ``'x|g'`` for the sd of its slopes of x, ``'cor|g'`` for the LKJ
+        prior on its correlations), ``kind`` (``'intercept'``, ``'coefficient'``,
+        ``'group sd'`` or ``'group correlation'``),
         ``prior`` (e.g. ``'Normal(mu=0, sigma=5.24)'``), ``source`` (``'default'`` or
         ``'user'``) and ``note`` (what the prior is on: the intercept prior is on the
         centred-predictor intercept, default coefficient priors are autoscaled).
@@ -306,7 +363,8 @@ def sample_prior(spec: ModelSpec, draws: int = 1000, random_seed: int | None = N
         One group, ``prior``, with dims ``chain`` (length 1) and ``draw``, holding the reported
         variables as the posterior does: ``b`` (dim ``term``; the ``(Intercept)`` on the data
         scale, as reported), and per grouping factor g ``sd_g`` and ``u_g`` (dim
-        ``g_level``).
+        ``g_level``; with slopes ``sd_g`` has dim ``g_term``, ``u_g`` dims ``g_level, g_term``,
+        and a correlated factor adds ``cor_g``, dim ``g_cor``).
 
     Raises
     ------
@@ -318,7 +376,7 @@ def sample_prior(spec: ModelSpec, draws: int = 1000, random_seed: int | None = N
 
     if isinstance(draws, bool) or not isinstance(draws, int | np.integer) or draws < 1:
         raise ValueError(f"draws must be a positive integer, got {draws!r}.")
-    names = ["b"] + [n for g in spec.groups for n in (g.sd_name, g.effect_name)]
+    names = ["b"] + [n for g in spec.groups for n in g.reported]
     trace = _forward(build_model(spec, prior_only=True), int(draws), random_seed)
     prior = trace["prior"].to_dataset()[names]
     return xr.DataTree.from_dict({"prior": prior})

@@ -23,10 +23,20 @@ The parametrization is chosen for the sampler, the reported quantities are the u
   :data:`bayesmer.spec.CENTRED_MIN_INFORMATION`): informative levels centred, weakly informed
   levels non-centred.
 
+- Random slopes: a factor with slopes (``(x|g)``, ``(x||g)``) takes no part in the nesting
+  chains. It may carry the intercept like any factor (most centred levels): then its
+  informative levels (data informing the intercept and every slope, see
+  :func:`bayesmer.spec._slope_information`) are centred on the fixed intercept and slopes,
+  ``m ~ MvNormal(b_terms, Sigma)``, the rest non-centred, ``u = z @ L.T * sd`` (see
+  :func:`_slope_effects`). A factor that does not carry the intercept, or has no random
+  intercept (``(0 + x|g)``), is non-centred around zero throughout.
+
 Whatever the parametrization, the posterior holds the same reported variables:
 ``b`` (dims ``term``: every fixed coefficient, ``(Intercept)`` included, on the scale of the
 data), and per grouping factor ``g``: ``sd_g`` (the group sd) and ``u_g`` (dims ``g_level``: the
-group deviations ``m_g - centre``, lme4's ranef).
+group deviations ``m_g - centre``, lme4's ranef). A factor with slopes has ``sd_g`` with dims
+``g_term``, ``u_g`` with dims ``(g_level, g_term)`` and, when correlated, ``cor_g`` (dim
+``g_cor``, one per pair of terms, labelled ``'(Intercept).x'``).
 """
 
 from __future__ import annotations
@@ -110,6 +120,10 @@ def coords(spec: ModelSpec) -> dict[str, list[str]]:
         out["slope"] = slopes
     for g in spec.groups:
         out[g.dim] = list(g.levels)
+        if g.slopes:
+            out[g.term_dim] = list(g.terms)
+        if g.cor_pairs:
+            out[g.cor_dim] = g.cor_labels
     return out
 
 
@@ -163,7 +177,16 @@ def build_model(spec: ModelSpec, prior_only: bool = False) -> pm.Model:
         beta = _slope_vector(spec, slopes) if slopes else None
         alpha = spec.priors["(Intercept)"].make("Intercept_c") if spec.has_intercept else None
         innermost_carrier = next((n for n in layout if n.carries and n.innermost), None)
-        if innermost_carrier is None:
+        slope_centre = None
+        if innermost_carrier is not None and innermost_carrier.group.slopes:
+            # the factor's levels carry the intercept and the fixed slopes of its terms
+            g = innermost_carrier.group
+            in_terms = np.array([t in g.terms for t in slopes], dtype=bool)
+            if slopes and (~in_terms).any():
+                rest = np.flatnonzero(~in_terms)
+                eta = eta + pt.dot(Xc[:, rest], beta[rest])
+            slope_centre = _slope_centre(g, slopes, alpha, beta, xbar)
+        elif innermost_carrier is None:
             if alpha is not None:
                 eta = eta + alpha
             if slopes:
@@ -174,7 +197,13 @@ def build_model(spec: ModelSpec, prior_only: bool = False) -> pm.Model:
         means: dict[str, pt.TensorVariable] = {}
         for n in layout:
             g = n.group
-            sd = spec.priors[f"1|{g.name}"].make(g.sd_name)
+            if g.slopes:
+                centre = slope_centre if n.carries else None
+                u = _slope_effects(spec, g, centre)
+                coef = u if centre is None else u + centre[None, :]
+                eta = eta + pt.sum(g.Z * coef[g.index], axis=1)
+                continue
+            sd = spec.priors[g.sd_key("(Intercept)")].make(g.sd_name)
             centre = pt.zeros(len(g.levels))
             if g.parent is not None:
                 centre = means[g.parent][g.parent_level]
@@ -261,6 +290,74 @@ def _group_means(g: GroupSpec, centre, sd):
         z = pm.Normal(f"z_{g.name}", 0.0, 1.0, shape=len(weak))
         m = pt.set_subtensor(m[weak], centre[weak] + sd * z)
     return m
+
+
+def _slope_centre(g: GroupSpec, slopes: list[str], alpha, beta, xbar: np.ndarray):
+    """The fixed coefficients a carrying factor's levels are centred on, one per term.
+
+    With the other predictors centred at their means and this factor's own terms not:
+    ``alpha - xbar_T @ beta_T`` for the intercept, the fixed slope for a slope with a fixed
+    counterpart, 0 for a random-only slope.
+    """
+    parts = []
+    for term in g.terms:
+        if term == "(Intercept)":
+            own = [k for k, t in enumerate(slopes) if t in g.terms]
+            parts.append(alpha - pt.dot(xbar[own], beta[own]) if own else alpha)
+        elif term in slopes:
+            parts.append(beta[slopes.index(term)])
+        else:
+            parts.append(pt.zeros(()))
+    return pt.stack(parts)
+
+
+def _slope_effects(spec: ModelSpec, g: GroupSpec, centre=None):
+    """Random intercepts and slopes of a factor: levels x terms.
+
+    Each level's effects are ``Normal(0, Sigma)``, ``Sigma = diag(sd) R diag(sd)``, with an
+    LKJ prior on the correlation matrix ``R`` (``pm.LKJCorr``, which gives its Cholesky
+    factor ``L``; the identity for ``(x||g)``). Weakly informed levels are non-centred,
+    ``u = z @ L.T * sd`` with ``z ~ Normal(0, 1)``; when the factor carries the intercept
+    (``centre``: the fixed coefficients of its terms, see :func:`_slope_centre`), its
+    informative levels (``g.centred``) are centred, ``m ~ MvNormal(centre, chol=diag(sd) L)``
+    and ``u = m - centre``.
+
+    Reported: ``sd_g`` (dim ``g_term``), ``u_g`` (dims ``g_level, g_term``) and, for a
+    correlated factor, ``cor_g``: the correlations of each pair of terms (dim ``g_cor``;
+    the diagonal of the matrix is 1 and the matrix is symmetric, so the pairs are the
+    parameters).
+    """
+    priors = [spec.priors[g.sd_key(t)] for t in g.terms]
+    if all(p.dist == "HalfNormal" for p in priors):
+        sigma = np.array([p.params["sigma"] for p in priors], dtype=float)
+        sd = pm.HalfNormal(g.sd_name, sigma=sigma, dims=g.term_dim)
+    else:
+        parts = [p.make(f"{g.sd_name}[{t}]") for t, p in zip(g.terms, priors, strict=True)]
+        sd = pm.Deterministic(g.sd_name, pt.stack(parts), dims=g.term_dim)
+    q = len(g.terms)
+    chol = None
+    if g.cor_pairs:
+        chol = spec.priors[f"cor|{g.name}"].make(f"L_{g.name}", n=q)
+        corr = pt.dot(chol, chol.T)
+        first, second = (list(k) for k in zip(*g.cor_pairs, strict=True))
+        pm.Deterministic(g.cor_name, corr[first, second], dims=g.cor_dim)
+    strong = np.flatnonzero(g.centred) if centre is not None else np.array([], dtype=int)
+    weak = np.setdiff1d(np.arange(len(g.levels)), strong)
+    u = pt.zeros((len(g.levels), q))
+    if len(weak):
+        z = pm.Normal(f"z_{g.name}", 0.0, 1.0, shape=(len(weak), q))
+        if chol is not None:
+            z = pt.dot(z, chol.T)
+        u = pt.set_subtensor(u[weak], z * sd)
+    if len(strong):
+        mu = pt.broadcast_to(centre, (len(strong), q))
+        if chol is None:
+            m = pm.Normal(f"m_{g.name}", mu, sd, shape=(len(strong), q))
+        else:
+            m = pm.MvNormal(f"m_{g.name}", mu, chol=sd[:, None] * chol, shape=(len(strong), q))
+        u = pt.set_subtensor(u[strong], m - centre)
+    pm.Deterministic(g.effect_name, u, dims=(g.dim, g.term_dim))
+    return u
 
 
 def _log_likelihood(spec: ModelSpec, eta):

@@ -21,7 +21,7 @@ from scipy import stats
 from .collapse import EXPOSURE, ROWS, TRIALS, Collapsed, Y, collapse
 from .diagnostics import PACKAGE_DIR
 from .families import Family
-from .formula import ParsedFormula
+from .formula import ParsedFormula, RandomPart
 from .priors import Prior, resolve_priors
 from .transforms import column_name, relabel
 
@@ -49,9 +49,20 @@ CENTRED_MIN_INFORMATION = 5.0
 CENTRED_MAX_P_VALUE = 0.001
 
 
+#: For a factor with random slopes, the information x low between-group variance that its
+#: intercept and each slope must reach for a level to be centred (1 for random intercepts):
+#: a level's effects are centred jointly (MvNormal), and a weakly pinned component brings
+#: back the funnel. Measured on (x|g) data, 40 groups x 40 rows, sds 0.8 and 0.5,
+#: correlation -0.6, 4 chains x 1000 draws: binomial (values 1.1-3) with 26 of 40 levels
+#: centred gave 213 divergences and R-hat 1.10, all non-centred none; Poisson (values
+#: 12-42) all non-centred gave bulk ESS 15 for the fixed effects (2 chains x 500), all
+#: centred 750-840.
+SLOPES_CENTRED_MIN_SIGNAL = 4.0
+
+
 @dataclass(frozen=True)
 class GroupSpec:
-    """One grouping factor of random intercepts.
+    """One grouping factor: its levels, and its random intercepts and slopes.
 
     Attributes
     ----------
@@ -72,6 +83,19 @@ class GroupSpec:
         The grouping factor this one is nested in and centred on (see :func:`_parents`).
     parent_level : np.ndarray or None
         Per level, the index of its ``parent`` level.
+    terms : tuple of str
+        R-style names of the random effects of each level: ``('(Intercept)',)`` for a random
+        intercept, ``('(Intercept)', 'x')`` for ``(x|g)``, ``('(Intercept)', 'sexmale')``
+        for ``(sex|g)``.
+    Z : np.ndarray or None
+        Random-effects design of the cells (cells x terms); None for a random intercept (a
+        column of ones).
+    correlated : bool
+        Whether the effects of a level are correlated (``(x|g)``) or independent
+        (``(x||g)``).
+    design : object
+        The formulae design of the random part, to build ``Z`` for new rows
+        (:func:`random_design`); None for a random intercept.
     """
 
     name: str
@@ -81,6 +105,59 @@ class GroupSpec:
     centred: np.ndarray
     parent: str | None = None
     parent_level: np.ndarray | None = None
+    terms: tuple[str, ...] = ("(Intercept)",)
+    Z: np.ndarray | None = field(default=None, repr=False)
+    correlated: bool = True
+    design: Any = field(default=None, repr=False, compare=False)
+
+    @property
+    def slopes(self) -> bool:
+        """Whether the factor has more than a random intercept (``u_g`` is levels x terms)."""
+        return self.terms != ("(Intercept)",)
+
+    @property
+    def term_dim(self) -> str:
+        """Dimension name of the random terms (factors with slopes)."""
+        return f"{self.name}_term"
+
+    @property
+    def cor_name(self) -> str:
+        """Posterior variable holding the correlations (correlated factors with slopes)."""
+        return f"cor_{self.name}"
+
+    @property
+    def cor_dim(self) -> str:
+        """Dimension name of the correlations."""
+        return f"{self.name}_cor"
+
+    @property
+    def cor_pairs(self) -> list[tuple[int, int]]:
+        """Index pairs (i < j) of the terms whose correlation is a parameter."""
+        if not (self.slopes and self.correlated):
+            return []
+        q = len(self.terms)
+        return [(i, j) for i in range(q) for j in range(i + 1, q)]
+
+    @property
+    def cor_labels(self) -> list[str]:
+        """``'(Intercept).x'`` per correlation, as lme4 labels them."""
+        return [f"{self.terms[i]}.{self.terms[j]}" for i, j in self.cor_pairs]
+
+    @property
+    def reported(self) -> list[str]:
+        """The posterior variables of this factor that summaries and diagnostics read."""
+        names = [self.sd_name, self.effect_name]
+        return names + ([self.cor_name] if self.cor_pairs else [])
+
+    def sd_key(self, term: str) -> str:
+        """Key of a random term's sd in ``priors=``: ``'1|g'``, ``'x|g'``."""
+        return f"{'1' if term == '(Intercept)' else term}|{self.name}"
+
+    @property
+    def prior_keys(self) -> list[str]:
+        """Keys of this factor's priors: one sd per term, then ``'cor|g'`` if correlated."""
+        keys = [self.sd_key(t) for t in self.terms]
+        return keys + ([f"cor|{self.name}"] if self.cor_pairs else [])
 
     @property
     def parametrization(self) -> str:
@@ -117,9 +194,10 @@ class ModelSpec:
     formula : ParsedFormula
     family : Family
     factors : dict
-        Level order of each categorical fixed-effect column (first = reference).
+        Level order of each categorical fixed-effect or random-slope column (first =
+        reference).
     numeric : list of str
-        Numeric fixed-effect columns.
+        Numeric fixed-effect and random-slope columns.
     groups : list of GroupSpec
     cells : pl.DataFrame
         One row per collapsed cell: predictor and group columns (factors as strings), ``_y``,
@@ -197,6 +275,16 @@ class ModelSpec:
     @property
     def has_offset(self) -> bool:
         return self.formula.exposure is not None or self.formula.offset is not None
+
+    @property
+    def slopes(self) -> bool:
+        """Whether some grouping factor has random slopes."""
+        return any(g.slopes for g in self.groups)
+
+    def group_rows(self, cells: np.ndarray) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
+        """Each factor's part of some fitted cells: level index and random design (None for
+        a random intercept), for :func:`bayesmer.draws.linear_predictor`."""
+        return {g.name: (g.index[cells], None if g.Z is None else g.Z[cells]) for g in self.groups}
 
     def design_matrix(self, grid: pl.DataFrame) -> np.ndarray:
         """Fixed-effects design matrix for new predictor values (same coding as the fit).
@@ -510,7 +598,7 @@ def build_spec(
     )
 
     # Factor columns and their level order.
-    fixed_vars = parsed.fixed_variables
+    fixed_vars = list(dict.fromkeys([*parsed.fixed_variables, *parsed.random_variables]))
     in_c = {v for call in parsed.calls if call.name == "C" for v in call.variables}
     factor_cols = [
         c
@@ -548,6 +636,15 @@ def build_spec(
                 "need at least two groups."
             )
     numeric = [c for c in fixed_vars if c not in factor_cols]
+    for part in parsed.random:
+        factor_slopes = [v for v in part.variables if v in factor_cols]
+        if factor_slopes and not part.correlated:
+            raise ValueError(
+                f"Uncorrelated random effects of {part.group!r} with the factor(s) "
+                f"{factor_slopes}: lme4 reads (f || g) and (1 | g) + (0 + f | g) with a factor "
+                "f as correlated effects of f's levels, which bayesmer does not split; write "
+                f"({' + '.join(part.variables)} | {part.group}) for correlated effects."
+            )
 
     work = clean.with_columns(
         [*resp_exprs, *[level_expr(c, schema[c]) for c in level_cols]]
@@ -584,14 +681,23 @@ def build_spec(
         )
 
     rows = cells[ROWS].to_numpy().astype(float)
-    x_sd = {}
-    for j, term in enumerate(terms):
-        if term != "(Intercept)":
-            mean = np.average(X[:, j], weights=rows)
-            x_sd[term] = float(np.sqrt(np.average((X[:, j] - mean) ** 2, weights=rows)))
-    resolved = resolve_priors(terms, x_sd, list(parsed.groups), priors)
-
-    groups = _group_specs(parsed.groups, levels, cells, family)
+    x_sd = {
+        term: _weighted_sd(X[:, j], rows) for j, term in enumerate(terms) if term != "(Intercept)"
+    }
+    designs = {
+        part.group: (*_random_design(parsed, part, frame), part.correlated)
+        for part in parsed.random
+        if part.slopes
+    }
+    groups = _group_specs(parsed.groups, levels, cells, family, designs)
+    random_sd = {
+        g.name: {
+            t: _weighted_sd(g.Z[:, k], rows) for k, t in enumerate(g.terms) if t != "(Intercept)"
+        }
+        for g in groups
+        if g.slopes
+    }
+    resolved = resolve_priors(terms, x_sd, groups, priors, random_sd)
     return ModelSpec(
         formula=parsed,
         family=family,
@@ -618,7 +724,8 @@ def design_frame(
     factor_levels: dict[str, list[str]],
     scaling: dict[str, tuple[float, float]],
 ) -> pd.DataFrame:
-    """The fixed-effect columns as formulae reads them.
+    """The fixed-effect columns (and the random slopes' columns in ``frame``) as formulae
+    reads them.
 
     Factors become pandas categoricals with the model's levels, numeric columns floats, and
     each call of the formula (``log(x)``, ``I(x^2)``, ``scale(x)``, ``C(g)``) a column of its
@@ -626,7 +733,8 @@ def design_frame(
     ``scaling``.
     """
     out = {}
-    for col in parsed.fixed_variables:
+    random_only = [c for c in parsed.random_variables if c in frame.columns]
+    for col in dict.fromkeys([*parsed.fixed_variables, *random_only]):
         if col in factor_levels:
             values = frame[col].cast(pl.String).to_list()
             out[col] = pd.Categorical(values, categories=factor_levels[col], ordered=True)
@@ -667,6 +775,53 @@ def _r_term_names(common: Any, parsed: ParsedFormula) -> list[str]:
                 label = relabel(label, parsed.calls)
                 names.append(re.sub(r"\[([^\]]*)\]", r"\1", label))
     return names
+
+
+def _weighted_sd(x: np.ndarray, weights: np.ndarray) -> float:
+    """sd of a design column over the data rows (cells weighted by their rows)."""
+    mean = np.average(x, weights=weights)
+    return float(np.sqrt(np.average((x - mean) ** 2, weights=weights)))
+
+
+def _random_design(
+    parsed: ParsedFormula, part: RandomPart, frame: pd.DataFrame
+) -> tuple[tuple[str, ...], np.ndarray, Any]:
+    """Term names, design (cells x terms) and formulae design of a factor's random part.
+
+    The columns are coded as in the fixed part (treatment coding: ``(sex|g)`` gives
+    ``(Intercept)`` and ``sexmale``; ``(0 + sex|g)`` one column per level).
+    """
+    dm = formulae.design_matrices(f"bayesmerresponse ~ {part.rhs}", frame, na_action="pass").common
+    Z = np.asarray(dm.design_matrix, dtype=float)
+    terms = tuple(_r_term_names(dm, parsed))
+    if _rank(Z, "(Intercept)" in terms) < Z.shape[1]:
+        raise ValueError(
+            f"The random effects of {part.group!r} in {parsed.formula!r} are not identifiable "
+            f"from the data (the columns {list(terms)} are collinear or one is constant)."
+        )
+    return terms, Z, dm
+
+
+def random_design(spec: ModelSpec, group: GroupSpec, frame: pl.DataFrame) -> np.ndarray:
+    """Random-effects design of a grouping factor for any rows (rows x ``group.terms``).
+
+    Parameters
+    ----------
+    spec : ModelSpec
+    group : GroupSpec
+    frame : pl.DataFrame
+        Holds the columns of the factor's random slopes (factor values as strings), for
+        example the fitted cells, a reference grid or new data.
+
+    Returns
+    -------
+    np.ndarray
+        A column of ones for a random intercept; otherwise the columns coded as in the fit.
+    """
+    if not group.slopes:
+        return np.ones((frame.height, 1))
+    new = group.design.evaluate_new_data(spec.to_pandas(frame))
+    return np.asarray(new.design_matrix, dtype=float)
 
 
 def _rank(X: np.ndarray, intercept: bool) -> int:
@@ -773,9 +928,73 @@ def _parents(
     return out
 
 
+def _slope_information(
+    Z: np.ndarray,
+    terms: tuple[str, ...],
+    index: np.ndarray,
+    n_levels: int,
+    y: np.ndarray,
+    size: np.ndarray,
+    family: Family,
+) -> np.ndarray:
+    """Per level, whether its data inform each of its random slopes well enough to centre it.
+
+    As for the intercepts (see :data:`CENTRED_MIN_INFORMATION`), per slope column: the
+    approximate Fisher information about the level's slope, ``sum w (z - zbar)^2`` over its
+    cells (``w``: trials x p(1 - p) for binomial, exposure x rate for Poisson, at the level's
+    raw proportion or rate; ``zbar`` the level's weighted mean of the column), must reach
+    :data:`CENTRED_MIN_INFORMATION` for the slope per sd of the column, and times a low
+    estimate of the slopes' variance (:func:`heterogeneity` of one-step estimates of each
+    level's slope, ``sum w (z - zbar) r / info`` with ``r`` the cells' working residuals
+    around the level's mean) reach :data:`SLOPES_CENTRED_MIN_SIGNAL`, and the slopes must
+    clearly differ (:data:`CENTRED_MAX_P_VALUE`). A level whose rows all share one value of ``x`` (a
+    district without urban women) says nothing about its slope, and is non-centred.
+    """
+    ys = np.bincount(index, weights=y, minlength=n_levels)
+    ns = np.bincount(index, weights=size, minlength=n_levels)
+    if family.name == "binomial":
+        p = (ys + 0.5) / (ns + 1.0)
+        w = size * (p * (1.0 - p))[index]
+        resid = (y - size * p[index]) / np.maximum(w, 1e-300)
+    else:
+        rate = (ys + 0.5) / ns
+        w = size * rate[index]
+        resid = (y - w) / np.maximum(w, 1e-300)
+    total = np.bincount(index, weights=w, minlength=n_levels)
+    ok = np.ones(n_levels, dtype=bool)
+    for k, term in enumerate(terms):
+        if term == "(Intercept)":
+            continue
+        z = Z[:, k]
+        zbar = np.bincount(index, weights=w * z, minlength=n_levels) / np.maximum(total, 1e-300)
+        dz = z - zbar[index]
+        info = np.bincount(index, weights=w * dz**2, minlength=n_levels)
+        spread = float(np.average((z - np.average(z, weights=size)) ** 2, weights=size))
+        informed = info / max(spread, 1e-300) >= CENTRED_MIN_INFORMATION
+        if informed.sum() < 2:
+            return np.zeros(n_levels, dtype=bool)
+        slope = np.bincount(index, weights=w * dz * resid, minlength=n_levels)[informed]
+        slope = slope / info[informed]
+        _, tau2_low, p_value = heterogeneity(slope, 1.0 / info[informed])
+        signal = info * tau2_low >= SLOPES_CENTRED_MIN_SIGNAL
+        ok &= informed & signal & (p_value < CENTRED_MAX_P_VALUE)
+    return ok
+
+
 def _group_specs(
-    groups: tuple[str, ...], levels: dict[str, list[str]], cells: pl.DataFrame, family: Family
+    groups: tuple[str, ...],
+    levels: dict[str, list[str]],
+    cells: pl.DataFrame,
+    family: Family,
+    designs: dict[str, tuple[tuple[str, ...], np.ndarray, Any, bool]] | None = None,
 ) -> list[GroupSpec]:
+    """One :class:`GroupSpec` per grouping factor.
+
+    ``designs`` holds the random design of each factor with slopes (see
+    :func:`_random_design`); such a factor is non-centred and takes no part in the nesting
+    chains (see :mod:`bayesmer.pymc_model`).
+    """
+    designs = designs or {}
     y = cells[Y].to_numpy().astype(float)
     size_col = TRIALS if family.name == "binomial" else EXPOSURE
     size = cells[size_col].to_numpy().astype(float)
@@ -783,7 +1002,8 @@ def _group_specs(
         g: cells[g].cast(pl.Enum(levels[g])).to_physical().to_numpy().astype(np.int64)
         for g in groups
     }
-    parents = _parents(index, levels)
+    parents = _parents({g: i for g, i in index.items() if g not in designs}, levels)
+    parents.update(dict.fromkeys(designs))
     info: dict[str, np.ndarray] = {}
     raw: dict[str, np.ndarray] = {}
     for g in groups:
@@ -813,6 +1033,25 @@ def _group_specs(
             & (p_value < CENTRED_MAX_P_VALUE)
             & (g not in outermost)
         )
+        if g in designs:
+            terms, Z = designs[g][0], designs[g][1]
+            centred &= "(Intercept)" in terms
+            centred &= info[g] * tau2_low >= SLOPES_CENTRED_MIN_SIGNAL
+            centred &= _slope_information(Z, terms, index[g], len(levels[g]), y, size, family)
         parent, mapping = parents[g] if parents[g] is not None else (None, None)
-        out.append(GroupSpec(g, levels[g], index[g], info[g], centred, parent, mapping))
+        spec = GroupSpec(g, levels[g], index[g], info[g], centred, parent, mapping)
+        if g in designs:
+            terms, Z, design, correlated = designs[g]
+            spec = GroupSpec(
+                g,
+                levels[g],
+                index[g],
+                info[g],
+                centred,
+                terms=terms,
+                Z=Z,
+                correlated=correlated,
+                design=design,
+            )
+        out.append(spec)
     return out

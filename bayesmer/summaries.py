@@ -13,8 +13,8 @@ import polars as pl
 import xarray as xr
 
 from .diagnostics import Diagnostics
-from .draws import fixed, group_effects, group_sd, hdi, prob_direction
-from .spec import ModelSpec
+from .draws import fixed, group_effects, group_sd, hdi, prob_direction, stacked
+from .spec import GroupSpec, ModelSpec
 
 
 def params_table(spec: ModelSpec, trace: xr.DataTree, exponentiate: bool) -> pl.DataFrame:
@@ -63,15 +63,24 @@ def result_fit_table(
     return table.join(d.select("term", "rhat", "ess_bulk", "ess_tail"), on="term", how="left")
 
 
+def _effects(trace: xr.DataTree, g: GroupSpec) -> np.ndarray:
+    """A factor's group deviations as (S, levels, terms)."""
+    u = group_effects(trace, g)
+    return u if g.slopes else u[:, :, None]
+
+
 def ranef_table(
     spec: ModelSpec, trace: xr.DataTree, exponentiate: bool
 ) -> pl.DataFrame | dict[str, pl.DataFrame]:
-    """``level, (Intercept)``: posterior medians of the group deviations, per grouping factor."""
+    """``level`` and one column per random term (``(Intercept)``, ``x``...): posterior
+    medians of the group deviations, per grouping factor."""
     out = {}
     for g in spec.groups:
-        est = np.median(group_effects(trace, g), axis=0)
+        est = np.median(_effects(trace, g), axis=0)
+        if exponentiate:
+            est = np.exp(est)
         out[g.name] = pl.DataFrame(
-            {"level": g.levels, "(Intercept)": np.exp(est) if exponentiate else est}
+            {"level": g.levels} | {t: est[:, k] for k, t in enumerate(g.terms)}
         )
     return _one_or_dict(out)
 
@@ -79,23 +88,27 @@ def ranef_table(
 def fixef_table(
     spec: ModelSpec, trace: xr.DataTree, exponentiate: bool
 ) -> pl.DataFrame | dict[str, pl.DataFrame]:
-    """Per-group coefficients (lme4's ``coef()``): fixed effects plus the group deviation.
+    """Per-group coefficients (lme4's ``coef()``): fixed effects plus the group deviations.
 
-    Computed per draw, then summarised by the median. In a model without a fixed intercept
-    (``y ~ 0 + x + (1|g)``) the group deviation is the ``(Intercept)`` column, placed first,
-    as lme4 fills in a random term that has no fixed counterpart.
+    Computed per draw, then summarised by the median. Each fixed term gets the deviation of
+    the random term of the same name (the intercept, and the slopes of ``(x|g)``). A random
+    term that has no fixed counterpart (``y ~ 0 + x + (1|g)``, ``y ~ 1 + (0 + x|g)``) is a
+    column of the deviations, placed first, as lme4 fills it in.
     """
     b = fixed(trace)
     out = {}
     for g in spec.groups:
-        u = group_effects(trace, g)
+        u = _effects(trace, g)
         cols: dict[str, object] = {"level": g.levels}
-        if "(Intercept)" not in spec.terms:
-            est = np.median(u, axis=0)
-            cols["(Intercept)"] = np.exp(est) if exponentiate else est
+        for k, term in enumerate(g.terms):
+            if term not in spec.terms:
+                est = np.median(u[:, :, k], axis=0)
+                cols[term] = np.exp(est) if exponentiate else est
         for j, term in enumerate(spec.terms):
-            per_group = b[:, [j]] + (u if term == "(Intercept)" else 0.0)
-            per_group = np.broadcast_to(per_group, u.shape)
+            per_group = b[:, [j]]
+            if term in g.terms:
+                per_group = per_group + u[:, :, g.terms.index(term)]
+            per_group = np.broadcast_to(per_group, u.shape[:2])
             est = np.median(per_group, axis=0)
             cols[term] = np.exp(est) if exponentiate else est
         out[g.name] = pl.DataFrame(cols)
@@ -103,20 +116,32 @@ def fixef_table(
 
 
 def ranef_var_table(spec: ModelSpec, trace: xr.DataTree, ci: float) -> pl.DataFrame:
-    """``group, term, estimate, conf_low, conf_high``: the group sds (median and HDI)."""
+    """``group, term, estimate, conf_low, conf_high``: the group sds (median and HDI).
+
+    A random intercept is the term ``(Intercept)``; a factor with slopes has lme4's VarCorr
+    names: ``sd__(Intercept)``, ``sd__x`` and ``cor__(Intercept).x``.
+    """
     rows = []
     for g in spec.groups:
         sd = group_sd(trace, g)
-        lo, hi = hdi(sd[:, None], ci)[0]
-        rows.append(
-            {
-                "group": g.name,
-                "term": "(Intercept)",
-                "estimate": float(np.median(sd)),
-                "conf_low": float(lo),
-                "conf_high": float(hi),
-            }
-        )
+        if not g.slopes:
+            values, names = sd[:, None], ["(Intercept)"]
+        else:
+            values, names = sd, [f"sd__{t}" for t in g.terms]
+            if g.cor_pairs:
+                values = np.hstack([values, stacked(trace, g.cor_name)])
+                names += [f"cor__{label}" for label in g.cor_labels]
+        bounds = hdi(values, ci)
+        for k, name in enumerate(names):
+            rows.append(
+                {
+                    "group": g.name,
+                    "term": name,
+                    "estimate": float(np.median(values[:, k])),
+                    "conf_low": float(bounds[k, 0]),
+                    "conf_high": float(bounds[k, 1]),
+                }
+            )
     return pl.DataFrame(rows)
 
 
@@ -133,11 +158,12 @@ class Summary:
     fixed: pl.DataFrame
     footer: list[str]
     decimals: int = 3
+    random_title: str = "sd of group intercepts"
 
     def __str__(self) -> str:
         lines = list(self.header)
         if self.random is not None:
-            lines.append("Random effects (sd of group intercepts, link scale):")
+            lines.append(f"Random effects ({self.random_title}, link scale):")
             lines.append(_format_table(self.random, self.decimals))
         lines.append("Fixed effects:")
         lines.append(_format_table(self.fixed, self.decimals))
@@ -149,7 +175,7 @@ class Summary:
     def _repr_html_(self) -> str:
         parts = ["<div><pre>" + "\n".join(self.header) + "</pre>"]
         if self.random is not None:
-            parts.append("<b>Random effects</b> (sd of group intercepts, link scale)")
+            parts.append(f"<b>Random effects</b> ({self.random_title}, link scale)")
             parts.append(_rounded(self.random, self.decimals)._repr_html_())
         parts.append("<b>Fixed effects</b>")
         parts.append(_rounded(self.fixed, self.decimals)._repr_html_())

@@ -42,8 +42,12 @@ def test_offsets():
 @pytest.mark.parametrize(
     ("formula", "message"),
     [
-        ("y ~ x + (x | g)", "random slopes are not supported yet"),
-        ("y ~ x + (1 + x | g)", "random slopes are not supported yet"),
+        ("y ~ x + (log(x) | g)", r"no calls such as log\(x\) inside random terms"),
+        ("y ~ x + (x * z | g)", r"could not read 'x \* z'"),
+        ("y ~ x + (0 | g)", "neither an intercept nor a slope"),
+        ("y ~ x + (x + x | g)", "names a column twice"),
+        ("y ~ x + (1|g) + (x|g)", r"cannot combine: write one term per factor"),
+        ("y ~ x + (0 + x + z|g) + (1|g)", r"\(1 \| g\) \+ \(0 \+ x \| g\) are read as"),
         ("y ~ x + (1 | g/h:k)", r"nested columns \(1\|site/plot\), or a combination"),
         ("y ~ x + (1 | g/g)", "names a column twice"),
         ("y ~ x + (1|g) + (1|g/h)", r"'g' appears twice"),
@@ -54,7 +58,6 @@ def test_offsets():
         ("y ~ scale(x + z)", r"scale\(\) takes one column"),
         ("y ~ log(2)", "reads no column"),
         ("y ~ log(x", "Unbalanced parentheses"),
-        ("y ~ x + (1 || g)", "'\\|\\|' is not supported"),
         ("y ~ x + (1|g) + (1|g)", "appears twice"),
         ("y x", "exactly one '~'"),
         ("y ~ x ~ z", "exactly one '~'"),
@@ -92,3 +95,29 @@ def test_calls_in_the_fixed_part():
     )
     assert parse_formula("y ~ I(x**2)").calls[0].label == "I(x^2)"
     assert parse_formula("y ~ I(log(x)/2)").calls[0].variables == ("x",)
+
+
+def test_random_slopes():
+    f = parse_formula("y ~ x + (x | g) + (0 + x + z | h) + (-1 + z || k)")
+    assert f.groups == ("g", "h", "k")
+    g, h, k = (f.random_part(name) for name in f.groups)
+    assert (g.intercept, g.variables, g.correlated, g.rhs) == (True, ("x",), True, "1 + x")
+    assert (h.intercept, h.variables, h.rhs) == (False, ("x", "z"), "0 + x + z")
+    assert (k.intercept, k.variables, k.correlated) == (False, ("z",), False)
+    assert f.random_variables == ["x", "z"]
+    assert f.columns == ["y", "x", "z", "g", "h", "k"]
+
+
+def test_one_column_terms_on_one_factor_are_uncorrelated():
+    f = parse_formula("y ~ x + (1 | g) + (0 + x | g)")
+    part = f.random_part("g")
+    assert f.groups == ("g",)
+    assert (part.intercept, part.variables, part.correlated) == (True, ("x",), False)
+    assert parse_formula("y ~ (x || g)").random_part("g") == part
+
+
+def test_slopes_on_nested_factors_and_intercepts_stay_intercepts():
+    f = parse_formula("y ~ x + (x | a/b) + (1 | c)")
+    assert f.groups == ("a", "a:b", "c")
+    assert f.random_part("a:b").variables == ("x",)
+    assert not f.random_part("c").slopes

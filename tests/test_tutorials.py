@@ -27,6 +27,7 @@ NAMES = [
     "02_multilevel_logistic",
     "03_poisson_counts",
     "04_teaching_uncertainty",
+    "05_random_slopes",
 ]
 #: Seconds one cell may take (a fit compiles, then samples, on a shared 2-core machine).
 CELL_TIMEOUT = 900
