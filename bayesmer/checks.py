@@ -32,6 +32,7 @@ import xarray as xr
 from arviz_stats.base import array_stats
 from scipy import special
 
+from .arguments import resolve_ci
 from .collapse import CELL, EXPOSURE, ROWS, TRIALS, WEIGHT, Y
 from .compat import PREDICT, SIMULATE, reject, resolve_re
 from .diagnostics import PACKAGE_DIR
@@ -838,13 +839,6 @@ def _statistics(
     return out
 
 
-def _check_ci(ci: float | None, model: Model) -> float:
-    ci = model.ci if ci is None else ci
-    if not isinstance(ci, float | int) or not 0 < ci < 1:
-        raise ValueError(f"ci must be between 0 and 1, got {ci!r}.")
-    return float(ci)
-
-
 def _evaluate(name: str, f: Statistic, y: np.ndarray, rows: pl.DataFrame) -> np.ndarray:
     """Apply a statistic to data sets ``y`` (data sets x rows), checking its output."""
     values = np.asarray(f(y, rows), dtype=float)
@@ -933,7 +927,7 @@ def ppc(
         raise ValueError(f"re must be one of {list(PPC_RE)}, got {re!r}.")
     if re == "new" and not model.spec.groups:
         raise ValueError("re='new' draws new group effects, and this model has none.")
-    ci = _check_ci(ci, model)
+    ci = resolve_ci(model, ci)
     spec = model.spec
     rows = row_table(model)
     stats = _statistics(stat, spec, rows, new_groups=re == "new")
@@ -1275,7 +1269,7 @@ def predict(
         raise ValueError(f"output must be one of {_OUTPUTS}, got {output!r}.")
     if not spec.groups:
         re = "zero"
-    ci = _check_ci(ci, model)
+    ci = resolve_ci(model, ci)
     if data is None:
         design = _fitted_design(model)
     else:

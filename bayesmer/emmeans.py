@@ -24,6 +24,7 @@ from numpy.polynomial.hermite_e import hermegauss
 from numpy.polynomial.legendre import leggauss
 from scipy import special
 
+from .arguments import resolve_ci
 from .collapse import ROWS
 from .draws import (
     fixed,
@@ -203,7 +204,7 @@ def emmeans(
     _check_choice("type", type, TYPES)
     _check_choice("re", re, RE_CHOICES)
     _check_choice("weights", weights, WEIGHTS)
-    ci = _resolve_ci(model, ci)
+    ci = resolve_ci(model, ci)
     _check_re(spec, re)
     if regrid not in (None, "response"):
         raise ValueError(f"regrid must be None or 'response', got {regrid!r}.")
@@ -328,7 +329,7 @@ def empredict(
     family = spec.family
     _check_choice("type", type, TYPES)
     _check_choice("re", re, RE_CHOICES)
-    ci = _resolve_ci(model, ci)
+    ci = resolve_ci(model, ci)
     _check_re(spec, re)
     if isinstance(at, str):
         if at != "data":
@@ -362,13 +363,6 @@ def empredict(
 def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
     if not isinstance(value, str) or value not in allowed:
         raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}.")
-
-
-def _resolve_ci(model: Model, ci: float | None) -> float:
-    level = model.ci if ci is None else ci
-    if isinstance(level, bool) or not isinstance(level, int | float) or not 0 < level < 1:
-        raise ValueError(f"ci must be between 0 and 1, got {level!r}.")
-    return float(level)
 
 
 def _check_re(spec: ModelSpec, re: str) -> None:

@@ -34,6 +34,7 @@ from matplotlib.figure import Figure
 from matplotlib.transforms import blended_transform_factory
 from scipy.stats import rankdata
 
+from .arguments import require_groups, resolve_ci
 from .checks import PPC_COLUMNS
 from .draws import group_effects, group_sd, hdi, stacked
 
@@ -444,11 +445,8 @@ def plot_ranef(model: Model, ci: float | None = None, exponentiate: bool | None 
     """
     model._require_fit("plot_ranef")
     spec = model.spec
-    if not spec.groups:
-        raise ValueError("plot_ranef needs random effects (a glmer model such as (1|group)).")
-    ci = model.ci if ci is None else ci
-    if not 0 < ci < 1:
-        raise ValueError(f"ci must be between 0 and 1, got {ci}.")
+    require_groups(spec, "plot_ranef")
+    ci = resolve_ci(model, ci)
     exponentiate = model.exponentiate if exponentiate is None else exponentiate
     if exponentiate and not model._family.exponentiates:
         raise ValueError(

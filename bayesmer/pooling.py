@@ -19,6 +19,7 @@ import numpy as np
 import polars as pl
 from scipy import sparse, special
 
+from .arguments import require_groups, resolve_ci
 from .collapse import CELL, ROWS, Y
 from .draws import fixed, group_effects, group_part, group_sd, hdi
 from .families import Family
@@ -62,9 +63,8 @@ def link_of(family: Family, p: np.ndarray) -> np.ndarray:
 
 
 def _pick_group(spec: ModelSpec, group: str | None, what: str) -> GroupSpec:
+    require_groups(spec, what)
     names = [g.name for g in spec.groups]
-    if not names:
-        raise ValueError(f"{what} needs random effects (a glmer model such as (1|group)).")
     if group is None:
         if len(names) > 1:
             raise ValueError(
@@ -230,12 +230,9 @@ def icc(model: Model, ci: float | None = None) -> pl.DataFrame:
     """
     model._require_fit("icc")
     spec = model.spec
-    if not spec.groups:
-        raise ValueError("icc needs random effects (a glmer model such as (1|group)).")
+    require_groups(spec, "icc")
     _intercepts_only(spec, "icc")
-    ci = model.ci if ci is None else ci
-    if isinstance(ci, bool) or not isinstance(ci, int | float) or not 0 < ci < 1:
-        raise ValueError(f"ci must be between 0 and 1, got {ci!r}.")
+    ci = resolve_ci(model, ci)
     out = []
     for name, values in icc_draws(model).items():
         for statistic, draws in values.items():
