@@ -143,13 +143,15 @@ def check_sampler_kwargs(kwargs: dict[str, Any]) -> None:
     named = set(inspect.signature(nutpie.sample).parameters) - {"kwargs"}
     sampler = kwargs.get("sampler", "nuts")
     adaptation = kwargs.get("adaptation", "diag")
-    classes = {"nuts": nutpie_lib.PyNutsSettings, "mclmc": nutpie_lib.PyMclmcSettings}
+    classes = {"nuts": "PyNutsSettings", "mclmc": "PyMclmcSettings"}
     if sampler not in classes:
         raise TypeError(f"sampler must be one of {sorted(classes)}, got {sampler!r}.")
     kinds = {"diag": "Diag", "draw_diag": "Diag", "low_rank": "LowRank", "flow": "Flow"}
     if adaptation not in kinds:
         raise TypeError(f"adaptation must be one of {sorted(kinds)}, got {adaptation!r}.")
-    settings = getattr(classes[sampler], kinds[adaptation])(0)
+    settings = _settings_object(classes[sampler], kinds[adaptation])
+    if settings is None:
+        return  # nutpie's private settings classes changed: nutpie checks the rest itself
     for key, value in kwargs.items():
         if key in named or key in _DEPRECATED:
             continue
@@ -165,6 +167,22 @@ def check_sampler_kwargs(kwargs: dict[str, Any]) -> None:
             raise TypeError(
                 f"nutpie does not accept the sampler setting {key}={value!r}: {err}."
             ) from None
+
+
+def _settings_object(class_name: str, kind: str) -> Any:
+    """A throwaway nutpie settings object, or None when nutpie's private classes differ.
+
+    The classes live in nutpie's private ``_lib``; when a nutpie release renames them, the
+    extra settings are left for nutpie to check when sampling starts (after compiling)
+    rather than failing here.
+    """
+    factory = getattr(getattr(nutpie_lib, class_name, None), kind, None)
+    if factory is None:
+        return None
+    try:
+        return factory(0)
+    except (TypeError, ValueError):
+        return None
 
 
 @dataclass

@@ -177,3 +177,21 @@ def test_fit_interrupted_by_a_real_ctrl_c(titanic):
     finally:
         timer.join()
     assert np.isfinite(model.params["estimate"].to_numpy()).all()
+
+
+def test_sampler_settings_check_falls_back_when_nutpie_internals_change(monkeypatch):
+    """The check of extra nutpie settings uses nutpie's private settings classes; when a
+    release renames them, nothing fails here and nutpie checks the settings itself."""
+    from types import SimpleNamespace
+
+    from bayesmer import sampling
+
+    with pytest.raises(TypeError, match="Unknown sampler setting 'foo'"):
+        sampling.check_sampler_kwargs({"foo": 1})
+    monkeypatch.setattr(sampling, "nutpie_lib", SimpleNamespace())
+    sampling.check_sampler_kwargs({"foo": 1, "target_accept": 0.9})
+    # what bayesmer knows without nutpie's classes is still checked
+    with pytest.raises(TypeError, match="'seed' is set by bayesmer"):
+        sampling.check_sampler_kwargs({"seed": 1})
+    with pytest.raises(TypeError, match="adaptation must be one of"):
+        sampling.check_sampler_kwargs({"adaptation": "full"})
