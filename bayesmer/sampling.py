@@ -32,9 +32,11 @@ import nutpie
 import nutpie.compile_pymc
 import pymc as pm
 import xarray as xr
-from nutpie import _lib as nutpie_lib
 
 from .spec import CENTRED_MIN_INFORMATION, ModelSpec
+
+#: nutpie's private extension module (its settings classes), None if a release drops it.
+nutpie_lib = getattr(nutpie, "_lib", None)
 
 #: Target acceptance is raised when a grouping factor has fewer levels than this (the sd
 #: posterior then has a long tail that needs small steps).
