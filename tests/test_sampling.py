@@ -195,3 +195,27 @@ def test_sampler_settings_check_falls_back_when_nutpie_internals_change(monkeypa
         sampling.check_sampler_kwargs({"seed": 1})
     with pytest.raises(TypeError, match="adaptation must be one of"):
         sampling.check_sampler_kwargs({"adaptation": "full"})
+
+
+def test_compile_falls_back_to_stock_nutpie_without_its_private_factories(
+    titanic_model, compiled, monkeypatch, caplog
+):
+    """A nutpie whose factories are not those bayesmer swaps (here one re-shaped, as a new
+    release might) compiles as it is (a note, no failure), with the same draws."""
+    from bayesmer import sampling
+
+    assert sampling.loop_callbacks_supported()
+    original = nutpie.compile_pymc._make_c_expand_func
+
+    def reshaped(*args):
+        return original(*args)
+
+    monkeypatch.setattr(nutpie.compile_pymc, "_make_c_expand_func", reshaped)
+    assert not sampling.loop_callbacks_supported()
+    with caplog.at_level("INFO", logger="bayesmer"):
+        stock = sampling.compile_model(titanic_model)
+    assert "compiling with stock nutpie" in caplog.text
+    settings = dict(draws=50, tune=100, chains=1, cores=1, seed=3, progress_bar=False)
+    ours = nutpie.sample(compiled, **settings)
+    again = nutpie.sample(stock, **settings)
+    np.testing.assert_array_equal(ours["posterior"]["b"].values, again["posterior"]["b"].values)
