@@ -26,6 +26,11 @@ How the priors are matched (see :mod:`bayesmer.priors` and :mod:`bayesmer.pymc_m
 - group sds (``1|g``): drawn from their HalfNormal priors; each level's deviation is drawn from
   Normal(0, sd). For a nested pair the inner deviations are around the outer level's mean, so
   the linear predictor is ``Intercept + X @ b + u_outer + u_inner`` in both cases.
+- correlated random slopes (``(x | g)``): the sds ``1|g`` and ``x|g`` from their HalfNormal
+  priors, the correlation ``cor|g`` from the LKJ(eta) prior of a 2 x 2 correlation matrix (density
+  proportional to ``(1 - r^2)^(eta - 1)``, i.e. ``(r + 1) / 2 ~ Beta(eta, eta)``), each level's
+  ``(u_0, u_x)`` from the bivariate Normal with those sds and that correlation; the linear
+  predictor is ``Intercept + X @ b + u_0 + x * u_x``.
 
 Results go to ``--out`` (one JSON line per fitted data set and model, appended as fits finish
 so ``--resume`` continues an interrupted run), with ``summary.csv`` (p-value per model and
@@ -41,7 +46,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -75,7 +80,8 @@ class SBCModel:
     priors : dict
         The priors the fit uses and the truths are drawn from: ``('normal', mu, sigma)`` for
         ``(Intercept)`` (on the centred-predictor intercept) and slopes, ``('halfnormal',
-        sigma)`` for group sds (``'1|g'``).
+        sigma)`` for group sds (``'1|g'``, ``'x|g'``), ``('lkj', eta)`` for the correlation of
+        a factor with a random slope (``'cor|g'``).
     design : callable
         ``design(rng) -> polars.DataFrame`` of predictors, grouping columns and, for Poisson,
         the exposure ``t``, without the outcome.
@@ -86,6 +92,10 @@ class SBCModel:
     description : str
     exposure : str or None
         Exposure column of a Poisson model (``offset(log(t))`` in the formula).
+    random_slopes : dict
+        Grouping factor -> the one slope term (a key of ``columns``) that varies by it,
+        correlated with the factor's intercept (``(x | g)``); factors not listed have a random
+        intercept only.
     """
 
     name: str
@@ -98,15 +108,27 @@ class SBCModel:
     groups: tuple[str, ...]
     description: str = ""
     exposure: str | None = None
+    random_slopes: dict[str, str] = field(default_factory=dict)
 
     @property
     def slopes(self) -> list[str]:
         return list(self.columns)
 
+    def group_parameters(self, g: str) -> list[str]:
+        """Ranked quantities of factor ``g``: ``1|g``, then ``x|g`` and ``cor|g`` with a slope."""
+        if g in self.random_slopes:
+            return [f"1|{g}", f"{self.random_slopes[g]}|{g}", f"cor|{g}"]
+        return [f"1|{g}"]
+
     @property
     def parameters(self) -> list[str]:
-        """Ranked quantities: ``(Intercept)``, slopes, then each group sd as ``1|g``."""
-        return ["(Intercept)", *self.slopes, *(f"1|{g}" for g in self.groups)]
+        """Ranked quantities: ``(Intercept)``, slopes, then each factor's sds (``1|g``, ``x|g``)
+        and correlation (``cor|g``)."""
+        return [
+            "(Intercept)",
+            *self.slopes,
+            *(p for g in self.groups for p in self.group_parameters(g)),
+        ]
 
 
 def _sizes(rng: np.random.Generator, n_groups: int, low: int, high: int) -> np.ndarray:
@@ -229,6 +251,24 @@ MODELS: dict[str, SBCModel] = {
             description="counts, 24 plots (3-15 rows) nested in 6 sites, numeric x, exposure t",
             exposure="t",
         ),
+        SBCModel(
+            name="poisson_slopes",
+            key=5,
+            family="poisson",
+            formula="y ~ x + (x | g)",
+            priors={
+                "(Intercept)": ("normal", 1.0, 0.5),
+                "x": ("normal", 0.0, 0.3),
+                "1|g": ("halfnormal", 0.5),
+                "x|g": ("halfnormal", 0.5),
+                "cor|g": ("lkj", 2.0),
+            },
+            design=_one_factor(25, 10, 30, exposure=False, two_level=False),
+            columns={"x": _numeric("x")},
+            groups=("g",),
+            description="counts, 25 groups of 10-30 rows, numeric x, correlated (x | g)",
+            random_slopes={"g": "x"},
+        ),
     ]
 }
 
@@ -239,19 +279,24 @@ MODELS: dict[str, SBCModel] = {
 
 def draw_from_prior(prior: tuple, rng: np.random.Generator, size: int | None = None) -> Any:
     """One draw (or ``size`` draws) from a tuple prior, as :func:`bayesmer.priors.to_prior`
-    reads it: ``('normal', mu, sigma)`` or ``('halfnormal', sigma)``.
+    and :func:`bayesmer.priors.lkj_prior` read it: ``('normal', mu, sigma)``,
+    ``('halfnormal', sigma)`` or ``('lkj', eta)``, the last one the correlation of a 2 x 2
+    correlation matrix under LKJ(eta): ``2 * Beta(eta, eta) - 1`` (density proportional to
+    ``(1 - r^2)^(eta - 1)``).
 
     Raises
     ------
     ValueError
-        For any other distribution (the generator knows only these two).
+        For any other distribution (the generator knows only these three).
     """
     kind = prior[0].lower()
     if kind == "normal":
         return rng.normal(prior[1], prior[2], size)
     if kind == "halfnormal":
         return np.abs(rng.normal(0.0, prior[1], size))
-    raise ValueError(f"sbc draws only 'normal' and 'halfnormal' priors, got {prior!r}.")
+    if kind == "lkj":
+        return 2.0 * rng.beta(prior[1], prior[1], size) - 1.0
+    raise ValueError(f"sbc draws only 'normal', 'halfnormal' and 'lkj' priors, got {prior!r}.")
 
 
 def design_matrix(model: SBCModel, design: pl.DataFrame) -> np.ndarray:
@@ -268,7 +313,9 @@ def draw_truth(model: SBCModel, design: pl.DataFrame, rng: np.random.Generator) 
     dict
         ``'(Intercept)'`` (data scale, as reported), ``'Intercept_c'`` (the centred-predictor
         intercept the prior is on), each slope, each ``'1|g'`` (group sd) and ``'u|g'`` (the
-        level deviations, one per level in sorted level order).
+        level deviations, one per level in sorted level order). A factor with a random slope
+        ``x`` adds ``'x|g'`` (its sd) and ``'cor|g'`` (the correlation), and its ``'u|g'`` holds
+        one ``[u_0, u_x]`` pair per level.
     """
     X = design_matrix(model, design)
     xbar = X.mean(axis=0)  # bayesmer centres at the mean over data rows
@@ -283,19 +330,33 @@ def draw_truth(model: SBCModel, design: pl.DataFrame, rng: np.random.Generator) 
         sd = float(draw_from_prior(model.priors[f"1|{g}"], rng))
         n_levels = design[g].n_unique()
         truth[f"1|{g}"] = sd
-        truth[f"u|{g}"] = rng.normal(0.0, sd, n_levels).tolist()
+        if g not in model.random_slopes:
+            truth[f"u|{g}"] = rng.normal(0.0, sd, n_levels).tolist()
+            continue
+        term = model.random_slopes[g]
+        sd_x = float(draw_from_prior(model.priors[f"{term}|{g}"], rng))
+        r = float(draw_from_prior(model.priors[f"cor|{g}"], rng))
+        truth[f"{term}|{g}"] = sd_x
+        truth[f"cor|{g}"] = r
+        # (u_0, u_x) ~ Normal(0, diag(sd) R diag(sd)), from its Cholesky factor
+        chol = np.array([[sd, 0.0], [r * sd_x, np.sqrt(1.0 - r**2) * sd_x]])
+        truth[f"u|{g}"] = (rng.normal(0.0, 1.0, (n_levels, 2)) @ chol.T).tolist()
     return truth
 
 
 def linear_predictor(model: SBCModel, design: pl.DataFrame, truth: dict[str, Any]) -> np.ndarray:
-    """``(Intercept) + X @ b + sum of the group deviations`` per row (no offset)."""
+    """``(Intercept) + X @ b + sum of the group deviations`` per row (no offset); a factor with
+    a random slope of ``x`` adds ``u_0 + x * u_x``."""
     X = design_matrix(model, design)
     beta = np.array([truth[t] for t in model.slopes])
     eta = truth["(Intercept)"] + X @ beta
     for g in model.groups:
         levels = sorted(design[g].unique().to_list())
         index = design[g].cast(pl.Enum(levels)).to_physical().to_numpy()
-        eta = eta + np.asarray(truth[f"u|{g}"])[index]
+        u = np.asarray(truth[f"u|{g}"])[index]
+        if g in model.random_slopes:
+            u = u[:, 0] + model.columns[model.random_slopes[g]](design) * u[:, 1]
+        eta = eta + u
     return eta
 
 
@@ -410,18 +471,33 @@ def fit_one(
     expected = ["(Intercept)", *model.slopes]
     if list(spec.terms) != expected:
         raise RuntimeError(f"{model.name}: bayesmer's terms {spec.terms} are not {expected}.")
+    for g in spec.groups:
+        want = (
+            "(Intercept)",
+            *([model.random_slopes[g.name]] if g.name in model.random_slopes else []),
+        )
+        if tuple(g.terms) != want or len(g.terms) > 1 and not g.cor_pairs:
+            raise RuntimeError(f"{model.name}: factor {g.name} has terms {g.terms}, not {want}.")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         fitted.fit(chains=chains, draws=draws, tune=tune, random_seed=fit_seed, progressbar=False)
     post = fitted.posterior["posterior"].to_dataset()
     b = post["b"].transpose("chain", "draw", "term").values.reshape(-1, len(spec.terms))
     samples = {t: b[:, j] for j, t in enumerate(spec.terms)}
+    labels = ["b[(Intercept)]", *(f"b[{t}]" for t in model.slopes)]
     for g in spec.groups:
-        samples[f"1|{g.name}"] = post[g.sd_name].transpose("chain", "draw").values.reshape(-1)
+        if not g.slopes:
+            samples[f"1|{g.name}"] = post[g.sd_name].transpose("chain", "draw").values.reshape(-1)
+            labels.append(g.sd_name)
+            continue
+        sd = post[g.sd_name].transpose("chain", "draw", g.term_dim).values.reshape(-1, 2)
+        samples[f"1|{g.name}"], samples[f"{g.terms[1]}|{g.name}"] = sd[:, 0], sd[:, 1]
+        cor = post[g.cor_name].transpose("chain", "draw", g.cor_dim).values.reshape(-1)
+        samples[f"cor|{g.name}"] = cor
+        labels += [f"{g.sd_name}[{t}]" for t in g.terms]
+        labels += [f"{g.cor_name}[{c}]" for c in g.cor_labels]
     ranks = {p: rank(truth[p], thin(samples[p], n_draws)) for p in model.parameters}
     diag = fitted.diagnostics
-    labels = ["b[(Intercept)]", *(f"b[{t}]" for t in model.slopes)]
-    labels += [g.sd_name for g in spec.groups]
     ranked = diag.filter(pl.col("term").is_in(labels))
     return {
         "model": model.name,

@@ -152,3 +152,67 @@ def test_thin_to_must_split_into_equal_bins(sbc, capsys):
     assert "101 possible ranks, which do not split into --bins 20" in capsys.readouterr().err
     args = sbc._parse(["--thin-to", "99", "--bins", "20", "--models", "poisson_few"])
     assert args.models == ["poisson_few"]
+
+
+def test_slopes_generator_draws_the_correlation_from_the_lkj_prior(sbc):
+    """2 x 2 LKJ(eta): (r + 1) / 2 ~ Beta(eta, eta), so mean 0 and sd 1 / sqrt(2 eta + 1)."""
+    model = sbc.MODELS["poisson_slopes"]
+    eta = model.priors["cor|g"][1]
+    rng = np.random.default_rng(6)
+    design = model.design(rng)
+    draws = [sbc.draw_truth(model, design, rng) for _ in range(4000)]
+    n = len(draws)
+    r = np.array([d["cor|g"] for d in draws])
+    sd = 1 / np.sqrt(2 * eta + 1)
+    assert abs(r.mean()) < 4 * sd / np.sqrt(n)
+    assert abs(r.std() / sd - 1) < 4 / np.sqrt(2 * n)
+    assert stats.kstest((r + 1) / 2, stats.beta(eta, eta).cdf).pvalue > 0.001
+    for key in ["1|g", "x|g"]:
+        values, sigma = np.array([d[key] for d in draws]), model.priors[key][1]
+        assert abs(values.mean() - sigma * np.sqrt(2 / np.pi)) < 4 * sigma / np.sqrt(n), key
+    # each level's (u_0, u_x), standardised by the sds, has correlation r
+    z = np.array([np.array(d["u|g"]) / [d["1|g"], d["x|g"]] for d in draws])  # draws x levels x 2
+    assert abs(z.std() - 1) < 4 / np.sqrt(2 * z[..., 0].size)
+    products = (z[..., 0] * z[..., 1]).mean(axis=1)  # estimates r per draw
+    assert abs((products - r).mean()) < 4 * (products - r).std() / np.sqrt(n)
+
+
+def test_slopes_generator_agrees_with_bayesmers_prior(sbc):
+    """The truths and bayesmer's own prior draws (sample_prior) have the same distributions."""
+    model = sbc.MODELS["poisson_slopes"]
+    rng = np.random.default_rng(7)
+    design = model.design(rng)
+    truth = sbc.draw_truth(model, design, rng)
+    data = sbc.simulate(model, design, truth, rng)
+    fitted = glmer(model.formula, data=data, family=model.family, priors=model.priors)
+    (g,) = fitted.spec.groups
+    assert g.terms == ("(Intercept)", "x") and g.cor_labels == ["(Intercept).x"]
+    prior = fitted.sample_prior(draws=4000, random_seed=8)["prior"].to_dataset()
+    ours = [sbc.draw_truth(model, design, rng) for _ in range(4000)]
+    pairs = {
+        "(Intercept)": prior["b"].sel(term="(Intercept)"),
+        "x": prior["b"].sel(term="x"),
+        "1|g": prior["sd_g"].sel(g_term="(Intercept)"),
+        "x|g": prior["sd_g"].sel(g_term="x"),
+        "cor|g": prior["cor_g"].sel(g_cor="(Intercept).x"),
+    }
+    for key, theirs in pairs.items():
+        mine = np.array([d[key] for d in ours])
+        assert stats.ks_2samp(mine, theirs.values.ravel()).pvalue > 0.001, key
+    # one level's slope deviation (a scale mixture, heavy-tailed): same distribution too
+    u_x = np.array([d["u|g"][0][1] for d in ours])
+    theirs = prior["u_g"].isel(g_level=0).sel(g_term="x").values.ravel()
+    assert stats.ks_2samp(u_x, theirs).pvalue > 0.001
+
+
+def test_slopes_linear_predictor_adds_each_levels_intercept_and_slope(sbc):
+    model = sbc.MODELS["poisson_slopes"]
+    rng = np.random.default_rng(9)
+    design = model.design(rng)
+    truth = sbc.draw_truth(model, design, rng)
+    eta = sbc.linear_predictor(model, design, truth)
+    u = dict(zip(sorted(design["g"].unique()), truth["u|g"], strict=True))
+    for i in [0, design.height // 2, design.height - 1]:
+        g, x = design["g"][i], design["x"][i]
+        expected = truth["(Intercept)"] + truth["x"] * x + u[g][0] + u[g][1] * x
+        assert eta[i] == pytest.approx(expected, abs=1e-12)
