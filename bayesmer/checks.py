@@ -1295,9 +1295,8 @@ def predict(
         offset = design.log_exposure[block]
         if sigma is not None:
             eta = marginal_link(spec.family, eta, sigma if sigma.shape[1] == 1 else sigma[:, block])
-        link = eta
         # a Poisson row's exposure shifts the link; the offset is 0 for binomial models
-        link = link + offset
+        link = eta + offset
         v = link if type_predict == "link" else spec.family.inverse_link(link)
         if output == "mean":
             means[block] = v.mean(axis=0)
