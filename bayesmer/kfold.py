@@ -28,7 +28,7 @@ from scipy import special
 from .checks import _keys, _log_likelihood, row_table
 from .collapse import Y
 from .diagnostics import PACKAGE_DIR
-from .draws import fixed, group_effects, group_sd
+from .draws import GroupRows, fixed, group_effects, group_sd, linear_predictor
 from .spec import ModelSpec, to_lazy
 
 if TYPE_CHECKING:
@@ -329,16 +329,20 @@ def _score_group(refit: Model, rows: pl.DataFrame, group: str, fold: int) -> flo
                 "so its refit cannot predict them; use fewer folds (or another random_seed)."
             )
     trace = refit.posterior
-    X = spec.design_matrix(rows.select(_keys(spec)))
-    eta = fixed(trace) @ X.T
-    variance = np.zeros(eta.shape[0])
+    b = fixed(trace)
+    variance = np.zeros(b.shape[0])
+    effects: dict[str, np.ndarray] = {}
+    levels_of: dict[str, GroupRows] = {}
     for h in spec.groups:
         values = rows[h.name].to_list()
         lookup = {lv: i for i, lv in enumerate(h.levels)}
         seen = np.array([v in lookup for v in values])
-        if seen.any():
-            index = np.array([lookup.get(v, 0) for v in values], dtype=np.int64)
-            eta = eta + np.where(seen, group_effects(trace, h)[:, index], 0.0)
+        # a level the refit has not seen points at an appended zero effect: it is integrated
+        # out below instead
+        unseen = np.zeros((b.shape[0], 1))
+        effects[h.name] = np.concatenate([group_effects(trace, h), unseen], axis=1)
+        index = np.array([lookup.get(v, len(h.levels)) for v in values], dtype=np.int64)
+        levels_of[h.name] = (index, None)
         if seen.all():
             continue
         if h.name != group and (seen.any() or len(set(values)) > 1):
@@ -349,6 +353,8 @@ def _score_group(refit: Model, rows: pl.DataFrame, group: str, fold: int) -> flo
                 f"{h.name!r} instead, or by a factor it is nested in."
             )
         variance = variance + group_sd(trace, h) ** 2
+    X = spec.design_matrix(rows.select(_keys(spec)))
+    eta = linear_predictor(b, X, effects, levels_of)
     y = rows[Y].to_numpy()
     size = rows[spec.size_col].to_numpy()
     return _log_mean_exp(group_log_likelihood(spec, eta, y, size, np.sqrt(variance)))
