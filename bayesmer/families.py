@@ -1,4 +1,12 @@
-"""Response families and link functions, in NumPy (for draws) and PyTensor (for the model)."""
+"""Response families and link functions, in NumPy (for draws) and PyTensor (for the model).
+
+Five families: ``binomial`` and ``poisson`` (no dispersion parameter), ``gaussian`` (residual
+sd ``sigma``), ``negativebinomial`` (NB2: variance ``mu + mu^2 / size``, as glmmTMB's nbinom2
+and rstanarm's neg_binomial_2) and ``betabinomial`` (success probability ``p ~ Beta(p_mean *
+phi, (1 - p_mean) * phi)`` per observation, variance ``n p (1 - p) (1 + (n - 1) / (phi + 1))``,
+as glmmTMB's betabinomial). :class:`Family` holds everything that differs between them: the
+links, what a cell sums, the pointwise log-likelihood (NumPy, for LOO), and replicated outcomes.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +17,39 @@ import pytensor.tensor as pt
 from scipy import special
 
 _LINKS: dict[str, tuple[str, ...]] = {
+    "gaussian": ("identity", "log"),
     "binomial": ("logit", "probit", "cloglog"),
     "poisson": ("log",),
+    "negativebinomial": ("log",),
+    "betabinomial": ("logit",),
+}
+
+#: Other spellings of the family names (R's, glmmTMB's, rstanarm's, brms's).
+_ALIASES: dict[str, str] = {
+    "normal": "gaussian",
+    "negbinomial": "negativebinomial",
+    "negative_binomial": "negativebinomial",
+    "negative binomial": "negativebinomial",
+    "nbinom2": "negativebinomial",
+    "neg_binomial_2": "negativebinomial",
+    "beta_binomial": "betabinomial",
+    "beta-binomial": "betabinomial",
+}
+
+#: Each family's dispersion parameter (the posterior variable and its key in ``priors=``).
+DISPERSION: dict[str, str] = {
+    "gaussian": "sigma",
+    "negativebinomial": "size",
+    "betabinomial": "phi",
+}
+
+#: What a cell's size column holds: trials, exposure, or (gaussian) its number of rows.
+_SIZE_KIND = {
+    "gaussian": "rows",
+    "binomial": "trials",
+    "betabinomial": "trials",
+    "poisson": "exposure",
+    "negativebinomial": "exposure",
 }
 _SQRT2 = float(np.sqrt(2.0))
 
@@ -37,6 +76,14 @@ _NOT_FITTED: dict[tuple[str, str], str] = {
         "link='cloglog'; emmeans(type='response') gives probabilities"
     ),
     ("binomial", "cauchit"): "use link='logit', 'probit' or 'cloglog'",
+    ("gaussian", "inverse"): (
+        "the inverse link puts a pole in the mean where the linear predictor crosses zero; use "
+        "link='identity' or link='log'"
+    ),
+    ("negativebinomial", "identity"): "as for the Poisson family, use link='log'",
+    ("negativebinomial", "sqrt"): "as for the Poisson family, use link='log'",
+    ("betabinomial", "probit"): "the beta-binomial family is fitted with link='logit'",
+    ("betabinomial", "cloglog"): "the beta-binomial family is fitted with link='logit'",
 }
 
 
@@ -46,23 +93,48 @@ class Family:
 
     Attributes
     ----------
-    name : {'binomial', 'poisson'}
+    name : {'gaussian', 'binomial', 'poisson', 'negativebinomial', 'betabinomial'}
     link : str
-        ``'logit'``, ``'probit'`` or ``'cloglog'`` for binomial; ``'log'`` for Poisson.
+        ``'identity'`` or ``'log'`` for gaussian; ``'logit'``, ``'probit'`` or ``'cloglog'``
+        for binomial; ``'log'`` for Poisson and the negative binomial; ``'logit'`` for the
+        beta-binomial.
     """
 
     name: str
     link: str
 
     @property
+    def dispersion(self) -> str | None:
+        """Name of the dispersion parameter (``sigma``, ``size``, ``phi``), None if none."""
+        return DISPERSION.get(self.name)
+
+    @property
+    def size_kind(self) -> str:
+        """What a cell's size column holds: ``'trials'``, ``'exposure'`` or ``'rows'``."""
+        return _SIZE_KIND[self.name]
+
+    @property
+    def per_observation(self) -> bool:
+        """Whether the likelihood needs each distinct observation, not only cell sums.
+
+        Binomial, Poisson and Gaussian cells are summarised exactly by sums (successes and
+        trials; counts and exposure; n, the sum and the within-cell sum of squares); the
+        negative binomial and the beta-binomial are not, so identical rows are merged with a
+        count instead (see :mod:`bayesmer.collapse`).
+        """
+        return self.name in ("negativebinomial", "betabinomial")
+
+    @property
     def response_label(self) -> str:
-        """Column name of a mean on the response scale (``prob`` or ``rate``)."""
-        return "prob" if self.name == "binomial" else "rate"
+        """Column name of a mean on the response scale (``prob``, ``rate`` or ``mean``)."""
+        if self.size_kind == "trials":
+            return "prob"
+        return "rate" if self.size_kind == "exposure" else "mean"
 
     @property
     def ratio_label(self) -> str:
         """Column name of a contrast on the response scale."""
-        if self.name == "binomial" and self.link == "logit":
+        if self.link == "logit":
             return "odds_ratio"
         return "ratio"
 
@@ -72,8 +144,10 @@ class Family:
         return self.link in ("logit", "log")
 
     def inverse_link(self, eta: np.ndarray) -> np.ndarray:
-        """Map linear-predictor values to the mean (probability or rate), in NumPy."""
+        """Map linear-predictor values to the mean (probability, rate or mean), in NumPy."""
         eta = np.asarray(eta, dtype=float)
+        if self.link == "identity":
+            return eta
         if self.link == "logit":
             return special.expit(eta)
         if self.link == "probit":
@@ -81,6 +155,93 @@ class Family:
         if self.link == "cloglog":
             return -np.expm1(-np.exp(eta))
         return np.exp(eta)
+
+    def log_likelihood(
+        self, eta: np.ndarray, y: np.ndarray, size: np.ndarray, dispersion: np.ndarray | None
+    ) -> np.ndarray:
+        """Pointwise log-likelihood of single observations, constants included, in NumPy.
+
+        Parameters
+        ----------
+        eta : np.ndarray
+            Linear predictor without offset, shape (draws, k).
+        y : np.ndarray
+            Outcomes, shape (k,): successes, counts or values.
+        size : np.ndarray
+            Trials (binomial, beta-binomial), exposure (Poisson, negative binomial) or 1
+            (gaussian), shape (k,).
+        dispersion : np.ndarray or None
+            Draws of the dispersion parameter, shape (draws,); None for binomial and Poisson.
+
+        Returns
+        -------
+        np.ndarray
+            Shape (draws, k): proper log probabilities (densities for gaussian).
+        """
+        y = np.asarray(y, dtype=float)
+        size = np.asarray(size, dtype=float)
+        if self.name == "gaussian":
+            sigma = dispersion[:, None]
+            z = (y - self.inverse_link(eta)) / sigma
+            return -0.5 * z**2 - np.log(sigma) - 0.5 * np.log(2.0 * np.pi)
+        if self.size_kind == "trials":
+            const = special.gammaln(size + 1) - special.gammaln(y + 1)
+            const = const - special.gammaln(size - y + 1)
+            if self.name == "betabinomial":
+                phi = dispersion[:, None]
+                a = phi * special.expit(eta)
+                b = phi * special.expit(-eta)
+                return const + special.betaln(y + a, size - y + b) - special.betaln(a, b)
+            log_p, log_q = self.log_probs(eta)
+            succ = np.where(y > 0, y * log_p, 0.0)
+            fail = np.where(size - y > 0, (size - y) * log_q, 0.0)
+            return const + succ + fail
+        log_mu = eta + np.log(size)
+        if self.name == "negativebinomial":
+            r = dispersion[:, None]
+            log_rmu = np.logaddexp(np.log(r), log_mu)
+            return (
+                special.gammaln(y + r)
+                - special.gammaln(r)
+                - special.gammaln(y + 1)
+                + r * (np.log(r) - log_rmu)
+                + y * (log_mu - log_rmu)
+            )
+        return y * log_mu - np.exp(log_mu) - special.gammaln(y + 1)
+
+    def replicate(
+        self,
+        rng: np.random.Generator,
+        mean: np.ndarray,
+        size: np.ndarray,
+        dispersion: np.ndarray | None,
+    ) -> np.ndarray:
+        """Replicated outcomes of single observations.
+
+        Parameters
+        ----------
+        rng : np.random.Generator
+        mean : np.ndarray
+            Response-scale mean per unit (probability, rate per unit exposure, mean), shape
+            (draws, k).
+        size : np.ndarray
+            Trials, exposure or 1 per observation, shape (k,).
+        dispersion : np.ndarray or None
+            Draws of the dispersion parameter, shape (draws,).
+        """
+        if self.name == "gaussian":
+            return rng.normal(mean, dispersion[:, None])
+        if self.size_kind == "trials":
+            p = np.clip(mean, 0.0, 1.0)
+            if self.name == "betabinomial":
+                phi = dispersion[:, None]
+                p = rng.beta(np.maximum(p * phi, 1e-300), np.maximum((1.0 - p) * phi, 1e-300))
+            return rng.binomial(np.asarray(size).astype(np.int64), p)
+        mu = mean * size
+        if self.name == "negativebinomial":
+            r = dispersion[:, None]
+            mu = rng.gamma(r, mu / r)
+        return rng.poisson(mu)
 
     def log_probs(self, eta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """``log(p)`` and ``log(1 - p)`` of a binomial link, in NumPy.
@@ -160,9 +321,12 @@ def get_family(family: str, link: str = "default") -> Family:
 
     Parameters
     ----------
-    family : {'binomial', 'poisson'}
+    family : str
+        ``'gaussian'``, ``'binomial'``, ``'poisson'``, ``'negativebinomial'`` (also
+        ``'nbinom2'``, ``'negbinomial'``) or ``'betabinomial'``.
     link : str, default 'default'
-        ``'default'`` picks logit for binomial and log for Poisson.
+        ``'default'`` picks the first link of the family: identity (gaussian), logit
+        (binomial, beta-binomial), log (Poisson, negative binomial).
 
     Returns
     -------
@@ -173,9 +337,10 @@ def get_family(family: str, link: str = "default") -> Family:
     ValueError
         If the family or the link is not supported.
     """
-    if not isinstance(family, str) or family.lower() not in _LINKS:
+    name = family.lower() if isinstance(family, str) else family
+    name = _ALIASES.get(name, name) if isinstance(name, str) else name
+    if name not in _LINKS:
         raise ValueError(f"Unknown family {family!r}; choose one of {sorted(_LINKS)}.")
-    name = family.lower()
     allowed = _LINKS[name]
     chosen = allowed[0] if link in (None, "default") else link
     if (name, chosen) in _NOT_FITTED:

@@ -33,22 +33,29 @@ class NotFittedError(ValueError):
 class Model:
     """A Bayesian generalized linear (mixed) model with a pymer4-style interface.
 
-    Use :class:`glm` or :class:`glmer`; this base class holds what they share.
+    Use :class:`lm`, :class:`glm`, :class:`lmer` or :class:`glmer`; this base class holds
+    what they share.
 
     Parameters
     ----------
     formula : str
         lme4-style formula, e.g. ``'survived ~ sex + (1|pclass)'``.
     data : polars.DataFrame, polars.LazyFrame or pandas.DataFrame
-    family : {'binomial', 'poisson'}, default 'binomial'
+    family : str, default 'gaussian'
+        ``'gaussian'`` (as pymer4 and R, the default), ``'binomial'``, ``'poisson'``,
+        ``'negativebinomial'`` (NB2; also ``'nbinom2'``) or ``'betabinomial'`` (for
+        ``cbind()`` outcomes).
     link : str, default 'default'
-        ``'logit'`` (default), ``'probit'`` or ``'cloglog'`` for binomial; ``'log'`` for Poisson.
-        Links R accepts that bayesmer does not fit (Poisson ``'identity'`` and ``'sqrt'``,
-        binomial ``'log'`` and ``'cauchit'``) raise a ValueError saying why and what to use.
+        ``'identity'`` (default) or ``'log'`` for gaussian; ``'logit'`` (default),
+        ``'probit'`` or ``'cloglog'`` for binomial; ``'log'`` for Poisson and the negative
+        binomial; ``'logit'`` for the beta-binomial. Links R accepts that bayesmer does not
+        fit (Poisson ``'identity'`` and ``'sqrt'``, binomial ``'log'`` and ``'cauchit'``)
+        raise a ValueError saying why and what to use.
     priors : dict, optional
-        Priors keyed by term (``'sexmale'``, ``'(Intercept)'``) or group sd (``'1|pclass'``):
-        tuples such as ``('normal', 0, 2.5)`` or ``bambi.Prior`` objects. See
-        :mod:`bayesmer.priors` for the defaults.
+        Priors keyed by term (``'sexmale'``, ``'(Intercept)'``), group sd (``'1|pclass'``)
+        or dispersion parameter (``'sigma'``, ``'size'``, ``'phi'``): tuples such as
+        ``('normal', 0, 2.5)`` or ``bambi.Prior`` objects. See :mod:`bayesmer.priors` for
+        the defaults.
 
     Attributes
     ----------
@@ -74,7 +81,7 @@ class Model:
         self,
         formula: str,
         data: Any,
-        family: str = "binomial",
+        family: str = "gaussian",
         link: str = "default",
         priors: dict[str, Any] | None = None,
     ) -> None:
@@ -104,15 +111,17 @@ class Model:
     # -- set-up ------------------------------------------------------------------------------
 
     def _check_kind(self) -> None:
+        mixed = {"glm": "glmer", "lm": "lmer"}.get(self._kind, "glmer")
+        fixed = {"glmer": "glm", "lmer": "lm"}.get(self._kind, "glm")
         if self._requires_groups is True and not self._parsed.groups:
             raise ValueError(
-                f"glmer needs at least one random intercept such as (1|group) in "
-                f"{self.formula!r}; use glm for a model without random effects."
+                f"{self._kind} needs at least one random intercept such as (1|group) in "
+                f"{self.formula!r}; use {fixed} for a model without random effects."
             )
         if self._requires_groups is False and self._parsed.groups:
             raise ValueError(
-                f"glm does not take random effects ({', '.join(self._parsed.groups)} in "
-                f"{self.formula!r}); use glmer."
+                f"{self._kind} does not take random effects "
+                f"({', '.join(self._parsed.groups)} in {self.formula!r}); use {mixed}."
             )
 
     def _check_columns(self) -> None:
@@ -777,11 +786,11 @@ class glmer(Model):  # noqa: N801  (pymer4's name)
     Examples
     --------
     >>> from bayesmer import glmer, load_dataset
-    >>> model = glmer("survived ~ sex + (1|pclass)", data=load_dataset("titanic"))
+    >>> model = glmer("survived ~ sex + (1|pclass)", load_dataset("titanic"), "binomial")
     >>> model.fit(exponentiate=True)  # doctest: +SKIP
     >>> model.ranef  # doctest: +SKIP
     >>> formula = "use01 ~ age + I(age^2) + urban + livch + (urban | district)"
-    >>> slopes = glmer(formula, data=load_dataset("contraception"))
+    >>> slopes = glmer(formula, data=load_dataset("contraception"), family="binomial")
     >>> slopes.fit()  # doctest: +SKIP
     >>> slopes.ranef_var  # doctest: +SKIP
     """
@@ -832,6 +841,62 @@ class glmer(Model):  # noqa: N801  (pymer4's name)
         ``cor__<term>.<term>``."""
         self._require_fit("ranef_var")
         return summaries.ranef_var_table(self.spec, self.posterior, self.ci)
+
+
+class lm(glm):  # noqa: N801  (pymer4's name)
+    """Bayesian linear model: a gaussian :class:`glm` (identity link), pymer4's ``lm``.
+
+    The residual sd is the parameter ``sigma`` (prior key ``'sigma'``; default
+    Exponential(1 / sd(y))), reported after the fixed effects.
+
+    Parameters
+    ----------
+    formula : str
+        Formula without random effects, e.g. ``'Reaction ~ Days'``.
+    data : polars.DataFrame, polars.LazyFrame or pandas.DataFrame
+    priors : dict, optional
+        As for :class:`Model`.
+
+    Examples
+    --------
+    >>> from bayesmer import lm, load_dataset
+    >>> model = lm("Reaction ~ Days", data=load_dataset("sleepstudy"))
+    >>> model.fit()  # doctest: +SKIP
+    """
+
+    _kind = "lm"
+
+    def __init__(self, formula: str, data: Any, priors: dict[str, Any] | None = None) -> None:
+        super().__init__(formula, data, family="gaussian", priors=priors)
+
+
+class lmer(glmer):  # noqa: N801  (pymer4's name)
+    """Bayesian linear mixed model: a gaussian :class:`glmer` (identity link), pymer4's
+    ``lmer``.
+
+    ``ranef_var`` ends with lme4's ``Residual`` row (``sd__Observation``): the residual sd
+    ``sigma`` (prior key ``'sigma'``).
+
+    Parameters
+    ----------
+    formula : str
+        Formula with random effects, e.g. ``'Reaction ~ Days + (Days | Subject)'``.
+    data : polars.DataFrame, polars.LazyFrame or pandas.DataFrame
+    priors : dict, optional
+        As for :class:`Model`.
+
+    Examples
+    --------
+    >>> from bayesmer import lmer, load_dataset
+    >>> model = lmer("Reaction ~ Days + (Days | Subject)", data=load_dataset("sleepstudy"))
+    >>> model.fit()  # doctest: +SKIP
+    >>> model.ranef_var  # doctest: +SKIP
+    """
+
+    _kind = "lmer"
+
+    def __init__(self, formula: str, data: Any, priors: dict[str, Any] | None = None) -> None:
+        super().__init__(formula, data, family="gaussian", priors=priors)
 
 
 Summary = summaries.Summary

@@ -11,6 +11,13 @@ Defaults follow rstanarm's weakly informative, autoscaled choices:
   fixed slopes.
 - ``cor|g`` (the correlations of a factor's intercept and slopes): LKJ(eta=1), uniform over
   correlation matrices.
+- Gaussian outcomes (identity link) are in their own units, so every scale above is multiplied
+  by sd(y) and the intercept's prior is centred at mean(y), as rstanarm does; ``sigma`` (the
+  residual sd): Exponential(1 / sd(y)), rstanarm's ``prior_aux``.
+- ``size`` (negative binomial) and ``phi`` (beta-binomial), the precision of the
+  overdispersion (large values: no overdispersion): Gamma(0.01, 0.01), brms's defaults for the
+  negative binomial's shape and the beta-binomial's phi; nearly flat on the log scale between
+  small and large values.
 
 Users override any of them with ``priors={'sexmale': ('normal', 0, 1), '1|pclass':
 ('exponential', 1)}`` or with a ``bambi.Prior`` for anything PyMC has.
@@ -27,6 +34,7 @@ import pymc as pm
 import xarray as xr
 
 if TYPE_CHECKING:
+    from .families import Family
     from .spec import GroupSpec, ModelSpec
 
 #: Plain-tuple prior names -> (PyMC distribution, ordered parameter names).
@@ -149,6 +157,8 @@ def resolve_priors(
     groups: list[GroupSpec],
     user: dict[str, Any] | None,
     random_sd: dict[str, dict[str, float]] | None = None,
+    family: Family | None = None,
+    outcome: tuple[float, float] = (0.0, 1.0),
 ) -> dict[str, Prior]:
     """Every prior in force, defaults filled in where the user gave none.
 
@@ -167,6 +177,12 @@ def resolve_priors(
     random_sd : dict, optional
         Per factor with slopes, the sd of each slope column of its random design (for
         autoscaling its sd prior: HalfNormal(2.5 / sd(x)), as the fixed slopes).
+    family : Family, optional
+        Its dispersion parameter (``sigma``, ``size``, ``phi``), if any, gets a prior too.
+    outcome : tuple of float, default (0, 1)
+        Location and scale of the outcome on the link scale (see
+        :func:`bayesmer.spec.outcome_scale`): the intercept's prior is centred at the location
+        and every default scale is multiplied by the scale.
 
     Returns
     -------
@@ -180,8 +196,10 @@ def resolve_priors(
     """
     user = dict(user or {})
     random_sd = random_sd or {}
+    location, scale = outcome
     group_keys = [k for g in groups for k in g.prior_keys]
-    known = [*terms, *group_keys]
+    dispersion = [family.dispersion] if family is not None and family.dispersion else []
+    known = [*terms, *group_keys, *dispersion]
     unknown = [k for k in user if k not in known]
     if unknown:
         raise ValueError(
@@ -193,23 +211,40 @@ def resolve_priors(
         if term in user:
             out[term] = to_prior(term, user[term], positive=False)
         elif term == "(Intercept)":
-            out[term] = Prior("Normal", {"mu": 0.0, "sigma": DEFAULT_SCALE})
+            mu = float(_round(location))
+            out[term] = Prior("Normal", {"mu": mu, "sigma": _autoscaled(1.0 / scale)})
         else:
-            out[term] = Prior("Normal", {"mu": 0.0, "sigma": _autoscaled(x_sd.get(term, 1.0))})
+            sd = x_sd.get(term, 1.0) / scale
+            out[term] = Prior("Normal", {"mu": 0.0, "sigma": _autoscaled(sd)})
     for g in groups:
         for term in g.terms:
             key = g.sd_key(term)
             if key in user:
                 out[key] = to_prior(key, user[key], positive=True)
             elif term == "(Intercept)":
-                out[key] = Prior("HalfNormal", {"sigma": DEFAULT_SCALE})
+                out[key] = Prior("HalfNormal", {"sigma": _autoscaled(1.0 / scale)})
             else:
-                sd = random_sd.get(g.name, {}).get(term, 1.0)
+                sd = random_sd.get(g.name, {}).get(term, 1.0) / scale
                 out[key] = Prior("HalfNormal", {"sigma": _autoscaled(sd)})
         if g.cor_pairs:
             key = f"cor|{g.name}"
             out[key] = lkj_prior(key, user[key]) if key in user else Prior("LKJCorr", {"eta": 1.0})
+    for key in dispersion:
+        if key in user:
+            out[key] = to_prior(key, user[key], positive=True)
+        elif key == "sigma":
+            # rate 1 / sd(y), rounded as the autoscaled sds are (2.5 / (2.5 sd(y))
+            out[key] = Prior("Exponential", {"lam": _autoscaled(DEFAULT_SCALE * scale)})
+        else:
+            out[key] = Prior("Gamma", {"alpha": 0.01, "beta": 0.01})
     return out
+
+
+def _round(value: float) -> float:
+    """``value`` to 4 significant digits (a prior's location as it is printed)."""
+    if value == 0 or not np.isfinite(value):
+        return 0.0
+    return float(f"{value:.4g}")
 
 
 def _autoscaled(sd: float) -> float:
@@ -257,7 +292,23 @@ def _design_sd(spec: ModelSpec) -> dict[str, float]:
     return out
 
 
+#: Notes on the dispersion parameters' priors.
+_DISPERSION_NOTES = {
+    "sigma": "residual sd (lme4's Residual row), in the outcome's units",
+    "size": (
+        "negative binomial size: variance mu + mu^2 / size, so small values mean strong "
+        "overdispersion and large ones a Poisson"
+    ),
+    "phi": (
+        "beta-binomial precision: variance n p (1 - p) (1 + (n - 1) / (phi + 1)), so small "
+        "values mean strong overdispersion and large ones a binomial"
+    ),
+}
+
+
 def _kind(key: str) -> str:
+    if key in _DISPERSION_NOTES:
+        return "dispersion"
     if key == "(Intercept)":
         return "intercept"
     if key.startswith("cor|"):
@@ -267,8 +318,10 @@ def _kind(key: str) -> str:
     return "coefficient"
 
 
-def _note(key: str, prior: Prior, x_sd: dict[str, float]) -> str:
+def _note(key: str, prior: Prior, x_sd: dict[str, float], y_scale: float = 1.0) -> str:
     kind = _kind(key)
+    if kind == "dispersion":
+        return _DISPERSION_NOTES[key]
     if kind == "intercept":
         return (
             "on the intercept with every predictor centred at its mean (the linear predictor "
@@ -282,20 +335,33 @@ def _note(key: str, prior: Prior, x_sd: dict[str, float]) -> str:
     if kind == "group sd":
         term, group = key.rsplit("|", 1)
         if term == "1":
+            if y_scale != 1.0 and prior.source == "default":
+                return (
+                    f"sd of the random intercepts of {group!r}, in the outcome's units "
+                    f"(autoscaled: sigma = {_numerator(y_scale)})"
+                )
             return f"sd of the random intercepts of {group!r}, on the link scale"
         note = f"sd of the random slopes of {term!r} in {group!r}, on the link scale"
         if prior.source == "default":
-            note += f" (autoscaled: sigma = {DEFAULT_SCALE:g} / sd({term}))"
+            note += f" (autoscaled: sigma = {_numerator(y_scale)} / sd({term}))"
+        elif y_scale != 1.0:
+            note = note.replace("link scale", "outcome's scale")
         return note
     sd = x_sd.get(key, 0.0)
     if prior.source == "user":
         return "as given (user priors are not autoscaled)"
     if sd > 0:
         return (
-            f"autoscaled: sigma = {DEFAULT_SCALE:g} / sd({key}) = {DEFAULT_SCALE:g} / {sd:.4g}, "
-            "so the prior means the same whatever the unit of the predictor"
+            f"autoscaled: sigma = {_numerator(y_scale)} / sd({key}) = "
+            f"{DEFAULT_SCALE * y_scale:.4g} / {sd:.4g}, so the prior means the same whatever "
+            "the unit of the predictor"
         )
     return f"predictor {key!r} is constant in the data, so the prior is not autoscaled"
+
+
+def _numerator(y_scale: float) -> str:
+    """``'2.5'``, or ``'2.5 sd(y)'`` for an outcome in its own units."""
+    return f"{DEFAULT_SCALE:g}" if y_scale == 1.0 else f"{DEFAULT_SCALE:g} sd(y)"
 
 
 def prior_summary(spec: ModelSpec) -> pl.DataFrame:
@@ -312,8 +378,9 @@ def prior_summary(spec: ModelSpec) -> pl.DataFrame:
         One row per parameter, in model order, with columns ``parameter`` (the key to use in
         ``priors=``: a term such as ``'sexmale'``, ``'(Intercept)'``, ``'1|g'`` for the sd of
         group g's intercepts, ``'x|g'`` for the sd of its slopes of x, ``'cor|g'`` for the LKJ
-        prior on its correlations), ``kind`` (``'intercept'``, ``'coefficient'``,
-        ``'group sd'`` or ``'group correlation'``),
+        prior on its correlations, ``'sigma'``, ``'size'`` or ``'phi'`` for a dispersion
+        parameter), ``kind`` (``'intercept'``, ``'coefficient'``, ``'group sd'``,
+        ``'group correlation'`` or ``'dispersion'``),
         ``prior`` (e.g. ``'Normal(mu=0, sigma=5.24)'``), ``source`` (``'default'`` or
         ``'user'``) and ``note`` (what the prior is on: the intercept prior is on the
         centred-predictor intercept, default coefficient priors are autoscaled).
@@ -322,14 +389,17 @@ def prior_summary(spec: ModelSpec) -> pl.DataFrame:
     --------
     >>> model.prior_summary()  # doctest: +SKIP
     """
+    from .spec import outcome_scale
+
     x_sd = _design_sd(spec)
+    y_scale = outcome_scale(spec.family, spec.cells)[1]
     rows = [
         {
             "parameter": key,
             "kind": _kind(key),
             "prior": prior.describe(),
             "source": prior.source,
-            "note": _note(key, prior, x_sd),
+            "note": _note(key, prior, x_sd, y_scale),
         }
         for key, prior in spec.priors.items()
     ]
@@ -364,7 +434,8 @@ def sample_prior(spec: ModelSpec, draws: int = 1000, random_seed: int | None = N
         variables as the posterior does: ``b`` (dim ``term``; the ``(Intercept)`` on the data
         scale, as reported), and per grouping factor g ``sd_g`` and ``u_g`` (dim
         ``g_level``; with slopes ``sd_g`` has dim ``g_term``, ``u_g`` dims ``g_level, g_term``,
-        and a correlated factor adds ``cor_g``, dim ``g_cor``).
+        and a correlated factor adds ``cor_g``, dim ``g_cor``), and the family's dispersion
+        parameter (``sigma``, ``size`` or ``phi``), if any.
 
     Raises
     ------
@@ -377,6 +448,7 @@ def sample_prior(spec: ModelSpec, draws: int = 1000, random_seed: int | None = N
     if isinstance(draws, bool) or not isinstance(draws, int | np.integer) or draws < 1:
         raise ValueError(f"draws must be a positive integer, got {draws!r}.")
     names = ["b"] + [n for g in spec.groups for n in g.reported]
+    names += [spec.family.dispersion] if spec.family.dispersion else []
     trace = _forward(build_model(spec, prior_only=True), int(draws), random_seed)
     prior = trace["prior"].to_dataset()[names]
     return xr.DataTree.from_dict({"prior": prior})

@@ -47,6 +47,7 @@ import numpy as np
 import pymc as pm
 import pytensor.tensor as pt
 
+from .collapse import CELL, SS, WEIGHT, Y
 from .spec import GroupSpec, ModelSpec
 
 #: Name of the likelihood term (a Potential: the log-likelihood of the collapsed cells).
@@ -228,11 +229,10 @@ def build_model(spec: ModelSpec, prior_only: bool = False) -> pm.Model:
             b = pt.set_subtensor(b[spec.terms.index("(Intercept)")], intercept)
         pm.Deterministic("b", b, dims="term")
 
+        key = spec.family.dispersion
+        dispersion = spec.priors[key].make(key) if key else None
         if not prior_only:
-            offset = spec.log_offset
-            if offset is not None:
-                eta = eta + offset
-            pm.Potential(OBSERVED, _log_likelihood(spec, eta))
+            pm.Potential(OBSERVED, _log_likelihood(spec, eta, dispersion))
     return model
 
 
@@ -360,24 +360,72 @@ def _slope_effects(spec: ModelSpec, g: GroupSpec, centre=None):
     return u
 
 
-def _log_likelihood(spec: ModelSpec, eta):
+def _log_likelihood(spec: ModelSpec, eta, dispersion=None):
     """Log-likelihood of the collapsed cells, up to a constant, as one fused expression.
 
-    Binomial: ``s * log(p) + (n - s) * log(1 - p)``, with the exact ``log(p)`` and
-    ``log(1 - p)`` of :meth:`bayesmer.families.Family.log_probs_pt`; Poisson:
-    ``y * eta - exp(eta)`` (``eta`` includes the log exposure). The binomial coefficients and
-    ``log(y!)`` are constants of the data and are left out: the posterior is the same, each
-    gradient is cheaper (no per-cell ``gammaln`` or parameter checks), and pointwise
-    log-likelihoods for LOO are computed from the draws in :mod:`bayesmer.checks` with the
-    NumPy counterparts (:meth:`~bayesmer.families.Family.log_probs`), constants included.
+    ``eta`` is the linear predictor of each cell, without offset; ``dispersion`` the family's
+    dispersion parameter (``sigma``, ``size`` or ``phi``), if any.
+
+    - Binomial: ``s * log(p) + (n - s) * log(1 - p)``, with the exact ``log(p)`` and
+      ``log(1 - p)`` of :meth:`bayesmer.families.Family.log_probs_pt`.
+    - Poisson: ``y * eta - exp(eta)`` (``eta`` including the log exposure).
+    - Gaussian: ``-n log(sigma) - (ss + n (ybar - mu)^2) / (2 sigma^2)`` per cell, with
+      ``ss`` the cell's sum of squares around its mean ``ybar``: the row-by-row sum exactly.
+    - Negative binomial and beta-binomial: per distinct observation (``spec.obs``), times its
+      multiplicity, as their densities have no sufficient sums.
+
+    Constants of the data (binomial coefficients, ``log(y!)``, ``log(2 pi)``) are left out:
+    the posterior is the same, each gradient is cheaper (no per-cell ``gammaln`` or parameter
+    checks), and pointwise log-likelihoods for LOO are computed from the draws with the NumPy
+    counterparts (:meth:`~bayesmer.families.Family.log_likelihood`), constants included.
     """
+    family = spec.family
+    if family.per_observation:
+        return _observation_log_likelihood(spec, eta, dispersion)
     y = spec.y.astype(float)
-    if spec.family.name == "poisson":
+    if family.name == "gaussian":
+        n = spec.size
+        ss = spec.cells[SS].to_numpy().astype(float)
+        mu = eta if family.link == "identity" else pt.exp(eta)
+        sq = ss + n * (y / n - mu) ** 2
+        return -np.sum(n) * pt.log(dispersion) - pt.sum(sq) / (2.0 * dispersion**2)
+    if family.name == "poisson":
+        eta = eta + spec.log_offset
         return pt.sum(y * eta - pt.exp(eta))
     n = spec.size
-    if spec.family.link == "logit":
+    if family.link == "logit":
         # log_probs_pt's logit pair, eta - softplus(eta) and -softplus(eta), summed: written
         # in its shortest form, the one fits have always computed (the same seeded draws)
         return pt.sum(y * eta - n * pt.softplus(eta))
-    log_p, log_q = spec.family.log_probs_pt(eta)
+    log_p, log_q = family.log_probs_pt(eta)
     return pt.sum(y * log_p + (n - y) * log_q)
+
+
+def _observation_log_likelihood(spec: ModelSpec, eta, dispersion):
+    """Negative binomial (NB2, log link) or beta-binomial (logit link) log-likelihood over
+    the distinct observations, each weighted by its multiplicity; constants left out.
+
+    NB2 with mean ``mu`` and size ``r``: ``lgamma(y + r) - lgamma(r) + r log r - (r + y)
+    log(r + mu) + y log mu``. Beta-binomial with ``a = phi p``, ``b = phi (1 - p)``:
+    ``lgamma(y + a) + lgamma(n - y + b) - lgamma(n + phi) - lgamma(a) - lgamma(b) +
+    lgamma(phi)``.
+    """
+    obs = spec.obs
+    cell = obs[CELL].to_numpy().astype(np.int64)
+    y = obs[Y].to_numpy().astype(float)
+    size = obs[spec.size_col].to_numpy().astype(float)
+    weight = obs[WEIGHT].to_numpy().astype(float)
+    eta = eta[cell]
+    if spec.family.name == "negativebinomial":
+        log_mu = eta + np.log(size)
+        r = dispersion
+        log_rmu = pt.logaddexp(pt.log(r), log_mu)
+        terms = pt.gammaln(y + r) - pt.gammaln(r) + r * (pt.log(r) - log_rmu)
+        terms = terms + y * (log_mu - log_rmu)
+        return pt.sum(weight * terms)
+    phi = dispersion
+    a = phi * pt.sigmoid(eta)
+    b = phi * pt.sigmoid(-eta)
+    terms = pt.gammaln(y + a) + pt.gammaln(size - y + b) - pt.gammaln(a) - pt.gammaln(b)
+    terms = terms + pt.gammaln(phi) - pt.gammaln(size + phi)
+    return pt.sum(weight * terms)

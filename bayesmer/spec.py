@@ -18,7 +18,7 @@ import pandas as pd
 import polars as pl
 from scipy import stats
 
-from .collapse import EXPOSURE, ROWS, TRIALS, Collapsed, Y, collapse
+from .collapse import EXPOSURE, ROWS, SS, TRIALS, Collapsed, Y, collapse
 from .diagnostics import PACKAGE_DIR
 from .families import Family
 from .formula import ParsedFormula, RandomPart
@@ -75,7 +75,8 @@ class GroupSpec:
     information : np.ndarray
         Approximate Fisher information about each level's mean on the link scale, from the
         observed data: s * f / n (successes, failures, trials) for binomial, the summed count
-        for Poisson (each with +0.5 continuity corrections).
+        for Poisson (each with +0.5 continuity corrections), rows x (sd of the outcome /
+        residual sd)^2 for gaussian (the mean in units of the outcome's sd).
     centred : np.ndarray of bool
         Per level, whether its effect is sampled centred (informative level) or non-centred
         (see :data:`CENTRED_MIN_INFORMATION` and :mod:`bayesmer.pymc_model`).
@@ -201,7 +202,8 @@ class ModelSpec:
     groups : list of GroupSpec
     cells : pl.DataFrame
         One row per collapsed cell: predictor and group columns (factors as strings), ``_y``,
-        ``_n`` (binomial trials) or ``_e`` (Poisson exposure), ``_rows``, ``_cell``.
+        ``_n`` (trials; gaussian: rows) or ``_e`` (exposure), ``_ss`` (gaussian: the sum of
+        squares around the cell's mean), ``_rows``, ``_cell``.
     obs : pl.DataFrame
         Distinct original observations with their multiplicity (see :mod:`bayesmer.collapse`).
     X : np.ndarray
@@ -244,16 +246,17 @@ class ModelSpec:
 
     @property
     def size_col(self) -> str:
-        return TRIALS if self.family.name == "binomial" else EXPOSURE
+        """``_e`` (exposure) for count families, else ``_n`` (trials, or gaussian rows)."""
+        return EXPOSURE if self.family.size_kind == "exposure" else TRIALS
 
     @property
     def y(self) -> np.ndarray:
-        """Successes (binomial) or counts (Poisson) per cell."""
+        """Successes, counts or (gaussian) summed values per cell."""
         return self.cells[Y].to_numpy()
 
     @property
     def size(self) -> np.ndarray:
-        """Trials (binomial) or exposure (Poisson) per cell."""
+        """Trials, exposure or (gaussian) rows per cell."""
         return self.cells[self.size_col].to_numpy().astype(float)
 
     @property
@@ -263,12 +266,14 @@ class ModelSpec:
 
     @property
     def log_offset(self) -> np.ndarray | None:
-        """log(exposure) per cell for Poisson models, else None.
+        """log(exposure) per cell for Poisson and negative binomial models, else None.
 
         A collapsed Poisson cell's exposure is the summed exposure of its rows (the row count
-        when the formula has no offset), so Poisson cells always carry an offset.
+        when the formula has no offset), so Poisson cells always carry an offset. (A negative
+        binomial's likelihood runs over observations, each with its own exposure: see
+        ``obs``.)
         """
-        if self.family.name != "poisson":
+        if self.family.size_kind != "exposure":
             return None
         return np.log(self.size)
 
@@ -397,59 +402,118 @@ def _response_expr(
 ) -> tuple[list[pl.Expr], tuple[str, str] | None]:
     """Validate the response and return expressions building ``_y`` and ``_n``/``_e``."""
     resp = parsed.response
-    col = resp.column
-    if family.name == "poisson":
-        if resp.kind != "column":
-            raise ValueError("cbind() responses are for the binomial family; Poisson takes counts.")
-        if not schema[col].is_numeric():
-            raise ValueError(
-                f"Poisson outcome {col!r} must hold non-negative whole-number counts; it has "
-                f"type {schema[col]}."
-            )
-        if stats[f"{col}__min"] < 0:
-            raise ValueError(
-                f"Poisson outcome {col!r} has negative values (min {stats[f'{col}__min']}); "
-                "counts must be >= 0."
-            )
-        if not stats[f"{col}__whole"]:
-            raise ValueError(f"Poisson outcome {col!r} has values that are not whole numbers.")
-        if parsed.exposure is not None:
-            if stats[f"{parsed.exposure}__min"] <= 0:
-                raise ValueError(
-                    f"Exposure column {parsed.exposure!r} in offset(log(...)) must be > 0; "
-                    f"its minimum is {stats[f'{parsed.exposure}__min']}."
-                )
-            size = pl.col(parsed.exposure).cast(pl.Float64)
-        elif parsed.offset is not None:
-            size = pl.col(parsed.offset).cast(pl.Float64).exp()
-        else:
-            size = pl.lit(1.0)
-        return [pl.col(col).cast(pl.Int64).alias(Y), size.alias(EXPOSURE)], None
-
-    if parsed.exposure is not None or parsed.offset is not None:
-        raise ValueError("offset() is supported for the Poisson family only.")
+    if family.size_kind != "exposure" and (
+        parsed.exposure is not None or parsed.offset is not None
+    ):
+        raise ValueError(
+            "offset() is supported for the Poisson and negative binomial families only "
+            f"(counts per unit of exposure), not for {family.name}."
+        )
+    if family.size_kind == "exposure":
+        return _count_expr(parsed, family, schema, stats), None
+    if family.name == "gaussian":
+        return _gaussian_expr(resp.column, resp.kind, schema), None
     if resp.kind != "column":
-        second = resp.second
-        for c in resp.columns:
-            if not schema[c].is_numeric():
-                raise ValueError(f"cbind() column {c!r} must be numeric counts, has {schema[c]}.")
-            if stats[f"{c}__min"] < 0:
-                raise ValueError(
-                    f"cbind() column {c!r} has negative counts (min {stats[f'{c}__min']})."
-                )
-            if not stats[f"{c}__whole"]:
-                raise ValueError(f"cbind() column {c!r} has values that are not whole numbers.")
-        if resp.kind == "cbind_trials":
-            if stats["__succ_gt_trials"]:
-                raise ValueError(
-                    f"Successes {col!r} exceed trials {second!r} in "
-                    f"{stats['__succ_gt_trials']} row(s)."
-                )
-            trials = pl.col(second)
-        else:
-            trials = pl.col(col) + pl.col(second)
-        return [pl.col(col).cast(pl.Int64).alias(Y), trials.cast(pl.Int64).alias(TRIALS)], None
+        return _cbind_expr(parsed, family, schema, stats), None
+    if family.name == "betabinomial":
+        raise ValueError(
+            f"The beta-binomial family needs successes out of trials, cbind(successes, "
+            f"failures) or cbind(successes, trials); {resp.column!r} is one 0/1 outcome per "
+            "row, and rows with one trial carry no information about overdispersion: use "
+            "family='binomial'."
+        )
+    return _binary_expr(resp.column, schema, stats, levels)
 
+
+def _count_expr(
+    parsed: ParsedFormula, family: Family, schema: dict[str, pl.DataType], stats: dict[str, Any]
+) -> list[pl.Expr]:
+    """Counts and exposure of a Poisson or negative binomial outcome."""
+    resp = parsed.response
+    col = resp.column
+    label = "Poisson" if family.name == "poisson" else "Negative binomial"
+    if resp.kind != "column":
+        raise ValueError(
+            f"cbind() responses are for the binomial and beta-binomial families; {label} "
+            "takes counts."
+        )
+    if not schema[col].is_numeric():
+        raise ValueError(
+            f"{label} outcome {col!r} must hold non-negative whole-number counts; it has "
+            f"type {schema[col]}."
+        )
+    if stats[f"{col}__min"] < 0:
+        raise ValueError(
+            f"{label} outcome {col!r} has negative values (min {stats[f'{col}__min']}); "
+            "counts must be >= 0."
+        )
+    if not stats[f"{col}__whole"]:
+        raise ValueError(f"{label} outcome {col!r} has values that are not whole numbers.")
+    if parsed.exposure is not None:
+        if stats[f"{parsed.exposure}__min"] <= 0:
+            raise ValueError(
+                f"Exposure column {parsed.exposure!r} in offset(log(...)) must be > 0; "
+                f"its minimum is {stats[f'{parsed.exposure}__min']}."
+            )
+        size = pl.col(parsed.exposure).cast(pl.Float64)
+    elif parsed.offset is not None:
+        size = pl.col(parsed.offset).cast(pl.Float64).exp()
+    else:
+        size = pl.lit(1.0)
+    return [pl.col(col).cast(pl.Int64).alias(Y), size.alias(EXPOSURE)]
+
+
+def _gaussian_expr(col: str, kind: str, schema: dict[str, pl.DataType]) -> list[pl.Expr]:
+    """Values of a gaussian outcome, and a count of 1 per row."""
+    if kind != "column":
+        raise ValueError(
+            "cbind() responses are for the binomial and beta-binomial families; the gaussian "
+            "family takes one numeric outcome column."
+        )
+    if not schema[col].is_numeric():
+        raise ValueError(
+            f"Gaussian outcome {col!r} must be numeric; it has type {schema[col]}. For a "
+            "two-level outcome use family='binomial'."
+        )
+    return [pl.col(col).cast(pl.Float64).alias(Y), pl.lit(1, dtype=pl.Int64).alias(TRIALS)]
+
+
+def _cbind_expr(
+    parsed: ParsedFormula, family: Family, schema: dict[str, pl.DataType], stats: dict[str, Any]
+) -> list[pl.Expr]:
+    """Successes and trials of a ``cbind()`` outcome."""
+    resp = parsed.response
+    col, second = resp.column, resp.second
+    for c in resp.columns:
+        if not schema[c].is_numeric():
+            raise ValueError(f"cbind() column {c!r} must be numeric counts, has {schema[c]}.")
+        if stats[f"{c}__min"] < 0:
+            raise ValueError(
+                f"cbind() column {c!r} has negative counts (min {stats[f'{c}__min']})."
+            )
+        if not stats[f"{c}__whole"]:
+            raise ValueError(f"cbind() column {c!r} has values that are not whole numbers.")
+    if resp.kind == "cbind_trials":
+        if stats["__succ_gt_trials"]:
+            raise ValueError(
+                f"Successes {col!r} exceed trials {second!r} in {stats['__succ_gt_trials']} row(s)."
+            )
+        trials = pl.col(second)
+    else:
+        trials = pl.col(col) + pl.col(second)
+    if family.name == "betabinomial" and stats["__max_trials"] <= 1:
+        raise ValueError(
+            f"Every row of {str(resp)!r} has at most one trial: rows with one trial carry no "
+            "information about overdispersion, so the beta-binomial model is the binomial "
+            "one. Use family='binomial'."
+        )
+    return [pl.col(col).cast(pl.Int64).alias(Y), trials.cast(pl.Int64).alias(TRIALS)]
+
+
+def _binary_expr(
+    col: str, schema: dict[str, pl.DataType], stats: dict[str, Any], levels: list[str] | None
+) -> tuple[list[pl.Expr], tuple[str, str] | None]:
+    """A 0/1, boolean or two-level binomial outcome."""
     dtype = schema[col]
     one = pl.lit(1, dtype=pl.Int64).alias(TRIALS)
     if dtype == pl.Boolean:
@@ -516,6 +580,11 @@ def build_spec(
 ) -> ModelSpec:
     """Validate the data against the formula, collapse it, and build the design.
 
+    The steps, each its own function: read the columns (:func:`_read`), drop rows with
+    missing values (:func:`_drop_missing`), validate the outcome (:func:`_response`), find the
+    factors and their levels (:func:`_levels`), collapse the rows into cells, build the fixed
+    design (:func:`_fixed_design`), then the grouping factors and the priors.
+
     Parameters
     ----------
     parsed : ParsedFormula
@@ -535,6 +604,71 @@ def build_spec(
     ValueError, TypeError
         For every problem with the data, naming the column at fault.
     """
+    lf, schema, orders = _read(parsed, data, factors)
+    clean, n_dropped = _drop_missing(lf, parsed.columns, schema)
+    resp_exprs, response_levels = _response(parsed, family, clean, schema, factors, orders)
+    levels, factor_cols, numeric = _levels(parsed, clean, schema, factors, orders)
+
+    work = clean.with_columns(
+        [*resp_exprs, *[level_expr(c, schema[c]) for c in levels]]
+    ).with_columns([pl.col(c).cast(pl.Float64) for c in numeric])
+    size_col = EXPOSURE if family.size_kind == "exposure" else TRIALS
+    fixed_vars = list(dict.fromkeys([*parsed.fixed_variables, *parsed.random_variables]))
+    keys = list(dict.fromkeys([*fixed_vars, *parsed.groups]))
+    spread = family.name == "gaussian"
+    col_data: Collapsed = collapse(work.select([*keys, Y, size_col]), keys, size_col, spread)
+    cells = col_data.cells
+
+    factor_levels = {c: levels[c] for c in factor_cols}
+    scaling = _scaling(parsed, clean)
+    frame = design_frame(parsed, cells, factor_levels, scaling)
+    X, terms, common = _fixed_design(parsed, frame)
+
+    rows = cells[ROWS].to_numpy().astype(float)
+    x_sd = {
+        term: _weighted_sd(X[:, j], rows) for j, term in enumerate(terms) if term != "(Intercept)"
+    }
+    designs = {
+        part.group: (*_random_design(parsed, part, frame), part.correlated)
+        for part in parsed.random
+        if part.slopes
+    }
+    groups = _group_specs(parsed.groups, levels, cells, family, designs)
+    random_sd = {
+        g.name: {
+            t: _weighted_sd(g.Z[:, k], rows) for k, t in enumerate(g.terms) if t != "(Intercept)"
+        }
+        for g in groups
+        if g.slopes
+    }
+    resolved = resolve_priors(
+        terms, x_sd, groups, priors, random_sd, family, outcome_scale(family, cells)
+    )
+    return ModelSpec(
+        formula=parsed,
+        family=family,
+        factors=factor_levels,
+        numeric=numeric,
+        groups=groups,
+        cells=cells,
+        obs=col_data.obs,
+        X=X,
+        terms=terms,
+        priors=resolved,
+        n_obs=col_data.n_rows,
+        n_dropped=n_dropped,
+        collapsed=col_data.collapsed,
+        response_levels=response_levels,
+        scaling=scaling,
+        _design=common,
+    )
+
+
+def _read(
+    parsed: ParsedFormula, data: Any, factors: dict[str, list[str] | None]
+) -> tuple[pl.LazyFrame, dict[str, pl.DataType], dict[str, list[str]]]:
+    """The formula's columns of ``data`` (plus combined grouping factors), their schema and
+    the level order of categorical columns."""
     lf, orders = to_lazy(data)
     schema = dict(lf.collect_schema())
     check_columns(parsed, list(schema))
@@ -544,15 +678,18 @@ def build_spec(
             f"set_factors names column(s) {undeclared} that are not in the data; "
             f"available columns: {list(schema)}."
         )
-    cols = parsed.columns
-    lf, schema = with_group_columns(lf.select(cols), parsed, schema)
+    lf, schema = with_group_columns(lf.select(parsed.columns), parsed, schema)
+    return lf, schema, orders
 
-    # Missing values: drop rows with a null (or NaN) in any used column.
+
+def _drop_missing(
+    lf: pl.LazyFrame, cols: list[str], schema: dict[str, pl.DataType]
+) -> tuple[pl.LazyFrame, int]:
+    """Rows with no null (or NaN) in any used column, and how many were dropped (warned)."""
     not_missing = [pl.col(c).is_not_null() for c in cols]
     not_missing += [pl.col(c).is_not_nan() for c in cols if schema[c].is_float()]
     keep = pl.all_horizontal(not_missing)
     n_all, n = lf.select(pl.len(), keep.sum()).collect().row(0)  # one pass over the data
-    clean = lf.filter(keep)
     n_dropped = n_all - n
     if n_all == 0:
         raise ValueError("The data has no rows.")
@@ -567,8 +704,18 @@ def build_spec(
             UserWarning,
             skip_file_prefixes=(PACKAGE_DIR,),
         )
+    return lf.filter(keep), n_dropped
 
-    # Statistics needed to validate the response, computed in one pass.
+
+def _response(
+    parsed: ParsedFormula,
+    family: Family,
+    clean: pl.LazyFrame,
+    schema: dict[str, pl.DataType],
+    factors: dict[str, list[str] | None],
+    orders: dict[str, list[str]],
+) -> tuple[list[pl.Expr], tuple[str, str] | None]:
+    """Validate the outcome (statistics in one pass) and build ``_y`` and ``_n``/``_e``."""
     resp = parsed.response
     stats_exprs = []
     for c in [*resp.columns, parsed.exposure]:
@@ -583,21 +730,33 @@ def build_spec(
         stats_exprs.append(
             (pl.col(resp.column) > pl.col(resp.second)).sum().alias("__succ_gt_trials")
         )
+    if resp.kind != "column" and all(schema[c].is_numeric() for c in resp.columns):
+        trials = pl.col(resp.second)
+        if resp.kind == "cbind_failures":
+            trials = pl.col(resp.column) + pl.col(resp.second)
+        stats_exprs.append(trials.max().alias("__max_trials"))
     stats = clean.select(stats_exprs).collect().row(0, named=True) if stats_exprs else {}
     if family.name == "binomial" and resp.kind == "column" and schema[resp.column] != pl.Boolean:
         values = clean.select(pl.col(resp.column).unique()).collect().to_series()
         stats[f"{resp.column}__values"] = (
             values.head(50).to_list() if len(values) > 50 else (values.to_list())
         )
-    response_levels_given = factors.get(resp.column) if resp.kind == "column" else None
-    if response_levels_given is None and resp.column in orders:
+    levels_given = factors.get(resp.column) if resp.kind == "column" else None
+    if levels_given is None and resp.column in orders:
         present = {_level_str(v) for v in stats.get(f"{resp.column}__values", [])}
-        response_levels_given = _used_levels(orders[resp.column], present)
-    resp_exprs, response_levels = _response_expr(
-        parsed, family, schema, stats, response_levels_given
-    )
+        levels_given = _used_levels(orders[resp.column], present)
+    return _response_expr(parsed, family, schema, stats, levels_given)
 
-    # Factor columns and their level order.
+
+def _levels(
+    parsed: ParsedFormula,
+    clean: pl.LazyFrame,
+    schema: dict[str, pl.DataType],
+    factors: dict[str, list[str] | None],
+    orders: dict[str, list[str]],
+) -> tuple[dict[str, list[str]], list[str], list[str]]:
+    """Level order of every factor and grouping column, the factor columns, the numeric ones."""
+    resp = parsed.response
     fixed_vars = list(dict.fromkeys([*parsed.fixed_variables, *parsed.random_variables]))
     in_c = {v for call in parsed.calls if call.name == "C" for v in call.variables}
     factor_cols = [
@@ -612,7 +771,7 @@ def build_spec(
                 f"The term {call.text} in {parsed.formula!r} needs numeric columns, but "
                 f"{not_numeric} {'is a factor' if len(not_numeric) == 1 else 'are factors'}."
             )
-    if any(c in parsed.groups for c in [resp.column]):
+    if resp.column in parsed.groups:
         raise ValueError(f"The outcome {resp.column!r} cannot also be a grouping column.")
     level_cols = list(dict.fromkeys([*factor_cols, *parsed.groups]))
     uniques = (
@@ -635,7 +794,6 @@ def build_spec(
                 f"Grouping column {g!r} has a single level ({levels[g]}); random intercepts "
                 "need at least two groups."
             )
-    numeric = [c for c in fixed_vars if c not in factor_cols]
     for part in parsed.random:
         factor_slopes = [v for v in part.variables if v in factor_cols]
         if factor_slopes and not part.correlated:
@@ -645,19 +803,12 @@ def build_spec(
                 "f as correlated effects of f's levels, which bayesmer does not split; write "
                 f"({' + '.join(part.variables)} | {part.group}) for correlated effects."
             )
+    numeric = [c for c in fixed_vars if c not in factor_cols]
+    return levels, factor_cols, numeric
 
-    work = clean.with_columns(
-        [*resp_exprs, *[level_expr(c, schema[c]) for c in level_cols]]
-    ).with_columns([pl.col(c).cast(pl.Float64) for c in numeric])
-    size_col = TRIALS if family.name == "binomial" else EXPOSURE
-    keys = list(dict.fromkeys([*fixed_vars, *parsed.groups]))
-    col_data: Collapsed = collapse(work.select([*keys, Y, size_col]), keys, size_col)
-    cells = col_data.cells
 
-    # Fixed-effects design from formulae, on the cells only.
-    factor_levels = {c: levels[c] for c in factor_cols}
-    scaling = _scaling(parsed, clean)
-    frame = design_frame(parsed, cells, factor_levels, scaling)
+def _fixed_design(parsed: ParsedFormula, frame: pd.DataFrame) -> tuple[np.ndarray, list[str], Any]:
+    """Fixed-effects design matrix of the cells (formulae), its R term names, its design."""
     frame["bayesmerresponse"] = 0.0  # formulae needs a response; the design ignores it
     dm = formulae.design_matrices(
         f"bayesmerresponse ~ {parsed.fixed_for_formulae}", frame, na_action="pass"
@@ -679,43 +830,27 @@ def build_spec(
             f"design matrix with columns {terms} is rank deficient): some factor combination "
             "is missing or a column is constant."
         )
+    return X, terms, common
 
-    rows = cells[ROWS].to_numpy().astype(float)
-    x_sd = {
-        term: _weighted_sd(X[:, j], rows) for j, term in enumerate(terms) if term != "(Intercept)"
-    }
-    designs = {
-        part.group: (*_random_design(parsed, part, frame), part.correlated)
-        for part in parsed.random
-        if part.slopes
-    }
-    groups = _group_specs(parsed.groups, levels, cells, family, designs)
-    random_sd = {
-        g.name: {
-            t: _weighted_sd(g.Z[:, k], rows) for k, t in enumerate(g.terms) if t != "(Intercept)"
-        }
-        for g in groups
-        if g.slopes
-    }
-    resolved = resolve_priors(terms, x_sd, groups, priors, random_sd)
-    return ModelSpec(
-        formula=parsed,
-        family=family,
-        factors=factor_levels,
-        numeric=numeric,
-        groups=groups,
-        cells=cells,
-        obs=col_data.obs,
-        X=X,
-        terms=terms,
-        priors=resolved,
-        n_obs=col_data.n_rows,
-        n_dropped=n_dropped,
-        collapsed=col_data.collapsed,
-        response_levels=response_levels,
-        scaling=scaling,
-        _design=common,
-    )
+
+def outcome_scale(family: Family, cells: pl.DataFrame) -> tuple[float, float]:
+    """Location and scale of the outcome on the link scale, for autoscaled priors.
+
+    ``(0, 1)`` for the discrete families (their link scale is unitless); for a gaussian
+    outcome its mean and sd over the rows (identity link) or ``log`` of its mean and 1 (log
+    link).
+    """
+    if family.name != "gaussian":
+        return 0.0, 1.0
+    n = cells[TRIALS].to_numpy().astype(float)
+    total = cells[Y].to_numpy().astype(float)
+    mean = float(total.sum() / n.sum())
+    between = float(np.sum((total - n * mean) ** 2 / n))
+    var = (float(cells[SS].sum()) + between) / max(n.sum() - 1.0, 1.0)
+    if family.link == "log":
+        return (float(np.log(mean)) if mean > 0 else 0.0), 1.0
+    sd = float(np.sqrt(var))
+    return mean, (sd if sd > 0 else 1.0)
 
 
 def design_frame(
@@ -933,16 +1068,16 @@ def _slope_information(
     terms: tuple[str, ...],
     index: np.ndarray,
     n_levels: int,
-    y: np.ndarray,
+    w: np.ndarray,
+    resid: np.ndarray,
     size: np.ndarray,
-    family: Family,
 ) -> np.ndarray:
     """Per level, whether its data inform each of its random slopes well enough to centre it.
 
     As for the intercepts (see :data:`CENTRED_MIN_INFORMATION`), per slope column: the
     approximate Fisher information about the level's slope, ``sum w (z - zbar)^2`` over its
-    cells (``w``: trials x p(1 - p) for binomial, exposure x rate for Poisson, at the level's
-    raw proportion or rate; ``zbar`` the level's weighted mean of the column), must reach
+    cells (``w`` and the working residuals ``resid`` from :func:`_working`; ``zbar`` the
+    level's weighted mean of the column), must reach
     :data:`CENTRED_MIN_INFORMATION` for the slope per sd of the column, and times a low
     estimate of the slopes' variance (:func:`heterogeneity` of one-step estimates of each
     level's slope, ``sum w (z - zbar) r / info`` with ``r`` the cells' working residuals
@@ -950,16 +1085,6 @@ def _slope_information(
     clearly differ (:data:`CENTRED_MAX_P_VALUE`). A level whose rows all share one value of ``x`` (a
     district without urban women) says nothing about its slope, and is non-centred.
     """
-    ys = np.bincount(index, weights=y, minlength=n_levels)
-    ns = np.bincount(index, weights=size, minlength=n_levels)
-    if family.name == "binomial":
-        p = (ys + 0.5) / (ns + 1.0)
-        w = size * (p * (1.0 - p))[index]
-        resid = (y - size * p[index]) / np.maximum(w, 1e-300)
-    else:
-        rate = (ys + 0.5) / ns
-        w = size * rate[index]
-        resid = (y - w) / np.maximum(w, 1e-300)
     total = np.bincount(index, weights=w, minlength=n_levels)
     ok = np.ones(n_levels, dtype=bool)
     for k, term in enumerate(terms):
@@ -981,6 +1106,54 @@ def _slope_information(
     return ok
 
 
+def _level_information(
+    family: Family, cells: pl.DataFrame, index: np.ndarray, n_levels: int
+) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray]]:
+    """Each level's raw link-scale estimate and its information, and the cells' working
+    weights and residuals around their level's estimate (for :func:`_slope_information`).
+
+    Trials (binomial, beta-binomial): the empirical logit, information ``s f / n``, weights
+    ``n p (1 - p)``. Exposure (Poisson, negative binomial): the log rate, information the
+    count, weights ``exposure x rate``. (Both ignore overdispersion, so they err on the side
+    of centring.) Gaussian: the mean in units of the outcome's sd (identity link) or of its
+    mean (log link), information ``rows / residual variance`` in those units, with the
+    residual variance pooled within levels (it includes the fixed effects' variation, so it
+    errs on the side of non-centring).
+    """
+    y = cells[Y].to_numpy().astype(float)
+    size_col = EXPOSURE if family.size_kind == "exposure" else TRIALS
+    size = cells[size_col].to_numpy().astype(float)
+    ys = np.bincount(index, weights=y, minlength=n_levels)
+    ns = np.bincount(index, weights=size, minlength=n_levels)
+    if family.size_kind == "trials":
+        p = (ys + 0.5) / (ns + 1.0)
+        w = size * (p * (1.0 - p))[index]
+        resid = (y - size * p[index]) / np.maximum(w, 1e-300)
+        return (
+            np.log((ys + 0.5) / (ns - ys + 0.5)),
+            (ys + 0.5) * (ns - ys + 0.5) / (ns + 1.0),
+            (
+                w,
+                resid,
+            ),
+        )
+    if family.size_kind == "exposure":
+        rate = (ys + 0.5) / ns
+        w = size * rate[index]
+        resid = (y - w) / np.maximum(w, 1e-300)
+        return np.log(rate), ys + 0.5, (w, resid)
+    mean = ys / ns  # gaussian: size is the number of rows of a cell
+    cell_mean = y / size
+    within = float(cells[SS].sum()) + float(np.sum(size * (cell_mean - mean[index]) ** 2))
+    dof = ns.sum() - n_levels
+    location, scale = outcome_scale(family, cells)
+    unit = scale if family.link == "identity" else max(abs(float(np.exp(location))), 1e-300)
+    resid_var = within / dof / unit**2 if dof > 0 and within > 0 else 1.0
+    w = size / resid_var
+    resid = (cell_mean - mean[index]) / unit
+    return mean / unit, ns / resid_var, (w, resid)
+
+
 def _group_specs(
     groups: tuple[str, ...],
     levels: dict[str, list[str]],
@@ -995,8 +1168,7 @@ def _group_specs(
     chains (see :mod:`bayesmer.pymc_model`).
     """
     designs = designs or {}
-    y = cells[Y].to_numpy().astype(float)
-    size_col = TRIALS if family.name == "binomial" else EXPOSURE
+    size_col = EXPOSURE if family.size_kind == "exposure" else TRIALS
     size = cells[size_col].to_numpy().astype(float)
     index = {
         g: cells[g].cast(pl.Enum(levels[g])).to_physical().to_numpy().astype(np.int64)
@@ -1006,15 +1178,9 @@ def _group_specs(
     parents.update(dict.fromkeys(designs))
     info: dict[str, np.ndarray] = {}
     raw: dict[str, np.ndarray] = {}
+    working: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for g in groups:
-        ys = np.bincount(index[g], weights=y, minlength=len(levels[g]))
-        ns = np.bincount(index[g], weights=size, minlength=len(levels[g]))
-        if family.name == "binomial":
-            info[g] = (ys + 0.5) * (ns - ys + 0.5) / (ns + 1.0)
-            raw[g] = np.log((ys + 0.5) / (ns - ys + 0.5))
-        else:
-            info[g] = ys + 0.5
-            raw[g] = np.log((ys + 0.5) / ns)
+        raw[g], info[g], working[g] = _level_information(family, cells, index[g], len(levels[g]))
     # A nested factor's spread is measured around its parent's levels.
     spread = {
         g: heterogeneity(raw[g], 1.0 / info[g], parents[g][1] if parents[g] else None)
@@ -1037,7 +1203,8 @@ def _group_specs(
             terms, Z = designs[g][0], designs[g][1]
             centred &= "(Intercept)" in terms
             centred &= info[g] * tau2_low >= SLOPES_CENTRED_MIN_SIGNAL
-            centred &= _slope_information(Z, terms, index[g], len(levels[g]), y, size, family)
+            w, resid = working[g]
+            centred &= _slope_information(Z, terms, index[g], len(levels[g]), w, resid, size)
         parent, mapping = parents[g] if parents[g] is not None else (None, None)
         spec = GroupSpec(g, levels[g], index[g], info[g], centred, parent, mapping)
         if g in designs:
