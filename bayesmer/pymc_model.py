@@ -368,7 +368,7 @@ def _log_likelihood(spec: ModelSpec, eta):
     ``y * eta - exp(eta)`` (``eta`` includes the log exposure). The binomial coefficients and
     ``log(y!)`` are constants of the data and are left out: the posterior is the same, each
     gradient is cheaper (no per-cell ``gammaln`` or parameter checks), and pointwise
-    log-likelihoods for LOO are computed from the draws in :mod:`bayesmer.checks` with the
+    log-likelihoods for LOO are computed from the draws in :mod:`bayesmer.loo` with the
     NumPy counterparts (:meth:`~bayesmer.families.Family.log_probs`), constants included.
     """
     y = spec.y.astype(float)
