@@ -1,9 +1,9 @@
 """bayesmer: Bayesian GLMs and GLMMs with a pymer4-style API, fitted by MCMC (PyMC + nutpie)."""
 
-from .checks import compare
 from .datasets import load_dataset
 from .diagnostics import ConvergenceWarning
 from .io import load_model, save_model
+from .loo import compare
 from .models import Model, NotFittedError, glm, glmer
 from .sampling import FitInterruptedWarning
 

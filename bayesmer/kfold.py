@@ -1,6 +1,6 @@
 """K-fold cross-validation by group: how well the model predicts the data of *new* groups.
 
-PSIS-LOO (:func:`bayesmer.checks.loo`) leaves out one row at a time, so it answers "a new
+PSIS-LOO (:func:`bayesmer.loo.loo`) leaves out one row at a time, so it answers "a new
 chick in one of these broods"; in a model with one effect per small group it also tends to
 flag high Pareto k values, because leaving out a row of a brood of three moves that brood's
 effect a lot. When the question is about new broods, leave whole broods out instead:
@@ -25,10 +25,11 @@ import polars as pl
 from numpy.polynomial.hermite import hermgauss
 from scipy import special
 
-from .checks import _keys, _log_likelihood, row_table
 from .collapse import Y
 from .diagnostics import PACKAGE_DIR
 from .draws import GroupRows, fixed, group_effects, group_sd, linear_predictor
+from .loo import log_likelihood
+from .rows import ROW_NUMBER, cell_keys, row_table
 from .spec import ModelSpec, to_lazy
 
 if TYPE_CHECKING:
@@ -78,7 +79,7 @@ def group_log_likelihood(
     sd = np.asarray(sd, dtype=float)
 
     def h(z: np.ndarray) -> np.ndarray:
-        ll = _log_likelihood(spec, eta + (sd * z)[:, None], y, size)
+        ll = log_likelihood(spec, eta + (sd * z)[:, None], y, size)
         return ll.sum(axis=1) - z**2 / 2
 
     z = np.zeros(eta.shape[0])
@@ -250,7 +251,7 @@ def kfold(
         held = row_fold == fold
         train_rows = rows.filter(pl.Series(~held))
         test_rows = rows.filter(pl.Series(held))
-        refit = _refit(model, lf, test_rows["_row"].to_numpy(), train_rows, fold, progressbar)
+        refit = _refit(model, lf, test_rows[ROW_NUMBER].to_numpy(), train_rows, fold, progressbar)
         seed = refit.random_seed
         for level in np.flatnonzero(fold_of == fold):
             part = test_rows.filter(pl.Series(row_level[held] == level))
@@ -353,7 +354,7 @@ def _score_group(refit: Model, rows: pl.DataFrame, group: str, fold: int) -> flo
                 f"{h.name!r} instead, or by a factor it is nested in."
             )
         variance = variance + group_sd(trace, h) ** 2
-    X = spec.design_matrix(rows.select(_keys(spec)))
+    X = spec.design_matrix(rows.select(cell_keys(spec)))
     eta = linear_predictor(b, X, effects, levels_of)
     y = rows[Y].to_numpy()
     size = rows[spec.size_col].to_numpy()

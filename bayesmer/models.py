@@ -106,7 +106,7 @@ class Model:
         self._diag: Diagnostics | None = None
         self.result_emmeans: pl.DataFrame | None = None
         self.prior: xr.DataTree | None = None
-        self._loo_cache: tuple[xr.DataTree, Any] | None = None  # see bayesmer.checks.loo
+        self._loo_cache: tuple[xr.DataTree, Any] | None = None  # see bayesmer.loo.loo
 
     # -- set-up ------------------------------------------------------------------------------
 
@@ -350,7 +350,7 @@ class Model:
 
     def _add_fitted(self, type_predict: str) -> None:
         """Add ``fitted`` and ``residuals`` to an eager data frame (see :meth:`fit`)."""
-        from .checks import fitted_values
+        from .predict import fitted_values
 
         if isinstance(self.data, pl.LazyFrame):
             return
@@ -457,7 +457,7 @@ class Model:
         if isinstance(decimals, bool) or not isinstance(decimals, int) or decimals < 0:
             raise ValueError(f"decimals must be a non-negative integer, got {decimals!r}.")
         self._require_fit("summary")
-        from .checks import loo
+        from .loo import loo
 
         spec = self.spec
         n_rows = spec.n_obs
@@ -576,7 +576,7 @@ class Model:
 
         return empredict(self, at, type=type, re=re, ci=ci, random_seed=random_seed)
 
-    # -- checking and reporting (bayesmer.checks, bayesmer.priors, bayesmer.plots, bayesmer.io)
+    # -- checking and reporting (bayesmer.loo, .ppc, .predict, .priors, .plots, .io)
 
     def shrinkage(self, group: str | None = None) -> pl.DataFrame:
         """No, partial and complete pooling per group; see :func:`bayesmer.pooling.shrinkage`."""
@@ -593,9 +593,9 @@ class Model:
         return icc(self, ci=ci)
 
     def loo(self) -> Any:
-        """PSIS-LOO per original observation; see :func:`bayesmer.checks.loo`."""
+        """PSIS-LOO per original observation; see :func:`bayesmer.loo.loo`."""
         self._require_fit("loo")
-        from .checks import loo
+        from .loo import loo
 
         return loo(self)
 
@@ -615,9 +615,9 @@ class Model:
         random_seed: int | None = None,
         re: str = "groups",
     ) -> pl.DataFrame:
-        """Posterior predictive check table; see :func:`bayesmer.checks.ppc`."""
+        """Posterior predictive check table; see :func:`bayesmer.ppc.ppc`."""
         self._require_fit("ppc")
-        from .checks import ppc
+        from .ppc import ppc
 
         return ppc(self, stat=stat, ci=ci, random_seed=random_seed, re=re)
 
@@ -631,9 +631,9 @@ class Model:
         with_data: bool = False,
         **kwargs: Any,
     ) -> pl.DataFrame:
-        """Replicated data sets ``sim_1..sim_<nsim>``; see :func:`bayesmer.checks.simulate`."""
+        """Replicated data sets ``sim_1..sim_<nsim>``; see :func:`bayesmer.ppc.simulate`."""
         self._require_fit("simulate")
-        from .checks import simulate
+        from .ppc import simulate
 
         return simulate(
             self,
@@ -656,12 +656,12 @@ class Model:
         ci: float | None = None,
         **kwargs: Any,
     ) -> Any:
-        """Posterior mean prediction per row (NumPy array); see :func:`bayesmer.checks.predict`.
+        """Posterior mean prediction per row (NumPy array); see :func:`bayesmer.predict.predict`.
 
         ``output='table'`` gives a polars table with intervals, ``output='draws'`` every draw.
         """
         self._require_fit("predict")
-        from .checks import predict
+        from .predict import predict
 
         return predict(
             self,
@@ -812,7 +812,7 @@ class glmer(Model):  # noqa: N801  (pymer4's name)
         """Posterior mean prediction per row, each row's fitted group effects by default.
 
         pymer4's positional order (``data, use_rfx, type_predict``); see
-        :func:`bayesmer.checks.predict`.
+        :func:`bayesmer.predict.predict`.
         """
         return super().predict(
             data, type_predict, use_rfx=use_rfx, re=re, output=output, ci=ci, **kwargs

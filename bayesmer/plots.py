@@ -35,8 +35,8 @@ from matplotlib.transforms import blended_transform_factory
 from scipy.stats import rankdata
 
 from .arguments import require_groups, resolve_ci
-from .checks import PPC_COLUMNS
 from .draws import group_effects, group_sd, hdi, stacked
+from .ppc import PPC_COLUMNS
 
 if TYPE_CHECKING:
     from .models import Model
@@ -727,7 +727,7 @@ def plot_ppc(model: Model, max_panels: int = 12, **ppc_kwargs: Any) -> Figure:
     **ppc_kwargs
         Passed to ``model.ppc`` (``stat``, ``ci``, ``random_seed``, ``re``: ``'groups'``
         replicates with the fitted group effects, ``'new'`` with fresh effects drawn from the
-        population, a new set of groups; see :func:`bayesmer.checks.ppc`).
+        population, a new set of groups; see :func:`bayesmer.ppc.ppc`).
 
     Returns
     -------

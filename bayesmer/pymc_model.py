@@ -377,7 +377,8 @@ def _log_likelihood(spec: ModelSpec, eta, dispersion=None):
     Constants of the data (binomial coefficients, ``log(y!)``, ``log(2 pi)``) are left out:
     the posterior is the same, each gradient is cheaper (no per-cell ``gammaln`` or parameter
     checks), and pointwise log-likelihoods for LOO are computed from the draws with the NumPy
-    counterparts (:meth:`~bayesmer.families.Family.log_likelihood`), constants included.
+    counterparts (:meth:`~bayesmer.families.Family.log_likelihood`, in :mod:`bayesmer.loo`),
+    constants included.
     """
     family = spec.family
     if family.per_observation:

@@ -114,7 +114,7 @@ def test_kfold_holds_every_group_out_once():
 
 
 def test_loo_warning_explains_high_k_with_many_parameters(grouse_glmer):
-    from bayesmer.checks import _compute_loo, _many_parameters_note
+    from bayesmer.loo import _compute_loo, _many_parameters_note
 
     # 118 broods of 1-10 chicks: p_loo is far above n/5, and high k values are expected.
     with pytest.warns(UserWarning, match=r"p_loo \(\d+\) exceeds n/5 \(81\).*kfold\(group\)"):

@@ -1,0 +1,273 @@
+"""The data's rows mapped to the fitted cells, and the posterior draws read once for them.
+
+The fit runs on collapsed cells (see :mod:`bayesmer.collapse`), but cross-validation and
+predictive checks are about the *original* observations, so :func:`row_table` maps every row
+of the data back to its cell and to its distinct observation; :mod:`bayesmer.loo`,
+:mod:`bayesmer.ppc`, :mod:`bayesmer.predict` and :mod:`bayesmer.kfold` work per row from it.
+:class:`Draws` reads the draws the linear predictor needs once, and :func:`blocks` splits the
+rows (or draws) so that a (draws x rows) block stays under :data:`BLOCK_VALUES` floats.
+
+Rows are numbered from 0 in the data given to the model (``row``), counting the rows dropped for
+missing values, so ``row`` indexes the user's own data frame.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+import polars as pl
+import xarray as xr
+
+from .collapse import CELL, EXPOSURE, ROWS, TRIALS, Y
+from .draws import (
+    GroupRows,
+    fixed,
+    group_cor,
+    group_effects,
+    group_sd,
+    linear_predictor,
+    new_effects,
+    random_variance,
+)
+from .spec import ModelSpec, level_expr, to_lazy, with_group_columns
+
+if TYPE_CHECKING:
+    from .models import Model
+
+#: Largest number of floats held at once in a (draws x observations) block.
+BLOCK_VALUES = 2_000_000
+
+#: Columns :func:`row_table` adds: the 0-based row number in the data and the index into
+#: ``spec.obs`` of the row's distinct observation.
+ROW_NUMBER, OBS_INDEX = "_row", "_obs"
+
+
+# ---------------------------------------------------------------------------------------------
+# Rows of the data, mapped to the fitted cells
+
+
+def _size_name(spec: ModelSpec) -> str:
+    return "trials" if spec.family.name == "binomial" else "exposure"
+
+
+def _outcome_exprs(spec: ModelSpec, schema: dict[str, pl.DataType]) -> tuple[pl.Expr, pl.Expr]:
+    """Expressions giving each row's outcome (``_y``) and trials or exposure, as the fit did."""
+    parsed = spec.formula
+    resp = parsed.response
+    col = resp.column
+    if spec.family.name == "poisson":
+        if parsed.exposure is not None:
+            size = pl.col(parsed.exposure).cast(pl.Float64)
+        elif parsed.offset is not None:
+            size = pl.col(parsed.offset).cast(pl.Float64).exp()
+        else:
+            size = pl.lit(1.0, dtype=pl.Float64)
+        return pl.col(col).cast(pl.Int64).alias(Y), size.alias(EXPOSURE)
+    if resp.kind == "cbind_trials":
+        return pl.col(col).cast(pl.Int64).alias(Y), pl.col(resp.second).cast(pl.Int64).alias(TRIALS)
+    if resp.kind == "cbind_failures":
+        trials = (pl.col(col) + pl.col(resp.second)).cast(pl.Int64)
+        return pl.col(col).cast(pl.Int64).alias(Y), trials.alias(TRIALS)
+    one = pl.lit(1, dtype=pl.Int64).alias(TRIALS)
+    dtype = schema[col]
+    if dtype == pl.Boolean or dtype.is_numeric():
+        return pl.col(col).cast(pl.Int64).alias(Y), one
+    success = spec.response_levels[1]
+    return (pl.col(col).cast(pl.String) == success).cast(pl.Int64).alias(Y), one
+
+
+def predictor_exprs(
+    spec: ModelSpec, schema: dict[str, pl.DataType], columns: Sequence[str]
+) -> list[pl.Expr]:
+    """Factor and group columns as their level labels, numeric predictors as Float64."""
+    level_cols = {*spec.factors, *(g.name for g in spec.groups)}
+    exprs = []
+    for c in columns:
+        if c in level_cols:
+            exprs.append(level_expr(c, schema[c]))
+        else:
+            exprs.append(pl.col(c).cast(pl.Float64))
+    return exprs
+
+
+def cell_keys(spec: ModelSpec) -> list[str]:
+    """Columns that define a cell (as in :func:`bayesmer.spec.build_spec`)."""
+    parsed = spec.formula
+    return list(dict.fromkeys([*parsed.fixed_variables, *parsed.random_variables, *parsed.groups]))
+
+
+def not_missing(columns: Sequence[str], schema: dict[str, pl.DataType]) -> pl.Expr:
+    conds = [pl.col(c).is_not_null() for c in columns]
+    conds += [pl.col(c).is_not_nan() for c in columns if schema[c].is_float()]
+    return pl.all_horizontal(conds)
+
+
+def row_table(model: Model) -> pl.DataFrame:
+    """Every row used by the fit, in data order, with its cell and distinct observation.
+
+    Parameters
+    ----------
+    model : Model
+
+    Returns
+    -------
+    pl.DataFrame
+        ``_row`` (0-based row number in ``model.data``), the cell key columns (factor levels as
+        strings), ``_y``, ``_n`` or ``_e``, ``_cell`` (index into ``spec.cells``) and ``_obs``
+        (index into ``spec.obs``).
+
+    Raises
+    ------
+    RuntimeError
+        If the data no longer match the fitted cells (the data frame was changed after the
+        model was built).
+    """
+    spec = model.spec
+    lf, _ = to_lazy(model.data)
+    schema = dict(lf.collect_schema())
+    cols = spec.formula.columns
+    keys = cell_keys(spec)
+    size_col = spec.size_col
+    used, schema = with_group_columns(
+        lf.with_row_index(ROW_NUMBER).select(ROW_NUMBER, *cols).filter(not_missing(cols, schema)),
+        spec.formula,
+        schema,
+    )
+    rows = used.select(
+        pl.col(ROW_NUMBER).cast(pl.Int64),
+        *predictor_exprs(spec, schema, keys),
+        *_outcome_exprs(spec, schema),
+    ).collect(engine="streaming")
+    cell_dtype = spec.cells.schema[CELL]
+    if not spec.collapsed:
+        rows = rows.with_columns(pl.int_range(pl.len(), dtype=cell_dtype).alias(CELL))
+    elif keys:
+        rows = rows.join(spec.cells.select(*keys, CELL), on=keys, how="left", maintain_order="left")
+    else:
+        rows = rows.with_columns(pl.lit(0, dtype=cell_dtype).alias(CELL))
+    obs = spec.obs.with_row_index(OBS_INDEX).select(OBS_INDEX, CELL, Y, size_col)
+    rows = rows.join(obs, on=[CELL, Y, size_col], how="left", maintain_order="left")
+    check = rows.group_by(CELL).agg(pl.len().alias(ROWS), pl.col(Y).sum()).sort(CELL)
+    expected = spec.cells.select(CELL, ROWS, Y).sort(CELL)
+    if (
+        rows[OBS_INDEX].null_count()
+        or len(check) != len(expected)
+        or not (check[ROWS].to_numpy() == expected[ROWS].to_numpy()).all()
+        or not (check[Y].to_numpy() == expected[Y].to_numpy()).all()
+    ):
+        raise RuntimeError(
+            "The model's data no longer match the cells it was fitted to (was the data frame "
+            "changed after the model was built?); refit the model."
+        )
+    return rows
+
+
+def public_names(spec: ModelSpec) -> tuple[str, str, str]:
+    """User-facing names of the row number, outcome and trials/exposure columns.
+
+    ``row``, the response column and ``trials``/``exposure``, dot-prefixed in the unlikely
+    case that a predictor already has that name.
+    """
+    taken = set(cell_keys(spec))
+    row_name = free_name("row", taken)
+    y_name = free_name(spec.formula.response.column, taken)
+    return row_name, y_name, free_name(_size_name(spec), taken)
+
+
+def public_rows(spec: ModelSpec, rows: pl.DataFrame) -> pl.DataFrame:
+    """Rename the internal columns of :func:`row_table` for users and drop the indices."""
+    row_name, y_name, size_name = public_names(spec)
+    return rows.select(
+        pl.col(ROW_NUMBER).alias(row_name),
+        *cell_keys(spec),
+        pl.col(Y).alias(y_name),
+        pl.col(spec.size_col).alias(size_name),
+    )
+
+
+def free_name(name: str, taken: set[str]) -> str:
+    while name in taken:
+        name = "." + name
+    taken.add(name)
+    return name
+
+
+# ---------------------------------------------------------------------------------------------
+# Posterior draws, read once
+
+
+@dataclass(frozen=True)
+class Draws:
+    """The draws needed for the linear predictor, read once: (S, p) and (S, levels) arrays
+    ((S, levels, terms) for a factor with slopes; ``cor`` holds its (S, terms, terms)
+    correlation matrices)."""
+
+    b: np.ndarray
+    u: dict[str, np.ndarray]
+    sd: dict[str, np.ndarray]
+    n_chains: int
+    cor: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @classmethod
+    def read(cls, spec: ModelSpec, trace: xr.DataTree) -> Draws:
+        n_chains = trace["posterior"].sizes["chain"]
+        u = {g.name: group_effects(trace, g) for g in spec.groups}
+        sd = {g.name: group_sd(trace, g) for g in spec.groups}
+        cor = {g.name: group_cor(trace, g) for g in spec.groups if g.slopes}
+        return cls(fixed(trace), u, sd, n_chains, cor)
+
+    @property
+    def n(self) -> int:
+        return self.b.shape[0]
+
+    def eta(
+        self,
+        X: np.ndarray,
+        groups: dict[str, GroupRows] | None = None,
+        draws: slice | np.ndarray = slice(None),
+    ) -> np.ndarray:
+        """Linear predictor (without offset), shape (draws, rows)."""
+        u = {name: self.u[name][draws] for name in groups or {}}
+        return linear_predictor(self.b[draws], X, u, groups or {})
+
+    def random_sd(
+        self, spec: ModelSpec, Z: dict[str, np.ndarray | None], draws: slice | np.ndarray
+    ) -> np.ndarray:
+        """sd of the summed effects of new levels of every factor: (draws, 1) or (draws, rows).
+
+        ``Z`` holds each factor's random design of the rows (None for a random intercept).
+        """
+        variance = sum(
+            random_variance(
+                self.sd[g.name][draws],
+                self.cor[g.name][draws] if g.slopes else None,
+                Z[g.name],
+            )
+            for g in spec.groups
+        )
+        return np.sqrt(variance)
+
+    def new_levels(
+        self, spec: ModelSpec, rng: np.random.Generator, draws: slice | np.ndarray = slice(None)
+    ) -> dict[str, np.ndarray]:
+        """Fresh effects for every level of every factor, drawn in the order of
+        ``spec.groups`` (see :func:`bayesmer.draws.new_effects`)."""
+        return {
+            g.name: new_effects(
+                self.sd[g.name][draws],
+                self.cor[g.name][draws] if g.slopes else None,
+                len(g.levels),
+                rng,
+            )
+            for g in spec.groups
+        }
+
+
+def blocks(n: int, width: int) -> Iterator[slice]:
+    """Slices of ``range(n)`` such that a block times ``width`` stays under BLOCK_VALUES."""
+    step = max(1, BLOCK_VALUES // max(1, width))
+    for start in range(0, n, step):
+        yield slice(start, min(n, start + step))

@@ -1,0 +1,114 @@
+"""predict: fitted and new rows, every choice of ``re``, and its argument errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+import pytest
+from scipy import special
+from synthetic import LEVEL_LOG_RATE
+
+from bayesmer.draws import fixed, group_effects, group_sd
+from bayesmer.predict import predict
+
+
+def test_predict_fitted_rows_zero_and_groups(titanic_glmer, titanic):
+    spec = titanic_glmer.spec
+    b = fixed(titanic_glmer.posterior)
+    u = group_effects(titanic_glmer.posterior, spec.groups[0])
+    male = (titanic["sex"] == "male").to_numpy().astype(float)
+    eta = b[:, [0]] + b[:, [spec.terms.index("sexmale")]] * male
+    zero = predict(titanic_glmer, re="zero", output="table")
+    assert titanic_glmer.predict(re="zero", output="table").equals(zero)
+    assert zero.height == 891 and zero["row"].to_list() == list(range(891))
+    np.testing.assert_allclose(zero["estimate"], np.median(special.expit(eta), axis=0))
+    pclass = np.array([spec.groups[0].levels.index(str(v)) for v in titanic["pclass"]])
+    include = predict(titanic_glmer, output="table", ci=0.9)
+    np.testing.assert_allclose(
+        include["estimate"], np.median(special.expit(eta + u[:, pclass]), axis=0)
+    )
+    np.testing.assert_allclose(
+        predict(titanic_glmer), np.mean(special.expit(eta + u[:, pclass]), axis=0)
+    )
+    link = predict(titanic_glmer, re="groups", type_predict="link", output="table")
+    np.testing.assert_allclose(link["estimate"], np.median(eta + u[:, pclass], axis=0))
+    assert (include["conf_low"] < include["estimate"]).all()
+    assert (include["estimate"] < include["conf_high"]).all()
+
+
+def test_predict_marginal_averages_over_group_effects(titanic_glmer):
+    new = pl.DataFrame({"sex": ["female", "male"]})
+    long = predict(titanic_glmer, data=new, re="marginal", output="draws")
+    assert long.columns == ["row", ".draw", "prediction"]
+    spec = titanic_glmer.spec
+    b = fixed(titanic_glmer.posterior)
+    sd = group_sd(titanic_glmer.posterior, spec.groups[0])
+    assert long.height == 2 * b.shape[0]
+    z = np.random.default_rng(0).standard_normal(20_000)
+    for row, male in ((0, 0.0), (1, 1.0)):
+        draws = long.filter(pl.col("row") == row).sort(".draw")["prediction"].to_numpy()
+        sel = np.arange(0, b.shape[0], 200)
+        eta = b[sel, 0] + b[sel, spec.terms.index("sexmale")] * male
+        monte_carlo = special.expit(eta[:, None] + sd[sel, None] * z).mean(axis=1)
+        np.testing.assert_allclose(draws[sel], monte_carlo, atol=4e-3)
+    summary = predict(titanic_glmer, data=new, re="marginal", output="table")
+    medians = long.group_by("row").agg(pl.col("prediction").median()).sort("row")
+    np.testing.assert_allclose(summary["estimate"], medians["prediction"])
+    # marginal probabilities are pulled towards 1/2 relative to the typical group
+    zero = predict(titanic_glmer, data=new, re="zero", output="table")
+    assert abs(summary["estimate"][1] - 0.5) < abs(zero["estimate"][1] - 0.5)
+
+
+def test_predict_intercept_only_model(pois_null, counts):
+    out = predict(pois_null, data=pl.DataFrame({"t": [1.0, 3.0]}), output="table")
+    assert out.columns == ["row", "t", "estimate", "sd", "conf_low", "conf_high"]
+    assert out["estimate"][1] == pytest.approx(3 * out["estimate"][0])
+    overall = counts["y"].sum() / counts["t"].sum()
+    assert out["conf_low"][0] < overall < out["conf_high"][0]
+
+
+def test_predict_poisson_exposure_and_link(pois_fit):
+    new = pl.DataFrame({"f": ["a", "a", "c"], "t": [1.0, 2.0, 1.0]})
+    resp = predict(pois_fit, data=new, output="draws")
+    per_draw = resp.pivot(on="row", index=".draw", values="prediction").drop(".draw").to_numpy()
+    np.testing.assert_allclose(per_draw[:, 1], 2 * per_draw[:, 0])
+    link = predict(pois_fit, data=new, type_predict="link", output="table")
+    np.testing.assert_allclose(link["estimate"][1] - link["estimate"][0], np.log(2.0))
+    assert link.columns == ["row", "f", "t", "estimate", "sd", "conf_low", "conf_high"]
+    b = fixed(pois_fit.posterior)
+    c = pois_fit.spec.terms.index("fc")
+    assert link["estimate"][2] == pytest.approx(np.median(b[:, 0] + b[:, c]))
+    true = np.exp(LEVEL_LOG_RATE["c"])
+    row = predict(pois_fit, data=new, output="table").row(2, named=True)
+    assert row["conf_low"] < true < row["conf_high"]
+    pandas = predict(pois_fit, data=new.to_pandas(), type_predict="link", output="table")
+    np.testing.assert_allclose(pandas["estimate"], link["estimate"])
+    # a glm has no group effects: every re gives the same
+    np.testing.assert_array_equal(
+        predict(pois_fit, data=new, re="marginal"), predict(pois_fit, data=new)
+    )
+
+
+def test_predict_bad_input(titanic_glmer, pois_fit, trials_fit):
+    new = pl.DataFrame({"sex": ["male"], "pclass": [4]})
+    with pytest.raises(ValueError, match=r"re='groups'.*'pclass'.*not in the fit: 4"):
+        predict(titanic_glmer, data=new)
+    assert predict(titanic_glmer, data=new, re="marginal").shape == (1,)
+    with pytest.raises(ValueError, match=r"level\(s\) \['other'\] of 'sex'"):
+        predict(titanic_glmer, data=pl.DataFrame({"sex": ["other"]}), re="zero")
+    with pytest.raises(ValueError, match=r"needs the column\(s\) \['sex'\]"):
+        predict(titanic_glmer, data=pl.DataFrame({"age": [3.0]}), re="zero")
+    with pytest.raises(ValueError, match=r"\['sex', 'pclass'\].*re='groups', the default"):
+        predict(titanic_glmer, data=pl.DataFrame({"age": [3.0]}))
+    with pytest.raises(ValueError, match=r"needs the column\(s\) \['t'\]"):
+        predict(pois_fit, data=pl.DataFrame({"f": ["a"]}))
+    with pytest.raises(ValueError, match=r"column\(s\) \['x'\] must be numeric"):
+        predict(trials_fit, data=pl.DataFrame({"x": ["1.5"]}))
+    with pytest.raises(ValueError, match="missing values"):
+        predict(pois_fit, data=pl.DataFrame({"f": ["a", None], "t": [1.0, 1.0]}), output="draws")
+    with pytest.raises(ValueError, match="type_predict must be one of"):
+        predict(pois_fit, type_predict="probability")
+    with pytest.raises(ValueError, match="re must be one of"):
+        predict(pois_fit, re="random")
+    with pytest.raises(ValueError, match="ci must be between 0 and 1"):
+        predict(pois_fit, ci=0)
