@@ -13,7 +13,7 @@ import numpy as np
 import xarray as xr
 from arviz_stats.base import array_stats
 
-from .spec import GroupSpec
+from .spec import GroupSpec, ModelSpec
 
 
 def _posterior(trace: xr.DataTree | xr.Dataset) -> xr.Dataset:
@@ -33,6 +33,13 @@ def stacked(trace: xr.DataTree | xr.Dataset, name: str) -> np.ndarray:
 def fixed(trace: xr.DataTree | xr.Dataset) -> np.ndarray:
     """Fixed coefficients, shape (S, p), columns in the order of ``spec.terms``."""
     return stacked(trace, "b")
+
+
+def dispersion(trace: xr.DataTree | xr.Dataset, spec: ModelSpec) -> np.ndarray | None:
+    """Draws of the family's dispersion parameter (``sigma``, ``size``, ``phi``), shape (S,);
+    None for binomial and Poisson models."""
+    key = spec.family.dispersion
+    return stacked(trace, key) if key else None
 
 
 def group_sd(trace: xr.DataTree | xr.Dataset, group: GroupSpec) -> np.ndarray:

@@ -34,7 +34,7 @@ import pandas as pd
 import polars as pl
 import xarray as xr
 
-from .collapse import CELL, EXPOSURE, ROWS, TRIALS, WEIGHT, Y
+from .collapse import CELL, EXPOSURE, ROWS, SS, TRIALS, WEIGHT, Y
 from .priors import Prior, lkj_prior, to_prior
 
 if TYPE_CHECKING:
@@ -215,7 +215,7 @@ def _observation_table(spec: Any) -> tuple[pl.DataFrame, dict[str, list[str]]]:
     order alongside (they are cast to ``pl.Enum`` on loading, which pins that order).
     """
     parsed = spec.formula
-    internal = {Y, TRIALS, EXPOSURE, ROWS, CELL}
+    internal = {Y, TRIALS, EXPOSURE, SS, ROWS, CELL}
     keys = [c for c in spec.cells.columns if c not in internal]
     obs = spec.obs.join(spec.cells.select([CELL, *keys]), on=CELL, how="left")
     resp = parsed.response
@@ -223,7 +223,7 @@ def _observation_table(spec: Any) -> tuple[pl.DataFrame, dict[str, list[str]]]:
     size = pl.col(spec.size_col)
     cols: list[pl.Expr] = [pl.col(k) for k in keys]
     enums = {**spec.factors, **{g.name: list(g.levels) for g in spec.groups}}
-    if spec.family.name == "poisson":
+    if spec.family.size_kind == "exposure":
         cols.append(y.alias(resp.column))
         if parsed.exposure is not None:
             cols.append(size.alias(parsed.exposure))
@@ -404,7 +404,7 @@ def _rebuild(meta: dict[str, Any], contents: dict[str, bytes]) -> Model:
     model.draws, model.tune, model.chains = int(fit["draws"]), int(fit["tune"]), int(fit["chains"])
     model.random_seed = int(fit["random_seed"])
     model.sampler_kwargs = dict(fit["sampler_kwargs"])
-    names = ["b"] + [n for g in spec.groups for n in g.reported]
+    names = spec.reported
     model._diag = diagnose(
         model.posterior["posterior"].to_dataset(),
         model.posterior["sample_stats"].to_dataset(),

@@ -27,8 +27,7 @@ from scipy import special
 
 from .collapse import Y
 from .diagnostics import PACKAGE_DIR
-from .draws import GroupRows, fixed, group_effects, group_sd, linear_predictor
-from .loo import log_likelihood
+from .draws import GroupRows, dispersion, fixed, group_effects, group_sd, linear_predictor
 from .rows import ROW_NUMBER, cell_keys, row_table
 from .spec import ModelSpec, to_lazy
 
@@ -48,6 +47,7 @@ def group_log_likelihood(
     size: np.ndarray,
     sd: np.ndarray,
     nodes: int = QUADRATURE_NODES,
+    dispersion: np.ndarray | None = None,
 ) -> np.ndarray:
     """Per draw, the log-likelihood of one group's rows with its effect integrated out.
 
@@ -69,6 +69,9 @@ def group_log_likelihood(
     sd : np.ndarray
         Shape (S,): sd of the group effect per draw (0 gives the plain log-likelihood).
     nodes : int, default QUADRATURE_NODES
+    dispersion : np.ndarray, optional
+        Shape (S,): the family's dispersion parameter per draw (gaussian, negative binomial,
+        beta-binomial).
 
     Returns
     -------
@@ -79,7 +82,7 @@ def group_log_likelihood(
     sd = np.asarray(sd, dtype=float)
 
     def h(z: np.ndarray) -> np.ndarray:
-        ll = log_likelihood(spec, eta + (sd * z)[:, None], y, size)
+        ll = spec.family.log_likelihood(eta + (sd * z)[:, None], y, size, dispersion)
         return ll.sum(axis=1) - z**2 / 2
 
     z = np.zeros(eta.shape[0])
@@ -358,7 +361,10 @@ def _score_group(refit: Model, rows: pl.DataFrame, group: str, fold: int) -> flo
     eta = linear_predictor(b, X, effects, levels_of)
     y = rows[Y].to_numpy()
     size = rows[spec.size_col].to_numpy()
-    return _log_mean_exp(group_log_likelihood(spec, eta, y, size, np.sqrt(variance)))
+    ll = group_log_likelihood(
+        spec, eta, y, size, np.sqrt(variance), dispersion=dispersion(trace, spec)
+    )
+    return _log_mean_exp(ll)
 
 
 def _log_mean_exp(values: np.ndarray) -> float:

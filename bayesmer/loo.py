@@ -22,7 +22,6 @@ import numpy as np
 import polars as pl
 import xarray as xr
 from arviz_stats.base import array_stats
-from scipy import special
 
 from .collapse import CELL, WEIGHT, Y
 from .diagnostics import PACKAGE_DIR
@@ -40,24 +39,6 @@ BAD_K = 1.0
 
 # ---------------------------------------------------------------------------------------------
 # Pointwise log-likelihood
-
-
-def log_likelihood(spec: ModelSpec, eta: np.ndarray, y: np.ndarray, size: np.ndarray) -> np.ndarray:
-    """Log-likelihood of outcomes ``y`` with trials/exposure ``size`` given ``eta`` (no offset).
-
-    ``eta`` has shape (draws, k); ``y`` and ``size`` shape (k,). Binomial terms include the
-    binomial coefficient (zero for 0/1 rows) so the values are proper log probabilities.
-    """
-    y = y.astype(float)
-    if spec.family.name == "binomial":
-        n = size.astype(float)
-        log_p, log_q = spec.family.log_probs(eta)
-        const = special.gammaln(n + 1) - special.gammaln(y + 1) - special.gammaln(n - y + 1)
-        succ = np.where(y > 0, y * log_p, 0.0)
-        fail = np.where(n - y > 0, (n - y) * log_q, 0.0)
-        return const + succ + fail
-    log_mu = eta + np.log(size)
-    return y * log_mu - np.exp(log_mu) - special.gammaln(y + 1)
 
 
 def _relative_eff(trace: xr.DataTree, n_samples: int) -> float:
@@ -229,7 +210,8 @@ def _compute_loo(model: Model) -> LooResult:
     k_i = np.empty(m)
     for block in blocks(m, S):
         c = cells[block]
-        ll = log_likelihood(spec, draws.eta(spec.X[c], spec.group_rows(c)), y[block], size[block])
+        eta = draws.eta(spec.X[c], spec.group_rows(c))
+        ll = spec.family.log_likelihood(eta, y[block], size[block], draws.dispersion)
         ll = ll.T.reshape(-1, draws.n_chains, n_draws_chain)
         e, k, p = array_stats.loo(ll, chain_axis=-2, draw_axis=-1, r_eff=r_eff)
         elpd_i[block], k_i[block], p_i[block] = e, k, p

@@ -334,7 +334,7 @@ class Model:
             posterior = self._sampler.sample(draws, tune, chains, seed, progressbar, **kwargs)
         except SamplingInterrupted as stop:
             posterior, draws, chains = self._interrupted(stop, draws, chains)
-        names = ["b"] + [n for g in spec.groups for n in g.reported]
+        names = spec.reported
         diag = diagnose(
             posterior["posterior"].to_dataset(), posterior["sample_stats"].to_dataset(), names
         )

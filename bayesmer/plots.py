@@ -629,7 +629,7 @@ def plot_shrinkage(
 def _scalar_series(model: Model, var_names: Sequence[str] | None) -> list[tuple[str, np.ndarray]]:
     """(label, draws of shape (chain, draw)) for every scalar in the named variables."""
     spec = model.spec
-    available = ["b"] + [n for g in spec.groups for n in g.reported]
+    available = spec.reported
     names = list(var_names) if var_names is not None else ["b"] + [g.sd_name for g in spec.groups]
     unknown = [n for n in names if n not in available]
     if unknown or not names:

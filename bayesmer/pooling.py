@@ -21,7 +21,7 @@ from scipy import sparse, special
 
 from .arguments import require_groups, resolve_ci
 from .collapse import CELL, ROWS, Y
-from .draws import fixed, group_effects, group_part, group_sd, hdi
+from .draws import fixed, group_effects, group_part, group_sd, hdi, stacked
 from .families import Family
 from .spec import GroupSpec, ModelSpec
 
@@ -59,6 +59,8 @@ def link_of(family: Family, p: np.ndarray) -> np.ndarray:
         return special.ndtri(p)
     if family.link == "cloglog":
         return np.log(-np.log1p(-p))
+    if family.link == "identity":
+        return p
     return np.log(p)
 
 
@@ -130,9 +132,11 @@ def shrinkage(model: Model, group: str | None = None) -> pl.DataFrame:
     y_sum = np.bincount(level, y, n_levels)
     size_sum = np.bincount(level, size, n_levels)
     n = np.bincount(level, rows, n_levels)
-    binomial = spec.family.name == "binomial"
+    binomial = spec.family.size_kind == "trials"
     if binomial:
         no_pooling = link_of(spec.family, (y_sum + CONTINUITY) / (size_sum + 2 * CONTINUITY))
+    elif spec.family.name == "gaussian":
+        no_pooling = link_of(spec.family, y_sum / size_sum)
     else:
         no_pooling = np.log((y_sum + CONTINUITY) / size_sum)
     # (cells x levels) averaging weights: each cell's trials or exposure within its level.
@@ -154,12 +158,15 @@ def shrinkage(model: Model, group: str | None = None) -> pl.DataFrame:
         for name, (index, Z) in groups.items():
             eta = eta + group_part(effects[name][part], index, Z)
         partial[part] = (weights.T @ eta.T).T
-    size_name = "trials" if binomial else "exposure"
+    sizes = {}  # trials or exposure (a gaussian level's size is its n)
+    if spec.family.size_kind != "rows":
+        size_name = "trials" if binomial else "exposure"
+        sizes[size_name] = size_sum.astype(np.int64) if binomial else size_sum
     return pl.DataFrame(
         {
             "level": g.levels,
             "n": n.astype(np.int64),
-            size_name: size_sum if not binomial else size_sum.astype(np.int64),
+            **sizes,
             "observed": y_sum / size_sum,
             "no_pooling": no_pooling,
             "partial_pooling": np.median(partial, axis=0),
@@ -199,11 +206,14 @@ def icc(model: Model, ci: float | None = None) -> pl.DataFrame:
       denominator holds the variance of every grouping factor of the model (Nakagawa,
       Johnson & Schielzeth 2017; R's ``performance::icc`` by component). ``s^2`` is the
       variance of the latent residual: ``pi^2 / 3`` (logit), ``1`` (probit), ``pi^2 / 6``
-      (cloglog). For Poisson models (log link) it is the lognormal approximation
-      ``s^2 = log(1 + 1 / lambda)`` of Nakagawa et al. (2017), with ``lambda`` the mean
-      over the data rows of a row's expected count with the group effects integrated out,
-      ``mean_i(exposure_i * exp(x_i b + sum_j sd_j^2 / 2))``; this ICC depends on the mean
-      count, and is larger for larger counts.
+      (cloglog; the beta-binomial's overdispersion is left out). For Poisson models (log
+      link) it is the lognormal approximation ``s^2 = log(1 + 1 / lambda)`` of Nakagawa et
+      al. (2017), with ``lambda`` the mean over the data rows of a row's expected count
+      with the group effects integrated out, ``mean_i(exposure_i * exp(x_i b + sum_j
+      sd_j^2 / 2))``; this ICC depends on the mean count, and is larger for larger counts.
+      For the negative binomial, ``log(1 + 1 / lambda + 1 / size)``. For gaussian models
+      (identity link) the residual variance ``sigma^2``: the classic ICC; with the log link
+      ``log(1 + sigma^2 / lambda^2)``.
     - ``median_odds_ratio`` (logit), ``median_rate_ratio`` (log) or ``median_hazard_ratio``
       (cloglog): ``exp(sqrt(2) * sd_k * Phi^-1(0.75))`` (Merlo et al. 2006), the median of
       the ratio between the odds (rate) of a higher and a lower group, for two groups drawn
@@ -273,11 +283,8 @@ def icc_draws(model: Model) -> dict[str, dict[str, np.ndarray]]:
     trace = model.posterior
     sds = {g.name: group_sd(trace, g) for g in spec.groups}
     variance = sum(sd**2 for sd in sds.values())
+    residual = _residual_variance(spec, trace, variance)
     link = spec.family.link
-    if link == "log":
-        residual = np.log1p(1.0 / _mean_count(spec, fixed(trace), variance))
-    else:
-        residual = LATENT_VARIANCE[link]
     out = {}
     for name, sd in sds.items():
         values = {"sd": sd, "icc": sd**2 / (variance + residual)}
@@ -285,6 +292,20 @@ def icc_draws(model: Model) -> dict[str, dict[str, np.ndarray]]:
             values[RATIO_NAMES[link]] = np.exp(np.sqrt(2.0) * sd * special.ndtri(0.75))
         out[name] = values
     return out
+
+
+def _residual_variance(spec: ModelSpec, trace, variance: np.ndarray) -> np.ndarray | float:
+    """The ICC's residual variance per draw (see :func:`icc`)."""
+    family = spec.family
+    if family.name == "gaussian":
+        sigma = stacked(trace, "sigma")
+        if family.link == "identity":
+            return sigma**2
+        return np.log1p((sigma / _mean_count(spec, fixed(trace), variance)) ** 2)
+    if family.link == "log":
+        extra = 1.0 / stacked(trace, "size") if family.name == "negativebinomial" else 0.0
+        return np.log1p(1.0 / _mean_count(spec, fixed(trace), variance) + extra)
+    return LATENT_VARIANCE[family.link]
 
 
 def with_scale_columns(model: Model, table: pl.DataFrame) -> pl.DataFrame:
@@ -308,7 +329,12 @@ def scale_note(model: Model) -> str:
         "probit": "1",
         "cloglog": "pi^2/6",
         "log": "log(1 + 1/mean count)",
+        "identity": "sigma^2",
     }[link]
+    if model.spec.family.name == "negativebinomial":
+        residual = "log(1 + 1/mean count + 1/size)"
+    elif model.spec.family.name == "gaussian" and link == "log":
+        residual = "log(1 + sigma^2/mean^2)"
     text = f"icc: latent-scale intraclass correlation, sd^2 / (sum of group variances + {residual})"
     if link in RATIO_NAMES:
         text += f";\n{RATIO_NAMES[link]}: exp(sqrt(2) * sd * 0.6745) (Merlo)"

@@ -54,7 +54,7 @@ def _row_means(
     re: str = "groups",
     rng: np.random.Generator | None = None,
 ) -> np.ndarray:
-    """Success probability (binomial) or rate per unit exposure (Poisson) per cell and draw.
+    """Success probability, rate per unit exposure or mean (gaussian) per cell and draw.
 
     ``re`` says which group effects enter (see :func:`simulate`); ``'new'`` draws them afresh
     from N(0, sd), one set per draw of ``sel``, shared by the cells of a level.
@@ -85,15 +85,15 @@ def _replicate(
     cells_used, inverse = np.unique(rows[CELL].to_numpy().astype(np.int64), return_inverse=True)
     mean = _row_means(spec, draws, cells_used, sel, re, rng)[:, inverse]
     size = rows[spec.size_col].to_numpy()
-    if spec.family.name == "binomial":
-        return rng.binomial(size.astype(np.int64), np.clip(mean, 0.0, 1.0))
-    return rng.poisson(mean * size)
+    dispersion = None if draws.dispersion is None else draws.dispersion[sel]
+    return spec.family.replicate(rng, mean, size, dispersion)
 
 
 def _new_group_draws(spec: ModelSpec, draws: Draws, rng: np.random.Generator) -> Draws:
     """The draws with fresh group effects for every level (see
     :meth:`bayesmer.rows.Draws.new_levels`)."""
-    return Draws(draws.b, draws.new_levels(spec, rng), draws.sd, draws.n_chains, draws.cor)
+    u = draws.new_levels(spec, rng)
+    return Draws(draws.b, u, draws.sd, draws.n_chains, draws.cor, draws.dispersion)
 
 
 Statistic = Callable[[np.ndarray, pl.DataFrame], np.ndarray]
@@ -103,9 +103,10 @@ _NAMED = ("mean", "var", "sd", "zeros", "max", "min")
 
 
 def _named_stat(name: str, spec: ModelSpec, rows: pl.DataFrame) -> Statistic:
-    """A statistic of :data:`_NAMED` over all rows; ``mean`` is successes/trials if binomial."""
+    """A statistic of :data:`_NAMED` over all rows; ``mean`` is successes/trials for binomial
+    and beta-binomial outcomes."""
     if name == "mean":
-        if spec.family.name == "binomial":
+        if spec.family.size_kind == "trials":
             trials = float(rows[TRIALS].sum())
             return lambda y, d: y.sum(axis=1) / trials
         return lambda y, d: y.mean(axis=1)
@@ -121,14 +122,15 @@ def _named_stat(name: str, spec: ModelSpec, rows: pl.DataFrame) -> Statistic:
 
 
 def _by_level(column: str, spec: ModelSpec, rows: pl.DataFrame) -> dict[str, Statistic]:
-    """Mean outcome (proportion of successes, or mean count) per level of ``column``."""
+    """Mean outcome (proportion of successes, mean count or mean value) per level of
+    ``column``."""
     levels = (
         next(g.levels for g in spec.groups if g.name == column)
         if column in {g.name for g in spec.groups}
         else spec.factors[column]
     )
     values = rows[column].to_numpy()
-    denom_col = TRIALS if spec.family.name == "binomial" else None
+    denom_col = TRIALS if spec.family.size_kind == "trials" else None
     out: dict[str, Statistic] = {}
     for level in levels:
         mask = values == level
@@ -144,10 +146,10 @@ def _by_level(column: str, spec: ModelSpec, rows: pl.DataFrame) -> dict[str, Sta
 def _spread(column: str, spec: ModelSpec, rows: pl.DataFrame) -> Statistic:
     """The sd (ddof=1) across the levels of a grouping column of their mean outcomes.
 
-    Means as in :func:`_by_level`: the proportion of successes, or the mean count.
+    Means as in :func:`_by_level`: the proportion of successes, the mean count or value.
     """
     levels, index = np.unique(rows[column].to_numpy(), return_inverse=True)
-    if spec.family.name == "binomial":
+    if spec.family.size_kind == "trials":
         denom = np.bincount(index, rows[TRIALS].to_numpy().astype(float), len(levels))
     else:
         denom = np.bincount(index, minlength=len(levels)).astype(float)
@@ -173,8 +175,10 @@ def _statistics(
                 out[f"sd[{col} means]"] = _spread(col, spec, rows)
             else:
                 out.update(_by_level(col, spec, rows))
-        if spec.family.name == "poisson":
+        if spec.family.size_kind == "exposure":
             out["zeros"] = _named_stat("zeros", spec, rows)
+            out["var"] = _named_stat("var", spec, rows)
+        elif spec.family.name in ("gaussian", "betabinomial"):
             out["var"] = _named_stat("var", spec, rows)
         return out
     if isinstance(stat, str) or callable(stat):
@@ -229,22 +233,25 @@ def ppc(
     """Posterior predictive check: observed statistics against replicated data sets.
 
     One replicated data set is drawn per posterior draw, one outcome per original row
-    (binomial rows as Binomial(trials, p), Poisson rows as Poisson(rate * exposure)), and each
-    statistic is computed on the observed and on every replicated data set.
+    (binomial rows as Binomial(trials, p), Poisson rows as Poisson(rate * exposure), gaussian
+    rows as Normal(mean, sigma), negative binomial and beta-binomial rows with their draw's
+    dispersion), and each statistic is computed on the observed and on every replicated data
+    set.
 
     Parameters
     ----------
     model : Model
         A fitted model.
     stat : str, callable, list or dict, optional
-        The statistics. By default: ``mean`` (the proportion of successes for binomial
-        models, the mean count for Poisson ones), ``mean[col=level]`` for every level of every
-        factor and grouping column (with ``re='new'``, ``sd[col means]`` for a grouping
-        column instead, see ``re``), and for Poisson models ``zeros`` (share of zero counts) and
-        ``var`` (variance of the counts across rows; above its replicated range in
-        overdispersed data). Names: ``'mean'``, ``'var'``, ``'sd'``, ``'zeros'``, ``'max'``,
-        ``'min'``, or a factor/group column (its per-level means). A callable
-        ``f(y, data)`` gets ``y``, an integer array (data sets x rows) of outcomes, rows in data
+        The statistics. By default: ``mean`` (the proportion of successes for binomial and
+        beta-binomial models, the mean count or value for the others), ``mean[col=level]`` for
+        every level of every factor and grouping column (with ``re='new'``, ``sd[col means]``
+        for a grouping column instead, see ``re``), for count models (Poisson, negative
+        binomial) ``zeros`` (share of zero counts) and ``var`` (variance of the counts across
+        rows; above its replicated range in overdispersed data), and for gaussian and
+        beta-binomial models ``var``. Names: ``'mean'``, ``'var'``, ``'sd'``, ``'zeros'``,
+        ``'max'``, ``'min'``, or a factor/group column (its per-level means). A callable
+        ``f(y, data)`` gets ``y``, an array (data sets x rows) of outcomes, rows in data
         order, and ``data``, those rows as :func:`simulate` lists them (``row``, predictors,
         observed outcome, ``trials`` or ``exposure``), and returns one value per data set.
         A dict maps names to any of these.
@@ -371,7 +378,7 @@ def simulate(
         Put the rows before the simulations: ``row`` (0-based row number in the model's
         data), the predictor and group columns (factor levels as strings), the observed
         outcome (named after the response column; successes for binomial models), and
-        ``trials`` or ``exposure``.
+        ``trials``, ``exposure`` or (gaussian) ``n``, 1 per row.
 
     Returns
     -------

@@ -58,7 +58,7 @@ def _fitted_design(model: Model) -> _Design:
     rows = row_table(model)
     cells = rows[CELL].to_numpy().astype(np.int64)
     log_exposure = np.zeros(len(rows))
-    if spec.family.name == "poisson":
+    if spec.family.size_kind == "exposure":
         log_exposure = np.log(rows[EXPOSURE].to_numpy())
     return _Design(
         public_rows(spec, rows),
@@ -350,7 +350,7 @@ def fitted_values(model: Model, type_predict: str = "response") -> tuple[np.ndar
         mean_response[block] = spec.family.inverse_link(eta).mean(axis=0)
     cells = rows[CELL].to_numpy().astype(np.int64)
     y = rows[Y].to_numpy().astype(float)
-    if spec.family.name == "poisson":
+    if spec.family.size_kind == "exposure":
         exposure = rows[EXPOSURE].to_numpy()
         response = mean_response[cells] * exposure
         link = mean_link[cells] + np.log(exposure)

@@ -447,8 +447,7 @@ def sample_prior(spec: ModelSpec, draws: int = 1000, random_seed: int | None = N
 
     if isinstance(draws, bool) or not isinstance(draws, int | np.integer) or draws < 1:
         raise ValueError(f"draws must be a positive integer, got {draws!r}.")
-    names = ["b"] + [n for g in spec.groups for n in g.reported]
-    names += [spec.family.dispersion] if spec.family.dispersion else []
+    names = spec.reported
     trace = _forward(build_model(spec, prior_only=True), int(draws), random_seed)
     prior = trace["prior"].to_dataset()[names]
     return xr.DataTree.from_dict({"prior": prior})

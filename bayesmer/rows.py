@@ -21,9 +21,10 @@ import numpy as np
 import polars as pl
 import xarray as xr
 
-from .collapse import CELL, EXPOSURE, ROWS, TRIALS, Y
+from .collapse import CELL, ROWS, Y
 from .draws import (
     GroupRows,
+    dispersion,
     fixed,
     group_cor,
     group_effects,
@@ -32,7 +33,7 @@ from .draws import (
     new_effects,
     random_variance,
 )
-from .spec import ModelSpec, level_expr, to_lazy, with_group_columns
+from .spec import ModelSpec, level_expr, outcome_exprs, to_lazy, with_group_columns
 
 if TYPE_CHECKING:
     from .models import Model
@@ -50,33 +51,12 @@ ROW_NUMBER, OBS_INDEX = "_row", "_obs"
 
 
 def _size_name(spec: ModelSpec) -> str:
-    return "trials" if spec.family.name == "binomial" else "exposure"
+    return {"trials": "trials", "exposure": "exposure", "rows": "n"}[spec.family.size_kind]
 
 
-def _outcome_exprs(spec: ModelSpec, schema: dict[str, pl.DataType]) -> tuple[pl.Expr, pl.Expr]:
+def _outcome_exprs(spec: ModelSpec, schema: dict[str, pl.DataType]) -> list[pl.Expr]:
     """Expressions giving each row's outcome (``_y``) and trials or exposure, as the fit did."""
-    parsed = spec.formula
-    resp = parsed.response
-    col = resp.column
-    if spec.family.name == "poisson":
-        if parsed.exposure is not None:
-            size = pl.col(parsed.exposure).cast(pl.Float64)
-        elif parsed.offset is not None:
-            size = pl.col(parsed.offset).cast(pl.Float64).exp()
-        else:
-            size = pl.lit(1.0, dtype=pl.Float64)
-        return pl.col(col).cast(pl.Int64).alias(Y), size.alias(EXPOSURE)
-    if resp.kind == "cbind_trials":
-        return pl.col(col).cast(pl.Int64).alias(Y), pl.col(resp.second).cast(pl.Int64).alias(TRIALS)
-    if resp.kind == "cbind_failures":
-        trials = (pl.col(col) + pl.col(resp.second)).cast(pl.Int64)
-        return pl.col(col).cast(pl.Int64).alias(Y), trials.alias(TRIALS)
-    one = pl.lit(1, dtype=pl.Int64).alias(TRIALS)
-    dtype = schema[col]
-    if dtype == pl.Boolean or dtype.is_numeric():
-        return pl.col(col).cast(pl.Int64).alias(Y), one
-    success = spec.response_levels[1]
-    return (pl.col(col).cast(pl.String) == success).cast(pl.Int64).alias(Y), one
+    return outcome_exprs(spec.formula, spec.family, schema, spec.response_levels)
 
 
 def predictor_exprs(
@@ -210,6 +190,8 @@ class Draws:
     sd: dict[str, np.ndarray]
     n_chains: int
     cor: dict[str, np.ndarray] = field(default_factory=dict)
+    #: Draws of the dispersion parameter (sigma, size, phi), (S,); None if the family has none.
+    dispersion: np.ndarray | None = None
 
     @classmethod
     def read(cls, spec: ModelSpec, trace: xr.DataTree) -> Draws:
@@ -217,7 +199,7 @@ class Draws:
         u = {g.name: group_effects(trace, g) for g in spec.groups}
         sd = {g.name: group_sd(trace, g) for g in spec.groups}
         cor = {g.name: group_cor(trace, g) for g in spec.groups if g.slopes}
-        return cls(fixed(trace), u, sd, n_chains, cor)
+        return cls(fixed(trace), u, sd, n_chains, cor, dispersion(trace, spec))
 
     @property
     def n(self) -> int:

@@ -278,6 +278,13 @@ class ModelSpec:
         return np.log(self.size)
 
     @property
+    def reported(self) -> list[str]:
+        """The posterior variables summaries and diagnostics read: ``b``, each factor's
+        (:attr:`GroupSpec.reported`), and the family's dispersion parameter, if any."""
+        names = ["b"] + [n for g in self.groups for n in g.reported]
+        return names + ([self.family.dispersion] if self.family.dispersion else [])
+
+    @property
     def has_offset(self) -> bool:
         return self.formula.exposure is not None or self.formula.offset is not None
 
@@ -409,26 +416,68 @@ def _response_expr(
             "offset() is supported for the Poisson and negative binomial families only "
             f"(counts per unit of exposure), not for {family.name}."
         )
+    levels_found = None
     if family.size_kind == "exposure":
-        return _count_expr(parsed, family, schema, stats), None
-    if family.name == "gaussian":
-        return _gaussian_expr(resp.column, resp.kind, schema), None
-    if resp.kind != "column":
-        return _cbind_expr(parsed, family, schema, stats), None
-    if family.name == "betabinomial":
+        _check_counts(parsed, family, schema, stats)
+    elif family.name == "gaussian":
+        _check_gaussian(resp.column, resp.kind, schema)
+    elif resp.kind != "column":
+        _check_cbind(parsed, family, schema, stats)
+    elif family.name == "betabinomial":
         raise ValueError(
             f"The beta-binomial family needs successes out of trials, cbind(successes, "
             f"failures) or cbind(successes, trials); {resp.column!r} is one 0/1 outcome per "
             "row, and rows with one trial carry no information about overdispersion: use "
             "family='binomial'."
         )
-    return _binary_expr(resp.column, schema, stats, levels)
+    else:
+        levels_found = _binary_levels(resp.column, schema, stats, levels)
+    return outcome_exprs(parsed, family, schema, levels_found), levels_found
 
 
-def _count_expr(
-    parsed: ParsedFormula, family: Family, schema: dict[str, pl.DataType], stats: dict[str, Any]
+def outcome_exprs(
+    parsed: ParsedFormula,
+    family: Family,
+    schema: dict[str, pl.DataType],
+    response_levels: tuple[str, str] | None,
 ) -> list[pl.Expr]:
-    """Counts and exposure of a Poisson or negative binomial outcome."""
+    """Each row's outcome ``_y`` and its trials ``_n`` (1 per row for gaussian and 0/1
+    outcomes) or exposure ``_e``, as the fit reads them (the data already validated).
+
+    ``response_levels`` is the (failure, success) pair of a two-level binomial outcome.
+    """
+    resp = parsed.response
+    col = resp.column
+    if family.size_kind == "exposure":
+        if parsed.exposure is not None:
+            size = pl.col(parsed.exposure).cast(pl.Float64)
+        elif parsed.offset is not None:
+            size = pl.col(parsed.offset).cast(pl.Float64).exp()
+        else:
+            size = pl.lit(1.0, dtype=pl.Float64)
+        return [pl.col(col).cast(pl.Int64).alias(Y), size.alias(EXPOSURE)]
+    one = pl.lit(1, dtype=pl.Int64).alias(TRIALS)
+    if family.name == "gaussian":
+        return [pl.col(col).cast(pl.Float64).alias(Y), one]
+    if resp.kind == "cbind_trials":
+        return [
+            pl.col(col).cast(pl.Int64).alias(Y),
+            pl.col(resp.second).cast(pl.Int64).alias(TRIALS),
+        ]
+    if resp.kind == "cbind_failures":
+        trials = (pl.col(col) + pl.col(resp.second)).cast(pl.Int64)
+        return [pl.col(col).cast(pl.Int64).alias(Y), trials.alias(TRIALS)]
+    dtype = schema[col]
+    if dtype == pl.Boolean or dtype.is_numeric():
+        return [pl.col(col).cast(pl.Int64).alias(Y), one]
+    success = response_levels[1]
+    return [(pl.col(col).cast(pl.String) == success).cast(pl.Int64).alias(Y), one]
+
+
+def _check_counts(
+    parsed: ParsedFormula, family: Family, schema: dict[str, pl.DataType], stats: dict[str, Any]
+) -> None:
+    """Validate the counts and exposure of a Poisson or negative binomial outcome."""
     resp = parsed.response
     col = resp.column
     label = "Poisson" if family.name == "poisson" else "Negative binomial"
@@ -449,22 +498,15 @@ def _count_expr(
         )
     if not stats[f"{col}__whole"]:
         raise ValueError(f"{label} outcome {col!r} has values that are not whole numbers.")
-    if parsed.exposure is not None:
-        if stats[f"{parsed.exposure}__min"] <= 0:
-            raise ValueError(
-                f"Exposure column {parsed.exposure!r} in offset(log(...)) must be > 0; "
-                f"its minimum is {stats[f'{parsed.exposure}__min']}."
-            )
-        size = pl.col(parsed.exposure).cast(pl.Float64)
-    elif parsed.offset is not None:
-        size = pl.col(parsed.offset).cast(pl.Float64).exp()
-    else:
-        size = pl.lit(1.0)
-    return [pl.col(col).cast(pl.Int64).alias(Y), size.alias(EXPOSURE)]
+    if parsed.exposure is not None and stats[f"{parsed.exposure}__min"] <= 0:
+        raise ValueError(
+            f"Exposure column {parsed.exposure!r} in offset(log(...)) must be > 0; "
+            f"its minimum is {stats[f'{parsed.exposure}__min']}."
+        )
 
 
-def _gaussian_expr(col: str, kind: str, schema: dict[str, pl.DataType]) -> list[pl.Expr]:
-    """Values of a gaussian outcome, and a count of 1 per row."""
+def _check_gaussian(col: str, kind: str, schema: dict[str, pl.DataType]) -> None:
+    """Validate a gaussian outcome: one numeric column."""
     if kind != "column":
         raise ValueError(
             "cbind() responses are for the binomial and beta-binomial families; the gaussian "
@@ -475,13 +517,12 @@ def _gaussian_expr(col: str, kind: str, schema: dict[str, pl.DataType]) -> list[
             f"Gaussian outcome {col!r} must be numeric; it has type {schema[col]}. For a "
             "two-level outcome use family='binomial'."
         )
-    return [pl.col(col).cast(pl.Float64).alias(Y), pl.lit(1, dtype=pl.Int64).alias(TRIALS)]
 
 
-def _cbind_expr(
+def _check_cbind(
     parsed: ParsedFormula, family: Family, schema: dict[str, pl.DataType], stats: dict[str, Any]
-) -> list[pl.Expr]:
-    """Successes and trials of a ``cbind()`` outcome."""
+) -> None:
+    """Validate the successes and trials of a ``cbind()`` outcome."""
     resp = parsed.response
     col, second = resp.column, resp.second
     for c in resp.columns:
@@ -493,31 +534,26 @@ def _cbind_expr(
             )
         if not stats[f"{c}__whole"]:
             raise ValueError(f"cbind() column {c!r} has values that are not whole numbers.")
-    if resp.kind == "cbind_trials":
-        if stats["__succ_gt_trials"]:
-            raise ValueError(
-                f"Successes {col!r} exceed trials {second!r} in {stats['__succ_gt_trials']} row(s)."
-            )
-        trials = pl.col(second)
-    else:
-        trials = pl.col(col) + pl.col(second)
+    if resp.kind == "cbind_trials" and stats["__succ_gt_trials"]:
+        raise ValueError(
+            f"Successes {col!r} exceed trials {second!r} in {stats['__succ_gt_trials']} row(s)."
+        )
     if family.name == "betabinomial" and stats["__max_trials"] <= 1:
         raise ValueError(
             f"Every row of {str(resp)!r} has at most one trial: rows with one trial carry no "
             "information about overdispersion, so the beta-binomial model is the binomial "
             "one. Use family='binomial'."
         )
-    return [pl.col(col).cast(pl.Int64).alias(Y), trials.cast(pl.Int64).alias(TRIALS)]
 
 
-def _binary_expr(
+def _binary_levels(
     col: str, schema: dict[str, pl.DataType], stats: dict[str, Any], levels: list[str] | None
-) -> tuple[list[pl.Expr], tuple[str, str] | None]:
-    """A 0/1, boolean or two-level binomial outcome."""
+) -> tuple[str, str] | None:
+    """Validate a 0/1, boolean or two-level binomial outcome; its (failure, success) labels
+    (None for 0/1)."""
     dtype = schema[col]
-    one = pl.lit(1, dtype=pl.Int64).alias(TRIALS)
     if dtype == pl.Boolean:
-        return [pl.col(col).cast(pl.Int64).alias(Y), one], ("false", "true")
+        return ("false", "true")
     if dtype.is_numeric():
         values = stats[f"{col}__values"]
         if not set(values) <= {0, 1}:
@@ -527,7 +563,7 @@ def _binary_expr(
                 f"{shown}. For counts of successes out of trials use "
                 "cbind(successes, failures)."
             )
-        return [pl.col(col).cast(pl.Int64).alias(Y), one], None
+        return None
     present = stats[f"{col}__values"]
     order = levels if levels is not None else sorted(str(v) for v in present)
     if levels is not None:
@@ -537,8 +573,7 @@ def _binary_expr(
             f"Binomial outcome {col!r} must have exactly two levels; it has {len(order)}: "
             f"{order[:6]}."
         )
-    expr = (pl.col(col).cast(pl.String) == order[1]).cast(pl.Int64).alias(Y)
-    return [expr, one], (order[0], order[1])
+    return (order[0], order[1])
 
 
 def with_group_columns(

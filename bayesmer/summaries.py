@@ -54,11 +54,19 @@ def result_fit_table(
 ) -> pl.DataFrame:
     """``term, estimate, sd, conf_low, conf_high, pd, rhat, ess_bulk, ess_tail``.
 
-    With ``exponentiate=True`` the estimate is exp() of the log-scale median, and ``sd`` and
-    the interval are those of exp(draws): the HDI of the odds or rate ratios themselves.
+    One row per fixed effect, then one for the family's dispersion parameter (``sigma``,
+    ``size`` or ``phi``), if any. With ``exponentiate=True`` a fixed effect's estimate is
+    exp() of the log-scale median, and ``sd`` and the interval are those of exp(draws): the
+    HDI of the odds or rate ratios themselves (the dispersion row stays as it is).
     """
     rows = _interval_rows(fixed(trace), ci, exponentiate)
     table = pl.DataFrame({"term": spec.terms, **rows})
+    key = spec.family.dispersion
+    if key:  # the dispersion parameter, never exponentiated (it is not on the link scale)
+        extra = pl.DataFrame(
+            {"term": [key], **_interval_rows(stacked(trace, key)[:, None], ci, False)}
+        )
+        table = pl.concat([table, extra])
     d = diag.table.with_columns(pl.col("term").str.replace(r"^b\[(.*)\]$", "$1"))
     return table.join(d.select("term", "rhat", "ess_bulk", "ess_tail"), on="term", how="left")
 
@@ -119,7 +127,8 @@ def ranef_var_table(spec: ModelSpec, trace: xr.DataTree, ci: float) -> pl.DataFr
     """``group, term, estimate, conf_low, conf_high``: the group sds (median and HDI).
 
     A random intercept is the term ``(Intercept)``; a factor with slopes has lme4's VarCorr
-    names: ``sd__(Intercept)``, ``sd__x`` and ``cor__(Intercept).x``.
+    names: ``sd__(Intercept)``, ``sd__x`` and ``cor__(Intercept).x``. A gaussian model ends
+    with lme4's residual row: group ``Residual``, term ``sd__Observation`` (``sigma``).
     """
     rows = []
     for g in spec.groups:
@@ -131,18 +140,28 @@ def ranef_var_table(spec: ModelSpec, trace: xr.DataTree, ci: float) -> pl.DataFr
             if g.cor_pairs:
                 values = np.hstack([values, stacked(trace, g.cor_name)])
                 names += [f"cor__{label}" for label in g.cor_labels]
-        bounds = hdi(values, ci)
-        for k, name in enumerate(names):
-            rows.append(
-                {
-                    "group": g.name,
-                    "term": name,
-                    "estimate": float(np.median(values[:, k])),
-                    "conf_low": float(bounds[k, 0]),
-                    "conf_high": float(bounds[k, 1]),
-                }
-            )
+        rows += _var_rows(g.name, names, values, ci)
+    if spec.family.name == "gaussian":
+        sigma = stacked(trace, "sigma")[:, None]
+        rows += _var_rows("Residual", ["sd__Observation"], sigma, ci)
     return pl.DataFrame(rows)
+
+
+def _var_rows(group: str, names: list[str], values: np.ndarray, ci: float) -> list[dict]:
+    """Rows of :func:`ranef_var_table` for one group: median and HDI of each column."""
+    bounds = hdi(values, ci)
+    rows = []
+    for k, name in enumerate(names):
+        rows.append(
+            {
+                "group": group,
+                "term": name,
+                "estimate": float(np.median(values[:, k])),
+                "conf_low": float(bounds[k, 0]),
+                "conf_high": float(bounds[k, 1]),
+            }
+        )
+    return rows
 
 
 def _one_or_dict(tables: dict[str, pl.DataFrame]) -> pl.DataFrame | dict[str, pl.DataFrame]:
