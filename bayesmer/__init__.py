@@ -4,7 +4,7 @@ from .datasets import load_dataset
 from .diagnostics import ConvergenceWarning
 from .io import load_model, save_model
 from .loo import compare
-from .models import Model, NotFittedError, glm, glmer
+from .models import Model, NotFittedError, glm, glmer, lm, lmer
 from .sampling import FitInterruptedWarning
 
 __all__ = [
@@ -15,6 +15,8 @@ __all__ = [
     "NotFittedError",
     "glm",
     "glmer",
+    "lm",
+    "lmer",
     "load_dataset",
     "load_model",
     "save_model",

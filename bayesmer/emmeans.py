@@ -120,7 +120,9 @@ def emmeans(
         link); a probit contrast on the response scale is the same weighted sum of the
         probabilities (``estimate``), as exp() of a probit difference means nothing.
     type : {'response', 'link'}, default 'response'
-        Report probabilities or rates (``prob``/``rate``) or link-scale values (``emmean``).
+        Report probabilities, rates or means (``prob``/``rate``/``response``; a gaussian
+        model with the identity link gives ``emmean`` either way) or link-scale values
+        (``emmean``).
         Means and contrasts only: slopes are on the link scale either way (see ``regrid``).
     ci : float, optional
         Probability mass of the intervals; defaults to the model's ``ci``.
@@ -176,7 +178,8 @@ def emmeans(
     Returns
     -------
     polars.DataFrame
-        Means: ``<marginal_var>, [by cols], prob | rate | emmean, SD, lower_HPD, upper_HPD``.
+        Means: ``<marginal_var>, [by cols], prob | rate | response | emmean, SD, lower_HPD,
+        upper_HPD``.
         Slopes: ``[<var>], [by cols], <var>_trend, SD, lower_HPD, upper_HPD`` (the ``<var>``
         column when ``at`` gives the values at which to take the slope), on the link scale
         unless ``regrid='response'``.
@@ -893,6 +896,8 @@ def _link_from(link: str, p: np.ndarray, q: np.ndarray) -> np.ndarray:
 
 def _link_of_mean(family: Family, nodes: np.ndarray, weights: np.ndarray) -> np.ndarray:
     """link(sum over the last axis of weights * inverse_link(nodes)), computed stably."""
+    if family.link == "identity":
+        return np.sum(weights * nodes, axis=-1)
     if family.link == "log":
         return special.logsumexp(nodes, b=np.broadcast_to(weights, nodes.shape), axis=-1)
     p, q = _cdf(family.link, nodes)
@@ -906,8 +911,8 @@ def marginal_link(family: Family, eta: np.ndarray, sd: np.ndarray) -> np.ndarray
     ``eta`` (S, columns): with random slopes the sd of a new group's effect differs between
     rows (``sqrt(z' Sigma z)``).
 
-    Exact for the log link (``eta + sd^2 / 2``) and the probit link
-    (``eta / sqrt(1 + sd^2)``). For logit and cloglog: Gauss-Hermite quadrature while
+    Exact for the identity link (``eta``), the log link (``eta + sd^2 / 2``) and the probit
+    link (``eta / sqrt(1 + sd^2)``). For logit and cloglog: Gauss-Hermite quadrature while
     ``sd <= HERMITE_MAX_SD[link]``; for larger sds the inverse link is nearly a step at the scale of
     the Hermite nodes, so the identity ``E[F(eta + sd Z)] = E_L[Phi((eta - L) / sd)]`` (L
     drawn from the distribution F) is integrated instead, by Gauss-Legendre over the
@@ -915,6 +920,8 @@ def marginal_link(family: Family, eta: np.ndarray, sd: np.ndarray) -> np.ndarray
     """
     # one sd per draw (S,) or (S, 1), or per draw and column of eta (S, columns)
     sd = sd[:, None] if sd.ndim == 1 else sd
+    if family.link == "identity":
+        return eta.copy()
     if family.link == "log":
         return eta + sd**2 / 2
     if family.link == "probit":

@@ -126,10 +126,14 @@ class Family:
 
     @property
     def response_label(self) -> str:
-        """Column name of a mean on the response scale (``prob``, ``rate`` or ``mean``)."""
+        """Column name of a mean on the response scale, as R's emmeans names it: ``prob``
+        (binomial, beta-binomial), ``rate`` (Poisson, negative binomial), ``emmean``
+        (gaussian, identity link) or ``response`` (gaussian, log link)."""
         if self.size_kind == "trials":
             return "prob"
-        return "rate" if self.size_kind == "exposure" else "mean"
+        if self.size_kind == "exposure":
+            return "rate"
+        return "emmean" if self.link == "identity" else "response"
 
     @property
     def ratio_label(self) -> str:

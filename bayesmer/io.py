@@ -62,7 +62,7 @@ def save_model(model: Model, path: str | os.PathLike[str]) -> None:
 
     Parameters
     ----------
-    model : glm or glmer
+    model : lm, glm, lmer or glmer
         A fitted model.
     path : str or path-like
         Where to write (conventionally ending in ``.bayesmer``; any name is accepted, so a
@@ -305,7 +305,7 @@ def load_model(path: str | os.PathLike[str]) -> Model:
 
     Returns
     -------
-    glm or glmer
+    lm, glm, lmer or glmer
         With the same formula, family, factors, priors, data, fit settings and draws (and the
         prior draws when they were saved): ``params``, ``result_fit``, ``ranef`` and
         ``emmeans`` are identical to the saved model's. Calling ``fit()`` again samples anew.
@@ -373,17 +373,20 @@ def load_model(path: str | os.PathLike[str]) -> Model:
 
 def _rebuild(meta: dict[str, Any], contents: dict[str, bytes]) -> Model:
     from .diagnostics import diagnose
-    from .models import glm, glmer
+    from .models import glm, glmer, lm, lmer
 
     info = meta["model"]
-    kinds = {"glm": glm, "glmer": glmer}
+    kinds = {"glm": glm, "glmer": glmer, "lm": lm, "lmer": lmer}
     if info["kind"] not in kinds:
         raise ValueError(f"Unknown model kind {info['kind']!r} in the file.")
     data = _read_data(meta["data"], contents[_DATA])
     priors = {k: _decode_prior(v) for k, v in info["priors"].items()}
-    model = kinds[info["kind"]](
-        info["formula"], data, family=info["family"], link=info["link"], priors=priors
-    )
+    if info["kind"] in ("lm", "lmer"):
+        model = kinds[info["kind"]](info["formula"], data, priors=priors)
+    else:
+        model = kinds[info["kind"]](
+            info["formula"], data, family=info["family"], link=info["link"], priors=priors
+        )
     model.factors = {k: (list(v) if v is not None else None) for k, v in info["factors"].items()}
     spec = model.spec
     _check_spec(spec, meta["spec"])

@@ -1,4 +1,5 @@
-"""The user-facing models: one base class, and thin ``glm`` and ``glmer`` over it."""
+"""The user-facing models: one base class, and thin ``lm``, ``glm``, ``lmer`` and ``glmer``
+over it."""
 
 from __future__ import annotations
 
@@ -24,6 +25,19 @@ from .sampling import (
     default_sampler_kwargs,
 )
 from .spec import ModelSpec, build_spec, check_columns
+
+#: The summary's line on the dispersion parameter (the last row of the fixed-effects table).
+_DISPERSION_NOTE = {
+    "sigma": "sigma is the residual sd, in the outcome's units.",
+    "size": (
+        "size is the negative binomial's: variance mu + mu^2 / size (small: strong "
+        "overdispersion; large: nearly Poisson)."
+    ),
+    "phi": (
+        "phi is the beta-binomial's precision: variance n p (1 - p) (1 + (n - 1) / (phi + 1)) "
+        "(small: strong overdispersion; large: nearly binomial)."
+    ),
+}
 
 
 class NotFittedError(ValueError):
@@ -466,6 +480,11 @@ class Model:
             if spec.collapsed
             else "not collapsed (rows nearly all distinct)"
         )
+        if spec.collapsed and spec.family.per_observation:
+            cells = (
+                f"collapsed to {len(spec.obs)} distinct observations in {len(spec.cells)} "
+                "cells, each counted as often as it occurs"
+            )
         header = [
             f"Formula: {self._kind}({self.formula})",
             f"Family: {self.family} (link: {self.link})",
@@ -505,6 +524,8 @@ class Model:
             f"Fixed effects are posterior medians on the {scale}; pd is the probability "
             "of direction."
         ]
+        if spec.family.dispersion:
+            footer.append(_DISPERSION_NOTE[spec.family.dispersion])
         if spec.groups and not spec.slopes:
             footer.append(scale_note(self))
         if d.problems:

@@ -540,7 +540,11 @@ def plot_shrinkage(
     if type == "response":
         inverse = model.spec.family.inverse_link
         alone, partial, complete = table["observed"].to_numpy(), inverse(partial), inverse(complete)
-        label = "Probability" if model.family == "binomial" else "Rate per unit exposure"
+        label = {
+            "trials": "Probability",
+            "exposure": "Rate per unit exposure",
+            "rows": f"Mean {model.spec.formula.response.column}",
+        }[model.spec.family.size_kind]
     else:
         alone = table["no_pooling"].to_numpy()
         label = f"Link scale ({model.link})"
