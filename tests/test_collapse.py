@@ -406,7 +406,7 @@ def test_collapsed_posterior_matches_row_by_row_model() -> None:
     frame = _binary_rows(400, seed=21).with_columns(
         pl.when(pl.col("b") == "z").then(pl.lit("z")).otherwise(pl.lit("w")).alias("b")
     )
-    model = bayesmer.glmer("y ~ a + b + x + (1|g)", data=frame, priors=_PRIORS)
+    model = bayesmer.glmer("y ~ a + b + x + (1|g)", data=frame, priors=_PRIORS, family="binomial")
     model.set_factors({"a": ["lo", "hi"], "b": ["w", "z"]})
     assert model.spec.collapsed is True
     assert len(model.spec.cells) < 100  # 400 rows -> at most 2 * 2 * 4 * 6 = 96 cells
@@ -431,7 +431,7 @@ def test_collapsed_posterior_matches_row_by_row_model() -> None:
 
 def test_bad_fit_warns_and_diagnostics_have_one_row_per_parameter() -> None:
     titanic = bayesmer.load_dataset("titanic")
-    model = bayesmer.glmer("survived ~ sex + (1|pclass)", data=titanic)
+    model = bayesmer.glmer("survived ~ sex + (1|pclass)", data=titanic, family="binomial")
     with pytest.warns(bayesmer.ConvergenceWarning, match="convergence problems") as record:
         model.fit(draws=20, tune=5, chains=2, random_seed=3, progressbar=False)
 
@@ -461,7 +461,7 @@ def test_bad_fit_warns_and_diagnostics_have_one_row_per_parameter() -> None:
 
 def test_seeded_fits_are_reproducible() -> None:
     titanic = bayesmer.load_dataset("titanic")
-    model = bayesmer.glm("survived ~ sex", data=titanic)
+    model = bayesmer.glm("survived ~ sex", data=titanic, family="binomial")
     model.fit(draws=1000, tune=500, chains=2, random_seed=42, progressbar=False)
     first = model.posterior["posterior"]["b"].values.copy()
     model.fit(draws=1000, tune=500, chains=2, random_seed=42, progressbar=False)
@@ -476,7 +476,7 @@ def test_seeded_fits_reproducible_across_model_objects() -> None:
     titanic = bayesmer.load_dataset("titanic")
     draws = []
     for data in (titanic, titanic.to_pandas()):
-        model = bayesmer.glmer("survived ~ sex + (1|pclass)", data=data)
+        model = bayesmer.glmer("survived ~ sex + (1|pclass)", data=data, family="binomial")
         # few draws on purpose (only reproducibility is checked): the gate may note low ESS
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", bayesmer.ConvergenceWarning)

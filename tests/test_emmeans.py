@@ -492,7 +492,7 @@ def test_by_and_at_with_interaction(sex_class):
 
 
 def test_probit_and_cloglog_contrasts(titanic):
-    probit = fake_posterior(glm("survived ~ sex", data=titanic, link="probit"))
+    probit = fake_posterior(glm("survived ~ sex", data=titanic, link="probit", family="binomial"))
     res = emmeans(probit, "sex", contrasts={"m_f": [-1, 1]}, draws=True)
     assert res.columns == ["contrast", ".draw", "estimate"]
     b = fixed(probit.posterior)
@@ -502,7 +502,7 @@ def test_probit_and_cloglog_contrasts(titanic):
     table = emmeans(probit, "sex", contrasts={"m_f": [-1, 1]})
     diff = special.ndtr(b.sum(axis=1)) - special.ndtr(b[:, 0])
     np.testing.assert_allclose(table["prob_gt_null"][0], np.mean(diff > 0))
-    cloglog = fake_posterior(glm("survived ~ sex", data=titanic, link="cloglog"))
+    cloglog = fake_posterior(glm("survived ~ sex", data=titanic, link="cloglog", family="binomial"))
     res = emmeans(cloglog, "sex", contrasts="pairwise")
     assert res.columns[1] == "ratio"
     b = fixed(cloglog.posterior)

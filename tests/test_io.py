@@ -277,7 +277,7 @@ def test_interrupted_save_keeps_the_old_file(titanic_glmer, saved_glmer, tmp_pat
 
 
 def test_save_unfitted_model_fails(titanic, tmp_path):
-    model = glm("survived ~ sex", data=titanic)
+    model = glm("survived ~ sex", data=titanic, family="binomial")
     with pytest.raises(NotFittedError, match="not fitted"):
         save_model(model, tmp_path / "x.bayesmer")
     assert list(tmp_path.iterdir()) == []

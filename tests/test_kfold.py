@@ -79,7 +79,7 @@ def test_zero_sd_gives_the_plain_log_likelihood():
 
 def test_kfold_checks_its_arguments():
     data = pl.DataFrame({"y": [0, 1, 1, 0], "g": ["a", "a", "b", "b"]})
-    model = glmer("y ~ 1 + (1|g)", data)
+    model = glmer("y ~ 1 + (1|g)", data, family="binomial")
     model.posterior = object()  # looks fitted: the arguments are checked before any refit
     with pytest.raises(ValueError, match=r"group must be one of the grouping factors \['g'\]"):
         model.kfold("y")
@@ -95,7 +95,7 @@ def test_kfold_holds_every_group_out_once():
     x = rng.normal(0.0, 1.0, len(brood))
     p = 1 / (1 + np.exp(-(0.3 + 0.8 * x + np.array([effect[b] for b in brood]))))
     data = pl.DataFrame({"y": rng.binomial(1, p), "x": x, "brood": brood})
-    model = glmer("y ~ x + (1|brood)", data)
+    model = glmer("y ~ x + (1|brood)", data, family="binomial")
     model.fit(draws=1000, tune=1000, chains=2, random_seed=3, progressbar=False)
     res = model.kfold("brood", k=3, random_seed=0, progressbar=False)
     table = res.pointwise
@@ -136,7 +136,7 @@ def test_held_out_group_uses_seen_levels_and_integrates_unseen_ones():
             "loc": ["L0"] * 4 + ["L1"] * 4 + ["L2"] * 4,
         }
     )
-    refit = glmer("y ~ 1 + (1|brood) + (1|loc)", train)
+    refit = glmer("y ~ 1 + (1|brood) + (1|loc)", train, family="binomial")
     spec = refit.spec
     rng = np.random.default_rng(0)
     S = 50

@@ -143,7 +143,7 @@ def test_summary_reports_what_was_fitted(titanic_glmer):
 
 
 def test_same_seed_same_draws_and_refit_reuses_compilation(titanic):
-    model = glm("survived ~ sex", titanic)
+    model = glm("survived ~ sex", titanic, family="binomial")
     model.fit(draws=200, tune=200, chains=2, random_seed=7, progressbar=False)
     first = fixed(model.posterior).copy()
     compiled = model._sampler
@@ -167,7 +167,7 @@ def _two_factor_data(seed: int = 3) -> pl.DataFrame:
 
 
 def test_two_grouping_factors_give_dicts():
-    model = glmer("y ~ x + (1|g) + (1|h)", _two_factor_data())
+    model = glmer("y ~ x + (1|g) + (1|h)", _two_factor_data(), family="binomial")
     assert model.spec.groups[0].parametrization == "centered"
     model.fit(draws=1000, tune=1000, chains=2, random_seed=2, progressbar=False)
     assert set(model.ranef) == {"g", "h"} and set(model.fixef) == {"g", "h"}
@@ -181,7 +181,7 @@ def test_cbind_fit_equals_bernoulli_rows(titanic):
     agg = titanic.group_by("sex").agg(
         pl.col("survived").sum().alias("s"), (1 - pl.col("survived")).sum().alias("f")
     )
-    model = glm("cbind(s, f) ~ sex", agg)
+    model = glm("cbind(s, f) ~ sex", agg, family="binomial")
     model.fit(draws=1000, chains=4, random_seed=1, progressbar=False)
     assert _estimate(model.params, "sexmale") == pytest.approx(-2.5137, abs=0.05)
     assert _estimate(model.params, "(Intercept)") == pytest.approx(1.0566, abs=0.05)
@@ -208,7 +208,7 @@ def test_poisson_offset_recovers_rate():
 @pytest.mark.parametrize("seed", [1, 2, 3, 4, 5])
 def test_titanic_glmer_converges_for_seeds_1_to_5(titanic, seed):
     """Issue 4's gate: zero divergences, R-hat <= 1.01, bulk ESS >= 1000 everywhere."""
-    model = glmer("survived ~ sex + (1|pclass)", titanic)
+    model = glmer("survived ~ sex + (1|pclass)", titanic, family="binomial")
     model.fit(random_seed=seed, progressbar=False)
     assert model.chain_diagnostics["divergences"].sum() == 0
     assert model.diagnostics["rhat"].max() <= 1.01

@@ -56,7 +56,7 @@ def classes():
 
 
 def test_emmeans_new_group_matches_hand_computation(classes):
-    model = fake(glmer("y ~ sex + (1|cls) + (1|school)", classes))
+    model = fake(glmer("y ~ sex + (1|cls) + (1|school)", classes, family="binomial"))
     res = model.emmeans("sex", re="new", random_seed=5)
     b = fixed(model.posterior)
     sd_c, sd_s = (group_sd(model.posterior, g) for g in model.spec.groups)
@@ -83,7 +83,7 @@ def test_emmeans_new_group_matches_hand_computation(classes):
 
 
 def test_empredict_new_group_for_a_named_class(classes):
-    model = fake(glmer("y ~ sex + (1|cls) + (1|school)", classes))
+    model = fake(glmer("y ~ sex + (1|cls) + (1|school)", classes, family="binomial"))
     res = model.empredict({"sex": "f", "cls": "c3"}, re="new", random_seed=1, type="link")
     b = fixed(model.posterior)
     spec = model.spec
@@ -95,7 +95,7 @@ def test_empredict_new_group_for_a_named_class(classes):
 
 
 def test_re_new_needs_random_effects(classes):
-    model = fake(glm("y ~ sex", classes))
+    model = fake(glm("y ~ sex", classes, family="binomial"))
     with pytest.raises(ValueError, match="this model has none"):
         model.emmeans("sex", re="new")
     with pytest.raises(ValueError, match="this model has none"):
@@ -105,7 +105,7 @@ def test_re_new_needs_random_effects(classes):
 
 
 def test_ppc_new_groups_matches_hand_replication(classes):
-    model = fake(glmer("y ~ sex + (1|cls)", classes), n_draws=300)
+    model = fake(glmer("y ~ sex + (1|cls)", classes, family="binomial"), n_draws=300)
     res = model.ppc(stat="mean", re="new", random_seed=11)
     spec = model.spec
     g = spec.groups[0]
@@ -126,7 +126,7 @@ def test_new_groups_replicate_a_wider_spread_of_group_means():
     rng = np.random.default_rng(0)
     levels = [f"b{i:02d}" for i in range(40)]
     data = pl.DataFrame({"y": rng.integers(0, 2, 120), "brood": levels * 3})
-    model = glmer("y ~ 1 + (1|brood)", data)
+    model = glmer("y ~ 1 + (1|brood)", data, family="binomial")
     n_draws = 1000
     centre = rng.normal(0.0, 1.5, 40)  # posterior of each brood: near its own value
     attach(
@@ -146,7 +146,7 @@ def test_new_groups_replicate_a_wider_spread_of_group_means():
 
 
 def test_ppc_new_groups_checks_the_spread_of_group_means(classes):
-    model = fake(glmer("y ~ sex + (1|cls)", classes), n_draws=300)
+    model = fake(glmer("y ~ sex + (1|cls)", classes, family="binomial"), n_draws=300)
     res = model.ppc(re="new", random_seed=11)
     assert res["statistic"].to_list() == ["mean", "mean[sex=f]", "mean[sex=m]", "sd[cls means]"]
     spec = model.spec

@@ -294,7 +294,7 @@ def test_plot_prior_posterior(glmer_copy, tmp_path):
     ],
 )
 def test_plots_of_an_unfitted_model_fail(titanic, call):
-    model = glmer("survived ~ sex + (1|pclass)", data=titanic)
+    model = glmer("survived ~ sex + (1|pclass)", data=titanic, family="binomial")
     with pytest.raises(NotFittedError, match="not fitted yet"):
         call(model)
 

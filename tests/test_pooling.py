@@ -31,7 +31,7 @@ def broods():
 
 
 def test_shrinkage_table_matches_hand_computation(broods):
-    model = fake_posterior(glmer("y ~ x + (1|brood) + (1|nest)", broods))
+    model = fake_posterior(glmer("y ~ x + (1|brood) + (1|nest)", broods, family="binomial"))
     table = model.shrinkage("brood")
     assert table.columns == [
         "level",
@@ -77,7 +77,7 @@ def test_shrinkage_of_cbind_and_poisson_rows():
     data = pl.DataFrame(
         {"s": [3, 0, 5], "f": [1, 4, 5], "g": ["p", "q", "p"], "e": [2.0, 1.0, 3.0]}
     )
-    model = fake_posterior(glmer("cbind(s, f) ~ 1 + (1|g)", data, link="probit"))
+    model = fake_posterior(glmer("cbind(s, f) ~ 1 + (1|g)", data, link="probit", family="binomial"))
     table = model.shrinkage()
     assert table["trials"].to_list() == [14, 4]
     np.testing.assert_allclose(table["observed"].to_numpy(), [8 / 14, 0.0])
@@ -96,7 +96,7 @@ def test_shrinkage_of_cbind_and_poisson_rows():
 
 
 def test_shrinkage_needs_a_named_group_when_there_are_several(broods):
-    model = fake_posterior(glmer("y ~ x + (1|brood) + (1|nest)", broods))
+    model = fake_posterior(glmer("y ~ x + (1|brood) + (1|nest)", broods, family="binomial"))
     with pytest.raises(ValueError, match=r"several grouping factors \['brood', 'nest'\]"):
         model.shrinkage()
     with pytest.raises(ValueError, match="group must be one of the grouping factors"):
@@ -104,7 +104,7 @@ def test_shrinkage_needs_a_named_group_when_there_are_several(broods):
 
 
 def test_plot_shrinkage_draws_the_table(broods):
-    model = fake_posterior(glmer("y ~ x + (1|brood)", broods))
+    model = fake_posterior(glmer("y ~ x + (1|brood)", broods, family="binomial"))
     fig = model.plot_shrinkage(type="link")
     assert isinstance(fig, Figure)
     ax = fig.axes[0]
@@ -120,7 +120,7 @@ def test_plot_shrinkage_draws_the_table(broods):
 
 
 def test_icc_and_median_odds_ratio_from_the_draws(broods):
-    model = fake_posterior(glmer("y ~ x + (1|brood) + (1|nest)", broods))
+    model = fake_posterior(glmer("y ~ x + (1|brood) + (1|nest)", broods, family="binomial"))
     table = model.icc()
     assert table.columns == ["group", "statistic", "estimate", "conf_low", "conf_high"]
     sd_b = group_sd(model.posterior, model.spec.groups[0])
@@ -137,7 +137,7 @@ def test_icc_and_median_odds_ratio_from_the_draws(broods):
         lo, hi = hdi(draws[:, None], model.ci)[0]
         assert (row["conf_low"], row["conf_high"]) == (lo, hi)
     # One factor and the probit link: residual variance 1, and no ratio.
-    model = fake_posterior(glmer("y ~ x + (1|brood)", broods, link="probit"))
+    model = fake_posterior(glmer("y ~ x + (1|brood)", broods, link="probit", family="binomial"))
     table = model.icc()
     sd = group_sd(model.posterior, model.spec.groups[0])
     assert table["statistic"].to_list() == ["sd", "icc"]
@@ -172,19 +172,19 @@ def test_summary_reports_icc_and_median_odds_ratio(titanic_glmer):
 
 
 def test_icc_and_shrinkage_need_groups_and_a_valid_ci(broods):
-    model = fake_posterior(glm("y ~ x", broods))
+    model = fake_posterior(glm("y ~ x", broods, family="binomial"))
     with pytest.raises(ValueError, match=r"icc needs random effects"):
         model.icc()
     with pytest.raises(ValueError, match=r"shrinkage needs random effects"):
         model.shrinkage()
-    model = fake_posterior(glmer("y ~ x + (1|brood)", broods))
+    model = fake_posterior(glmer("y ~ x + (1|brood)", broods, family="binomial"))
     with pytest.raises(ValueError, match="ci must be between 0 and 1, got 1.5"):
         model.icc(ci=1.5)
     assert model.icc(ci=0.5)["conf_high"][0] < model.icc(ci=0.9)["conf_high"][0]
 
 
 def test_plot_shrinkage_on_given_axes_and_the_response_scale(broods):
-    model = fake_posterior(glmer("y ~ x + (1|brood)", broods))
+    model = fake_posterior(glmer("y ~ x + (1|brood)", broods, family="binomial"))
     fig = Figure()
     ax = fig.subplots()
     assert model.plot_shrinkage(type="response", ax=ax) is fig

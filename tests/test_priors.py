@@ -41,6 +41,7 @@ def test_prior_summary_user_priors_tuple_and_bambi(titanic):
             "age": bambi.Prior("StudentT", nu=3, mu=0, sigma=0.1),
             "1|pclass": ("exponential", 2),
         },
+        family="binomial",
     )
     table = prior_summary(model.spec)
     rows = {r["parameter"]: r for r in table.iter_rows(named=True)}
@@ -58,7 +59,7 @@ def test_prior_summary_user_priors_tuple_and_bambi(titanic):
 
 
 def test_prior_summary_glm_without_intercept(titanic):
-    model = glm("survived ~ 0 + sex", data=titanic)
+    model = glm("survived ~ 0 + sex", data=titanic, family="binomial")
     table = model.prior_summary()
     assert table["parameter"].to_list() == ["sexfemale", "sexmale"]
     assert table["kind"].to_list() == ["coefficient", "coefficient"]
@@ -74,7 +75,7 @@ def test_prior_summary_glm_without_intercept(titanic):
     ],
 )
 def test_bad_priors_are_refused(titanic, priors, match):
-    model = glmer("survived ~ sex + (1|pclass)", data=titanic, priors=priors)
+    model = glmer("survived ~ sex + (1|pclass)", data=titanic, priors=priors, family="binomial")
     with pytest.raises(ValueError, match=match):
         model.prior_summary()
 
@@ -100,7 +101,10 @@ def test_sample_prior_draws_the_reported_variables(titanic_glmer, titanic):
 
 def test_model_sample_prior_stores_the_draws(titanic):
     model = glm(
-        "survived ~ sex", data=titanic, priors={"sexmale": bambi.Prior("Normal", mu=1, sigma=0.5)}
+        "survived ~ sex",
+        data=titanic,
+        priors={"sexmale": bambi.Prior("Normal", mu=1, sigma=0.5)},
+        family="binomial",
     )
     tree = model.sample_prior(draws=500, random_seed=1)
     assert model.prior is tree
@@ -122,7 +126,7 @@ def test_sample_prior_bad_draws(titanic_glmer, draws):
 def test_tight_user_prior_pulls_the_posterior(titanic, titanic_glm, tight):
     default = titanic_glm.params.filter(term="sexmale")["estimate"].item()
     assert default < -2.0
-    model = glm("survived ~ sex", data=titanic, priors={"sexmale": tight})
+    model = glm("survived ~ sex", data=titanic, priors={"sexmale": tight}, family="binomial")
     model.fit(random_seed=1, progressbar=False, draws=500, tune=500)
     row = model.prior_summary().filter(parameter="sexmale").row(0, named=True)
     assert row["source"] == "user"
@@ -133,7 +137,7 @@ def test_tight_user_prior_pulls_the_posterior(titanic, titanic_glm, tight):
 
 def test_changes_to_factors_or_priors_forget_stale_state(titanic):
     """Prior draws and specs built for other factors or priors are never reused (item 8)."""
-    model = glm("survived ~ sex", data=titanic)
+    model = glm("survived ~ sex", data=titanic, family="binomial")
     model.sample_prior(draws=200, random_seed=1)
     assert model.spec.terms == ["(Intercept)", "sexmale"]
     # Releveling renames the terms: old prior draws would be paired with the wrong term.
@@ -165,7 +169,7 @@ def test_autoscaled_prior_in_any_units(titanic, units):
     """sigma = 2.5 / sd(x) to 3 significant digits or better whatever the units of x (it was
     rounded to 4 decimals: Normal(0, 0) for a predictor in millions)."""
     data = titanic.with_columns(pl.col("fare") * units)
-    model = glm("survived ~ fare", data)
+    model = glm("survived ~ fare", data, family="binomial")
     fare = data["fare"].drop_nulls().to_numpy()
     sigma = model.spec.priors["fare"].params["sigma"]
     assert sigma == pytest.approx(2.5 / fare.std(), rel=5e-3)
@@ -177,5 +181,9 @@ def test_autoscaled_prior_keeps_four_decimals_in_usual_units(titanic):
     """Predictors with sd up to 250 keep the 4-decimal sigma they always had."""
     for column in ("fare", "sibsp"):
         x = titanic[column].drop_nulls().to_numpy()
-        sigma = glm(f"survived ~ {column}", titanic).spec.priors[column].params["sigma"]
+        sigma = (
+            glm(f"survived ~ {column}", titanic, family="binomial")
+            .spec.priors[column]
+            .params["sigma"]
+        )
         assert sigma == round(2.5 / x.std(), 4)

@@ -35,7 +35,7 @@ def _random_points(model, seed, n=2):
 
 @pytest.mark.parametrize("link", ["logit", "probit", "cloglog"])
 def test_binomial_potential_is_exact_loglik_up_to_a_constant(titanic, link):
-    spec = glmer("survived ~ sex + (1|pclass)", titanic, link=link).spec
+    spec = glmer("survived ~ sex + (1|pclass)", titanic, link=link, family="binomial").spec
     model = build_model(spec)
     assert OBSERVED in [p.name for p in model.potentials]
     values = []
@@ -69,7 +69,7 @@ def test_binomial_potential_and_gradient_exact_far_in_the_tails(link):
     s = np.arange(13) + 3
     n = np.full(13, 20)
     data = pl.DataFrame({"x": x, "s": s, "f": n - s})
-    spec = glm("cbind(s, f) ~ x", data, link=link).spec
+    spec = glm("cbind(s, f) ~ x", data, link=link, family="binomial").spec
     model = build_model(spec)
     (z,) = [v for v in model.value_vars if v.name == "b_z"]
     grad = model.compile_fn(
@@ -107,7 +107,7 @@ def test_cloglog_fit_heeds_failures_far_in_the_tail():
 
     mle = optimize.minimize(negative_loglik, [0.5, 1.0], method="BFGS").x
     assert mle == pytest.approx([0.5275, 1.2869], abs=1e-3)
-    model = glm("cbind(s, f) ~ x", data, link="cloglog")
+    model = glm("cbind(s, f) ~ x", data, link="cloglog", family="binomial")
     model.fit(draws=500, chains=2, random_seed=1, progressbar=False)
     fit = model.result_fit
     # posterior median vs MLE: Monte Carlo error (sd / sqrt(ESS) ~ 0.04 sd) plus the O(1/n)
@@ -155,7 +155,7 @@ def test_nesting_of_grouping_factors(grouseticks, titanic):
     assert {brood.levels[i]: location.levels[j] for i, j in enumerate(got)} == want
     assert parent_levels(location.index, brood.index, len(location.levels)) is None
 
-    spec = glmer("survived ~ sex + (1|pclass) + (1|who)", titanic).spec
+    spec = glmer("survived ~ sex + (1|pclass) + (1|who)", titanic, family="binomial").spec
     layout = nesting(spec)
     assert all(n.group.parent is None and n.innermost for n in layout)
     assert sum(n.carries for n in layout) == 1
@@ -183,7 +183,7 @@ def test_no_intercept_model_is_not_centred():
     rng = np.random.default_rng(0)
     x = rng.choice([1.0, 2.0, 3.0], 500)
     y = rng.binomial(1, 1 / (1 + np.exp(-(0.5 * x - 1.0))))
-    spec = glm("y ~ 0 + x", pl.DataFrame({"y": y, "x": x})).spec
+    spec = glm("y ~ 0 + x", pl.DataFrame({"y": y, "x": x}), family="binomial").spec
     model = build_model(spec)
     point = _random_points(model, seed=1)[0]
     pot, eta = _potential_and_eta(model, spec, point)  # eta = X @ b, b as reported
@@ -199,7 +199,7 @@ def test_centring_follows_information_per_level():
     g = np.repeat(np.arange(40), sizes)
     effects = rng.normal(0.0, 1.0, 40)  # real spread between groups
     y = rng.binomial(1, 1 / (1 + np.exp(-(-0.4 + effects[g]))))
-    spec = glmer("y ~ (1|g)", pl.DataFrame({"y": y, "g": g})).spec
+    spec = glmer("y ~ (1|g)", pl.DataFrame({"y": y, "g": g}), family="binomial").spec
     grp = spec.groups[0]
     big = np.array(sizes) == 200
     assert grp.centred[big].all() and not grp.centred[~big].any()
@@ -208,7 +208,7 @@ def test_centring_follows_information_per_level():
 
 
 def test_glm_has_no_carrier_and_reports_b(titanic):
-    spec = glm("survived ~ sex", titanic).spec
+    spec = glm("survived ~ sex", titanic, family="binomial").spec
     assert carrier(spec) is None
     model = build_model(spec)
     assert model.named_vars_to_dims["b"] == ("term",)
@@ -216,17 +216,19 @@ def test_glm_has_no_carrier_and_reports_b(titanic):
 
 
 def test_prior_only_model_has_no_likelihood(titanic):
-    spec = glmer("survived ~ sex + (1|pclass)", titanic).spec
+    spec = glmer("survived ~ sex + (1|pclass)", titanic, family="binomial").spec
     assert build_model(spec, prior_only=True).potentials == []
 
 
 def test_sampler_defaults_and_overrides(titanic):
     """Few groups raise target_accept; crossed factors get the low-rank mass matrix; the
     user's keywords win."""
-    assert default_sampler_kwargs(glm("survived ~ sex", titanic).spec) == {"target_accept": 0.8}
-    few = glmer("survived ~ sex + (1|pclass)", titanic)
+    assert default_sampler_kwargs(glm("survived ~ sex", titanic, family="binomial").spec) == {
+        "target_accept": 0.8
+    }
+    few = glmer("survived ~ sex + (1|pclass)", titanic, family="binomial")
     assert default_sampler_kwargs(few.spec) == {"target_accept": 0.95}
-    crossed = glmer("survived ~ sex + (1|pclass) + (1|embarked)", titanic)
+    crossed = glmer("survived ~ sex + (1|pclass) + (1|embarked)", titanic, family="binomial")
     with pytest.warns(UserWarning, match="Dropped 2 of 891 rows") as record:
         assert default_sampler_kwargs(crossed.spec)["adaptation"] == "low_rank"
     assert record[0].filename == __file__  # the warning points at the user's line
@@ -251,7 +253,7 @@ def test_no_between_group_spread_means_non_centred():
     sizes = [10, 25, 40, 75, 100, 150]
     g = np.repeat(np.arange(6), sizes)
     y = rng.binomial(1, 0.45, len(g))
-    spec = glmer("y ~ (1|g)", pl.DataFrame({"y": y, "g": g})).spec
+    spec = glmer("y ~ (1|g)", pl.DataFrame({"y": y, "g": g}), family="binomial").spec
     assert spec.groups[0].parametrization == "noncentered"
     assert carrier(spec) is None
 
@@ -296,7 +298,7 @@ def test_groups_that_do_not_clearly_differ_are_non_centred_with_smaller_steps():
     although the big ones carry enough information to be centred on the point estimate of
     the spread, and target_accept 0.98 for the funnel the informative levels then make at
     large sd."""
-    spec = glmer("y ~ a + b + x + (1|g)", _six_unequal_groups(1, 0.5)).spec
+    spec = glmer("y ~ a + b + x + (1|g)", _six_unequal_groups(1, 0.5), family="binomial").spec
     grp = spec.groups[0]
     assert grp.parametrization == "noncentered"
     assert (grp.information >= 5).sum() >= 4
@@ -309,7 +311,7 @@ def test_weak_group_spread_fits_without_divergences(seed):
     """No group variance at all (Q-test p = 0.24), 6 unequal groups: centring the biggest
     level gave 143 divergences in these three fits of 4,000 draws (59 at target_accept 0.98);
     the default non-centred form none."""
-    model = glmer("y ~ a + b + x + (1|g)", _six_unequal_groups(1, 0.0))
+    model = glmer("y ~ a + b + x + (1|g)", _six_unequal_groups(1, 0.0), family="binomial")
     model.fit(random_seed=seed, progressbar=False)
     assert model.chain_diagnostics["divergences"].sum() == 0
     assert model.diagnostics["rhat"].max() <= 1.01
@@ -332,7 +334,7 @@ def _same_model(datasets, sigmas, rel=1e-12):
     """Build glmer('y ~ x + (1|g)') on each data set with the given slope prior sd, and check
     the log density and its gradient agree at a few points (to ``rel``)."""
     specs = [
-        glmer("y ~ x + (1|g)", d, priors={"x": ("normal", 0, sigma)}).spec
+        glmer("y ~ x + (1|g)", d, priors={"x": ("normal", 0, sigma)}, family="binomial").spec
         for d, sigma in zip(datasets, sigmas, strict=True)
     ]
     assert all(carrier(spec).name == "g" for spec in specs)
@@ -367,7 +369,7 @@ def test_predictor_in_tiny_units_same_posterior_rescaled():
     data = _grouped_data()
     fits = []
     for d in (data, data.with_columns(pl.col("x") * 1e-12)):
-        model = glmer("y ~ x + (1|g)", d)
+        model = glmer("y ~ x + (1|g)", d, family="binomial")
         model.fit(draws=1000, chains=2, random_seed=3, progressbar=False)
         fits.append(model.result_fit.filter(pl.col("term") == "x").row(0, named=True))
     orig, tiny = fits
@@ -384,8 +386,8 @@ def test_predictor_in_any_units_is_identifiable(scale, shift):
     rng = np.random.default_rng(1)
     x = rng.normal(size=6000) * scale + shift
     data = pl.DataFrame({"x": x, "y": (rng.random(6000) < 0.5).astype(int)})
-    assert glm("y ~ x", data).spec.terms == ["(Intercept)", "x"]
+    assert glm("y ~ x", data, family="binomial").spec.terms == ["(Intercept)", "x"]
     with pytest.raises(ValueError, match="rank deficient"):
-        glm("y ~ x + x2", data.with_columns(x2=pl.col("x") * 2.0)).fit()
+        glm("y ~ x + x2", data.with_columns(x2=pl.col("x") * 2.0), family="binomial").fit()
     with pytest.raises(ValueError, match="rank deficient"):
-        glm("y ~ x + c", data.with_columns(c=pl.lit(shift + 3.0))).fit()
+        glm("y ~ x + c", data.with_columns(c=pl.lit(shift + 3.0)), family="binomial").fit()

@@ -375,7 +375,7 @@ def test_family_link_and_repr(titanic):
     assert repr(model) == (
         "bayesmer.glm(fitted=False, formula=survived ~ sex, family=binomial, link=logit)"
     )
-    probit = glmer("survived ~ sex + (1|pclass)", data=titanic, link="probit")
+    probit = glmer("survived ~ sex + (1|pclass)", data=titanic, link="probit", family="binomial")
     assert probit.link == "probit"
 
 

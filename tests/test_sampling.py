@@ -28,7 +28,7 @@ from bayesmer.sampling import MIN_KEPT_DRAWS, compile_model
 
 @pytest.fixture(scope="module")
 def titanic_model(titanic):
-    return build_model(glmer("survived ~ sex + (1|pclass)", titanic).spec)
+    return build_model(glmer("survived ~ sex + (1|pclass)", titanic, family="binomial").spec)
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +122,7 @@ def test_interrupted_fit_keeps_the_draws_every_chain_finished(titanic, monkeypat
     (one chain per core runs at a time: with 3 chains on 2 cores the third has not started),
     the model says so, and its tables hold numbers (they were NaN: unfinished draws read as
     finished)."""
-    model = glm("survived ~ sex + fare", titanic)
+    model = glm("survived ~ sex + fare", titanic, family="binomial")
     running = min(3, os.cpu_count())
     monkeypatch.setattr(_nutpie_waiting(), "wait", _interrupt_after(400, running))
     with pytest.warns(FitInterruptedWarning, match="the fit keeps") as caught:
@@ -145,7 +145,7 @@ def test_interrupted_fit_keeps_the_draws_every_chain_finished(titanic, monkeypat
 
 
 def test_fit_interrupted_before_enough_draws_leaves_the_model_as_it_was(titanic, monkeypatch):
-    model = glm("survived ~ sex", titanic)
+    model = glm("survived ~ sex", titanic, family="binomial")
     model.fit(draws=1000, chains=2, random_seed=1, progressbar=False)
     posterior, params, summary = model.posterior, model.params, str(model.summary())
     monkeypatch.setattr(_nutpie_waiting(), "wait", _interrupt_at_once)
@@ -161,7 +161,7 @@ def test_fit_interrupted_before_enough_draws_leaves_the_model_as_it_was(titanic,
 def test_fit_interrupted_by_a_real_ctrl_c(titanic):
     """SIGINT through nutpie's own waiting: the fit keeps finished draws or (on a machine too
     slow to finish MIN_KEPT_DRAWS in a second) raises and keeps its previous fit; never NaN."""
-    model = glm("survived ~ sex", titanic)
+    model = glm("survived ~ sex", titanic, family="binomial")
     model.fit(draws=1000, chains=2, random_seed=1, progressbar=False)  # compiled before the timer
     timer = threading.Timer(1.0, _thread.interrupt_main)
     timer.start()

@@ -55,7 +55,7 @@ def _names(model, g, extra):
 
 
 def test_binomial_factor_slopes_are_the_exact_likelihood(titanic):
-    spec = glmer("survived ~ sex + (sex|pclass)", titanic).spec
+    spec = glmer("survived ~ sex + (sex|pclass)", titanic, family="binomial").spec
     (g,) = spec.groups
     assert g.terms == ("(Intercept)", "sexmale") and g.correlated
     # the random design is the data's own coding: 1 and sex == male per cell
@@ -198,7 +198,7 @@ def test_simulated_sds_and_correlation_are_recovered(family):
     hits = np.zeros(3, dtype=int)
     for seed in (1, 2, 3):
         if family == "binomial":
-            model = glmer("cbind(s, f) ~ x + (x|g)", _simulated_trials(seed))
+            model = glmer("cbind(s, f) ~ x + (x|g)", _simulated_trials(seed), family="binomial")
         else:
             model = glmer("y ~ x + (x|g)", _simulated(family, seed), family)
         model.fit(draws=2000, random_seed=seed, progressbar=False)
@@ -222,7 +222,7 @@ def _with_factor(family, seed, n_groups, n_per):
 
 @pytest.fixture(scope="module")
 def binomial_slopes():
-    model = glmer("y ~ x + f + (x|g)", _with_factor("binomial", 7, 20, 60))
+    model = glmer("y ~ x + f + (x|g)", _with_factor("binomial", 7, 20, 60), family="binomial")
     model.fit(draws=500, random_seed=1, progressbar=False)
     return model
 
@@ -353,14 +353,14 @@ def test_icc_and_kfold_reject_slopes_clearly(binomial_slopes):
 def test_slope_priors_are_named_stated_and_drawn():
     data = _with_factor("binomial", 7, 20, 60)
     priors = {"x|g": ("exponential", 2), "cor|g": ("lkj", 2)}
-    model = glmer("y ~ x + f + (x|g)", data, priors=priors)
+    model = glmer("y ~ x + f + (x|g)", data, priors=priors, family="binomial")
     table = model.prior_summary()
     rows = {r["parameter"]: r for r in table.iter_rows(named=True)}
     assert rows["1|g"]["prior"] == "HalfNormal(sigma=2.5)"
     assert rows["x|g"]["prior"] == "Exponential(lam=2)" and rows["x|g"]["kind"] == "group sd"
     assert rows["cor|g"]["prior"] == "LKJCorr(eta=2)"
     assert rows["cor|g"]["kind"] == "group correlation"
-    default = glmer("y ~ x + (x|g)", data).prior_summary()
+    default = glmer("y ~ x + (x|g)", data, family="binomial").prior_summary()
     sd_x = float(np.std(data["x"].to_numpy()))
     assert default.filter(pl.col("parameter") == "x|g")["prior"][0] == (
         f"HalfNormal(sigma={round(2.5 / sd_x, 4):.4g})"
@@ -373,9 +373,9 @@ def test_slope_priors_are_named_stated_and_drawn():
     # LKJ(2) in two dimensions: (r + 1) / 2 ~ Beta(2, 2), sd of r = 1 / sqrt(5)
     assert abs(cor.std() - 1 / np.sqrt(5)) < 0.05 and abs(cor.mean()) < 0.07
     with pytest.raises(ValueError, match=r"Prior for 'cor\|g' is the LKJ prior"):
-        _ = glmer("y ~ x + (x|g)", data, priors={"cor|g": ("normal", 0, 1)}).spec
+        _ = glmer("y ~ x + (x|g)", data, priors={"cor|g": ("normal", 0, 1)}, family="binomial").spec
     with pytest.raises(ValueError, match=r"priors given for \['z\|g'\]"):
-        _ = glmer("y ~ x + (x|g)", data, priors={"z|g": ("exponential", 1)}).spec
+        _ = glmer("y ~ x + (x|g)", data, priors={"z|g": ("exponential", 1)}, family="binomial").spec
 
 
 # lme4: glmer(use01 ~ age + I(age^2) + urban + livch + (urban | district), binomial)
@@ -396,7 +396,7 @@ def test_contraception_random_slopes_match_lme4(seed):
     from bayesmer import load_dataset
 
     formula = "use01 ~ age + I(age^2) + urban + livch + (urban | district)"
-    model = glmer(formula, load_dataset("contraception"))
+    model = glmer(formula, load_dataset("contraception"), family="binomial")
     model.fit(random_seed=seed, progressbar=False)  # the defaults
     fit = model.result_fit
     assert fit["term"].to_list() == list(LME4_CONTRACEPTION)
@@ -419,7 +419,7 @@ def test_contraception_random_slopes_match_lme4(seed):
 def test_uncorrelated_factor_slopes_are_rejected(titanic):
     for formula in ("survived ~ sex + (sex || pclass)", "survived ~ (1|pclass) + (0 + sex|pclass)"):
         with pytest.raises(ValueError, match=r"factor\(s\) \['sex'\].*\(sex \| pclass\)"):
-            _ = glmer(formula, titanic).spec
+            _ = glmer(formula, titanic, family="binomial").spec
 
 
 def test_ppc_and_simulate_draw_new_levels_with_their_slopes(binomial_slopes):

@@ -25,7 +25,9 @@ def contraception():
 
 
 def test_contraception_terms_are_named_as_lme4(contraception):
-    spec = glmer("use01 ~ age + I(age^2) + urban + livch + (1|district)", contraception).spec
+    spec = glmer(
+        "use01 ~ age + I(age^2) + urban + livch + (1|district)", contraception, family="binomial"
+    ).spec
     assert spec.terms == [
         "(Intercept)",
         "age",
@@ -41,7 +43,11 @@ def test_contraception_terms_are_named_as_lme4(contraception):
 
 
 def test_elementwise_calls_and_interactions(contraception):
-    spec = glm("use01 ~ log(age + 20) + sqrt(age + 20):urban + exp(age / 10)", contraception).spec
+    spec = glm(
+        "use01 ~ log(age + 20) + sqrt(age + 20):urban + exp(age / 10)",
+        contraception,
+        family="binomial",
+    ).spec
     assert spec.terms == [
         "(Intercept)",
         "log(age + 20)",
@@ -59,14 +65,14 @@ def test_elementwise_calls_and_interactions(contraception):
 def test_scale_uses_the_data_rows_not_the_cells():
     # x = 0 on 90 rows and 10 on 10 rows: 2 cells, but the mean over rows is 1.
     data = pl.DataFrame({"y": [0, 1] * 50, "x": [0.0] * 90 + [10.0] * 10})
-    spec = glm("y ~ scale(x)", data).spec
+    spec = glm("y ~ scale(x)", data, family="binomial").spec
     assert spec.collapsed and len(spec.cells) == 2
     assert spec.terms == ["(Intercept)", "scale(x)"]
     x = data["x"].to_numpy()
     assert spec.scaling == {"x": (pytest.approx(x.mean()), pytest.approx(x.std(ddof=1)))}
     cells_x = spec.cells["x"].to_numpy()
     np.testing.assert_allclose(spec.X[:, 1], (cells_x - x.mean()) / x.std(ddof=1), rtol=1e-12)
-    centred = glm("y ~ center(x)", data).spec
+    centred = glm("y ~ center(x)", data, family="binomial").spec
     np.testing.assert_allclose(centred.X[:, 1], centred.cells["x"].to_numpy() - 1.0, rtol=1e-12)
     # New data keep the training mean and sd (R's makepredictcall).
     new = spec.design_matrix(pl.DataFrame({"x": [5.0]}))
@@ -75,7 +81,7 @@ def test_scale_uses_the_data_rows_not_the_cells():
 
 def test_emmeans_holds_age_at_its_mean_inside_i(contraception):
     """emmeans('urban'): I(age^2) at (mean age)^2, not at the mean of age^2 (R's emmeans)."""
-    model = glm("use01 ~ age + I(age^2) + urban", contraception)
+    model = glm("use01 ~ age + I(age^2) + urban", contraception, family="binomial")
     b = fixed(fake_posterior(model).posterior)
     mean_age = contraception["age"].mean()
     res = emmeans(model, "urban", type="link", draws=True)
@@ -93,7 +99,7 @@ def test_emmeans_holds_age_at_its_mean_inside_i(contraception):
 
 
 def test_c_makes_a_numeric_column_a_factor(titanic):
-    spec = glm("survived ~ C(pclass) + sex", titanic).spec
+    spec = glm("survived ~ C(pclass) + sex", titanic, family="binomial").spec
     assert spec.terms == ["(Intercept)", "C(pclass)2", "C(pclass)3", "sexmale"]
     assert spec.factors["pclass"] == ["1", "2", "3"]
 
@@ -109,7 +115,7 @@ def test_c_makes_a_numeric_column_a_factor(titanic):
 def test_bad_transforms_are_named(titanic, formula, match):
     data = titanic.with_columns(one=pl.lit(1.0))
     with pytest.raises(ValueError, match=match):
-        _ = glm(formula, data).spec
+        _ = glm(formula, data, family="binomial").spec
 
 
 def test_nested_syntax_is_the_two_term_model(grouseticks):
@@ -163,7 +169,9 @@ def test_nested_syntax_is_the_two_term_model(grouseticks):
 
 
 def test_combined_grouping_factor(titanic):
-    model = glmer("survived ~ sex + (1|pclass:embarked)", titanic.drop_nulls("embarked"))
+    model = glmer(
+        "survived ~ sex + (1|pclass:embarked)", titanic.drop_nulls("embarked"), family="binomial"
+    )
     spec = model.spec
     (g,) = spec.groups
     assert g.name == "pclass:embarked"

@@ -35,7 +35,11 @@ pl.Config.set_float_precision(3)
 
 SEED = 1
 contraception = load_dataset("contraception")
-model = glmer("use01 ~ age + I(age^2) + urban + livch + (urban | district)", data=contraception)
+model = glmer(
+    "use01 ~ age + I(age^2) + urban + livch + (urban | district)",
+    data=contraception,
+    family="binomial",
+)
 model.fit(random_seed=SEED, progressbar=False)
 print(model.summary())
 
