@@ -311,13 +311,19 @@ def _residual_variance(spec: ModelSpec, trace, variance: np.ndarray) -> np.ndarr
 def with_scale_columns(model: Model, table: pl.DataFrame) -> pl.DataFrame:
     """A ``ranef_var`` table with the posterior medians of ``icc`` and the median ratio added.
 
-    The summary's random-effects table (see :func:`icc` for the definitions).
+    The summary's random-effects table (see :func:`icc` for the definitions); a gaussian
+    model's ``Residual`` row gets nulls.
     """
     scale = icc_draws(model)
     names = table["group"].to_list()
     extra = [k for k in next(iter(scale.values())) if k != "sd"]
     return table.with_columns(
-        [pl.Series(k, [float(np.median(scale[name][k])) for name in names]) for k in extra]
+        [
+            pl.Series(
+                k, [float(np.median(scale[name][k])) if name in scale else None for name in names]
+            )
+            for k in extra
+        ]
     )
 
 

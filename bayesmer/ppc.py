@@ -385,7 +385,7 @@ def simulate(
     pl.DataFrame
         ``sim_1`` ... ``sim_<nsim>`` (pymer4's layout), one row per original observation in
         data order (rows dropped for missing values left out); the replicated outcomes
-        (binomial: successes, 0/1 for a 0/1 response).
+        (binomial: successes, 0/1 for a 0/1 response; gaussian: floats).
 
     Raises
     ------
@@ -411,7 +411,9 @@ def simulate(
     draws = Draws.read(spec, model.posterior)
     rng = np.random.default_rng(random_seed)
     picked = rng.choice(draws.n, size=nsim, replace=nsim > draws.n)
-    sims = np.empty((nsim, len(rows)), dtype=np.int64)
+    # counts and successes are whole numbers; a gaussian outcome is not
+    dtype = np.float64 if spec.family.name == "gaussian" else np.int64
+    sims = np.empty((nsim, len(rows)), dtype=dtype)
     for block in blocks(nsim, len(rows)):
         sims[block] = _replicate(spec, draws, rows, picked[block], rng, re)
     columns = [pl.Series(f"sim_{i + 1}", sims[i]) for i in range(nsim)]

@@ -1,5 +1,7 @@
 """Families: the binomial log(p) and log(1 - p) of each link are exact, in PyTensor (what the
-sampled model uses, values and gradients) and in NumPy (what LOO uses), far into the tails."""
+sampled model uses, values and gradients) and in NumPy (what LOO uses), far into the tails;
+every family's pointwise log-likelihood equals scipy's, and its replicated outcomes have the
+family's mean and variance."""
 
 import numpy as np
 import pytensor
@@ -85,3 +87,81 @@ def test_log_probs_pt_finite_far_out():
 def test_log_probs_are_for_binomial_links():
     with pytest.raises(ValueError, match="binomial links, not 'log'"):
         get_family("poisson").log_probs(np.zeros(2))
+
+
+# ---------------------------------------------------------------------------------------------
+# Pointwise log-likelihoods (LOO) and replicated outcomes (ppc, simulate) of every family
+
+
+def _families_cases():
+    rng = np.random.default_rng(0)
+    eta = rng.normal(size=(5, 4))
+    y = np.array([0, 3, 7, 2])
+    n = np.array([4, 3, 9, 5])
+    e = np.array([1.0, 2.0, 0.5, 3.0])
+    disp = np.array([0.5, 1.0, 2.0, 7.0, 30.0])
+    for link, p in (
+        ("logit", special.expit(eta)),
+        ("probit", special.ndtr(eta)),
+        ("cloglog", -np.expm1(-np.exp(eta))),
+    ):
+        yield ("binomial", link), eta, y, n, None, stats.binom.logpmf(y, n, p)
+    mu = np.exp(eta) * e
+    yield ("poisson", "log"), eta, y, e, None, stats.poisson.logpmf(y, mu)
+    r = disp[:, None]
+    nb = stats.nbinom.logpmf(y, r, r / (r + mu))
+    yield ("negativebinomial", "log"), eta, y, e, disp, nb
+    p = special.expit(eta)
+    bb = stats.betabinom.logpmf(y, n, p * r, (1 - p) * r)
+    yield ("betabinomial", "logit"), eta, y, n, disp, bb
+    values = np.array([-1.5, 0.2, 3.0, 10.0])
+    ones = np.ones(4)
+    yield ("gaussian", "identity"), eta, values, ones, disp, stats.norm.logpdf(values, eta, r)
+    normal = stats.norm.logpdf(values, np.exp(eta), r)
+    yield ("gaussian", "log"), eta, values, ones, disp, normal
+
+
+def test_log_likelihood_matches_scipy_for_every_family_and_link():
+    for (name, link), eta, y, size, disp, expected in _families_cases():
+        family = get_family(name, link)
+        got = family.log_likelihood(eta, y, size, disp)
+        np.testing.assert_allclose(got, expected, rtol=1e-10, err_msg=f"{name}/{link}")
+
+
+@pytest.mark.parametrize(
+    ("name", "size", "disp"),
+    [("negativebinomial", 2.0, 1.5), ("betabinomial", 12.0, 3.0), ("gaussian", 1.0, 2.0)],
+)
+def test_replicates_have_the_family_mean_and_variance(name, size, disp):
+    family = get_family(name)
+    rng = np.random.default_rng(1)
+    mean = np.full((200_000, 1), 0.3)
+    draws = family.replicate(rng, mean, np.array([size]), np.full(200_000, disp))[:, 0]
+    if name == "negativebinomial":
+        mu = 0.3 * size
+        expected = (mu, mu + mu**2 / disp)
+    elif name == "betabinomial":
+        expected = (0.3 * size, size * 0.3 * 0.7 * (1 + (size - 1) / (disp + 1)))
+    else:
+        expected = (0.3, disp**2)
+    # 5 Monte Carlo standard errors (the variance's: sd * sqrt(2 / N) for light tails, more
+    # for the negative binomial's skew, hence rel=0.03)
+    assert draws.mean() == pytest.approx(expected[0], abs=5 * np.sqrt(expected[1] / len(draws)))
+    assert draws.var() == pytest.approx(expected[1], rel=0.03)
+
+
+def test_family_names_aliases_and_links():
+    assert get_family("nbinom2") == get_family("negativebinomial")
+    assert get_family("Normal").name == "gaussian"
+    assert get_family("beta_binomial").link == "logit"
+    assert get_family("gaussian").link == "identity"
+    assert get_family("gaussian").response_label == "emmean"
+    assert get_family("gaussian", "log").response_label == "response"
+    assert get_family("negativebinomial").response_label == "rate"
+    assert get_family("betabinomial").dispersion == "phi"
+    with pytest.raises(ValueError, match="link='inverse' for the gaussian family is not"):
+        get_family("gaussian", "inverse")
+    with pytest.raises(ValueError, match="beta-binomial family is fitted with link='logit'"):
+        get_family("betabinomial", "probit")
+    with pytest.raises(ValueError, match="Unknown link 'logit' for the negativebinomial"):
+        get_family("negativebinomial", "logit")
