@@ -1,4 +1,4 @@
-"""bayesmer against plain Bambi, side by side, on the models of issue 4.
+"""bayesmer against plain Bambi, side by side, on the models of issues 4, 11 and 12.
 
 Run it with ``make bench`` (or ``.venv/bin/python benchmarks/bench.py --help``). One command
 fits every case with both libraries, with the same draws, tuning steps, chains and seed, and
@@ -59,8 +59,9 @@ class Case:
         Short name used with ``--cases``.
     formula : str
         The formula, the same for bayesmer and Bambi.
-    family : {'binomial', 'poisson'}
-        bayesmer's family; Bambi gets ``'bernoulli'`` or ``'poisson'``.
+    family : {'binomial', 'poisson', 'gaussian', 'negativebinomial'}
+        bayesmer's family; Bambi gets ``'bernoulli'`` for a binomial one, the same name
+        otherwise.
     rows : int
         Number of data rows.
     groups : int
@@ -69,6 +70,13 @@ class Case:
         Fit with ``bayesmer.glmer`` (else ``bayesmer.glm``).
     in_quick : bool
         Part of a ``--quick`` smoke run.
+    dataset : str
+        A bundled data set (``load_dataset`` name), or ``'synthetic'`` (:func:`synthetic`).
+    bambi_formula : str or None
+        The formula in Bambi's spelling where it differs (``I(age**2)``; a nested factor
+        written out as ``(1|a) + (1|a:b)``): the same model.
+    bambi_note : str
+        What differs in Bambi's model, if anything (shown in the details).
     """
 
     name: str
@@ -78,16 +86,99 @@ class Case:
     groups: int
     glmer: bool
     in_quick: bool = True
+    dataset: str = "synthetic"
+    bambi_formula: str | None = None
+    bambi_note: str = ""
 
 
 CASES: dict[str, Case] = {
     c.name: c
     for c in [
-        Case("titanic_glm", "survived ~ sex", "binomial", 891, 0, False),
-        Case("titanic_glmer", "survived ~ sex + (1|pclass)", "binomial", 891, 3, True),
-        Case("grouse_glmer", "TICKS ~ YEAR + cHEIGHT + (1|BROOD)", "poisson", 403, 118, True),
+        Case("titanic_glm", "survived ~ sex", "binomial", 891, 0, False, dataset="titanic"),
+        Case(
+            "titanic_glmer",
+            "survived ~ sex + (1|pclass)",
+            "binomial",
+            891,
+            3,
+            True,
+            dataset="titanic",
+        ),
+        Case(
+            "grouse_glmer",
+            "TICKS ~ YEAR + cHEIGHT + (1|BROOD)",
+            "poisson",
+            403,
+            118,
+            True,
+            dataset="grouseticks",
+        ),
         Case("synth_1e5", "y ~ a + b + (1|g)", "binomial", 100_000, 50, True),
         Case("synth_1e6", "y ~ a + b + (1|g)", "binomial", 1_000_000, 1_000, True, False),
+        Case(
+            "grouse_nested",
+            "TICKS ~ YEAR + cHEIGHT + (1|LOCATION/BROOD)",
+            "poisson",
+            403,
+            181,
+            True,
+            False,
+            dataset="grouseticks",
+            bambi_formula="TICKS ~ YEAR + cHEIGHT + (1|LOCATION) + (1|LOCATION:BROOD)",
+        ),
+        Case(
+            "grouse_slopes",
+            "TICKS ~ YEAR + cHEIGHT + (cHEIGHT|LOCATION)",
+            "poisson",
+            403,
+            63,
+            True,
+            False,
+            dataset="grouseticks",
+            bambi_note="Bambi fits (cHEIGHT|LOCATION) without the correlation (bambi issue 702)",
+        ),
+        Case(
+            "contraception",
+            "use01 ~ age + I(age^2) + urban + livch + (urban|district)",
+            "binomial",
+            1_934,
+            60,
+            True,
+            False,
+            dataset="contraception",
+            bambi_formula="use01 ~ age + I(age**2) + urban + livch + (urban|district)",
+            bambi_note="Bambi fits (urban|district) without the correlation (bambi issue 702)",
+        ),
+        Case(
+            "sleepstudy",
+            "Reaction ~ Days + (Days|Subject)",
+            "gaussian",
+            180,
+            18,
+            True,
+            False,
+            dataset="sleepstudy",
+            bambi_note="Bambi fits (Days|Subject) without the correlation (bambi issue 702)",
+        ),
+        Case(
+            "salamanders_nb",
+            "count ~ spp + mined + (1|site)",
+            "negativebinomial",
+            644,
+            23,
+            True,
+            False,
+            dataset="salamanders",
+        ),
+        Case(
+            "gauss_1e6",
+            "y ~ a + b + (1|g)",
+            "gaussian",
+            1_000_000,
+            1_000,
+            True,
+            False,
+        ),
     ]
 }
 
@@ -133,11 +224,15 @@ class Result:
 # Data
 
 
-def synthetic(rows: int, groups: int, seed: int = 20261125) -> dict[str, Any]:
-    """Bernoulli rows with two factor predictors and group intercepts (as numpy arrays).
+def synthetic(
+    rows: int, groups: int, seed: int = 20261125, family: str = "binomial"
+) -> dict[str, Any]:
+    """Bernoulli (or gaussian) rows with two factor predictors and group intercepts (as
+    numpy arrays).
 
     ``a`` has 2 levels, ``b`` 3, ``g`` ``groups`` (group sd 0.5), so the data collapse to
-    ``6 * groups`` binomial cells.
+    ``6 * groups`` binomial cells (gaussian: residual sd 1, cells of n, sum and sum of
+    squares).
 
     Parameters
     ----------
@@ -158,7 +253,10 @@ def synthetic(rows: int, groups: int, seed: int = 20261125) -> dict[str, Any]:
     g = rng.integers(0, groups, rows)
     u = rng.normal(0.0, 0.5, groups)
     eta = -0.5 + 0.7 * a + np.array([0.0, -0.4, 0.6])[b] + u[g]
-    y = (rng.random(rows) < 1.0 / (1.0 + np.exp(-eta))).astype(np.int64)
+    if family == "gaussian":
+        y = eta + rng.normal(0.0, 1.0, rows)
+    else:
+        y = (rng.random(rows) < 1.0 / (1.0 + np.exp(-eta))).astype(np.int64)
     width = len(str(groups - 1))
     return {
         "y": y,
@@ -172,12 +270,15 @@ def load_pandas(case: Case):
     """The case's data as a pandas DataFrame (for Bambi), without importing bayesmer."""
     import pandas as pd
 
-    if case.name.startswith("titanic"):
-        return pd.read_csv(DATA_DIR / "titanic.csv")
-    if case.name.startswith("grouse"):
-        labels = {"INDEX": str, "BROOD": str, "YEAR": str, "LOCATION": str}
-        return pd.read_csv(DATA_DIR / "grouseticks.csv", dtype=labels)
-    return pd.DataFrame(synthetic(case.rows, case.groups))
+    labels = {
+        "grouseticks": {"INDEX": str, "BROOD": str, "YEAR": str, "LOCATION": str},
+        "contraception": {"district": str, "woman": str},
+        "sleepstudy": {"Subject": str},
+        "salamanders": {"site": str},
+    }
+    if case.dataset != "synthetic":
+        return pd.read_csv(DATA_DIR / f"{case.dataset}.csv", dtype=labels.get(case.dataset))
+    return pd.DataFrame(synthetic(case.rows, case.groups, family=case.family))
 
 
 def load_polars(case: Case):
@@ -186,11 +287,9 @@ def load_polars(case: Case):
 
     from bayesmer import load_dataset
 
-    if case.name.startswith("titanic"):
-        return load_dataset("titanic")
-    if case.name.startswith("grouse"):
-        return load_dataset("grouseticks")
-    return pl.DataFrame(synthetic(case.rows, case.groups))
+    if case.dataset != "synthetic":
+        return load_dataset(case.dataset)
+    return pl.DataFrame(synthetic(case.rows, case.groups, family=case.family))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -294,7 +393,7 @@ def run_bayesmer(case: Case, draws: int, tune: int, chains: int, seed: int, res:
     )
     res.sampler = {k: repr(v) for k, v in model.sampler_kwargs.items()}
     post = model.posterior["posterior"].to_dataset()
-    names = ["b"] + [n for g in spec.groups for n in (g.sd_name, g.effect_name)]
+    names = spec.reported  # fixed effects, sds, deviations, correlations, dispersion
     stats = diagnose(post, model.posterior["sample_stats"].to_dataset(), names)
     for key, value in stats.items():
         setattr(res, key, value)
@@ -323,8 +422,8 @@ def run_bambi(
     res.rows = res.cells = len(data)
 
     start = time.perf_counter()
-    family = "bernoulli" if case.family == "binomial" else "poisson"
-    model = bambi.Model(case.formula, data, family=family)
+    family = "bernoulli" if case.family == "binomial" else case.family
+    model = bambi.Model(case.bambi_formula or case.formula, data, family=family)
     res.build = time.perf_counter() - start
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -339,6 +438,8 @@ def run_bambi(
     res.warnings = [str(w.message) for w in caught]
     used = min(4, mp.cpu_count() // 2) if cores is None else cores
     res.note = f"PyMC NUTS, Bambi defaults, {max(used, 1)} sampling process(es)"
+    if case.bambi_note:
+        res.note += f"; {case.bambi_note}"
     res.sampler = {"cores": "default" if cores is None else str(cores)}
     names = [str(n) for n in post.data_vars]
     stats = diagnose(post, idata["sample_stats"].to_dataset(), names)
