@@ -124,6 +124,13 @@ class Model:
 
     # -- set-up ------------------------------------------------------------------------------
 
+    @classmethod
+    def _build(
+        cls, formula: str, data: Any, family: str, link: str, priors: dict[str, Any] | None
+    ) -> Model:
+        """A model of this kind (lm and lmer fix the family: they take none)."""
+        return cls(formula, data, family=family, link=link, priors=priors)
+
     def _check_kind(self) -> None:
         mixed = {"glm": "glmer", "lm": "lmer"}.get(self._kind, "glmer")
         fixed = {"glmer": "glm", "lmer": "lm"}.get(self._kind, "glm")
@@ -890,6 +897,12 @@ class lm(glm):  # noqa: N801  (pymer4's name)
     def __init__(self, formula: str, data: Any, priors: dict[str, Any] | None = None) -> None:
         super().__init__(formula, data, family="gaussian", priors=priors)
 
+    @classmethod
+    def _build(
+        cls, formula: str, data: Any, family: str, link: str, priors: dict[str, Any] | None
+    ) -> Model:
+        return cls(formula, data, priors=priors)
+
 
 class lmer(glmer):  # noqa: N801  (pymer4's name)
     """Bayesian linear mixed model: a gaussian :class:`glmer` (identity link), pymer4's
@@ -918,6 +931,12 @@ class lmer(glmer):  # noqa: N801  (pymer4's name)
 
     def __init__(self, formula: str, data: Any, priors: dict[str, Any] | None = None) -> None:
         super().__init__(formula, data, family="gaussian", priors=priors)
+
+    @classmethod
+    def _build(
+        cls, formula: str, data: Any, family: str, link: str, priors: dict[str, Any] | None
+    ) -> Model:
+        return cls(formula, data, priors=priors)
 
 
 Summary = summaries.Summary

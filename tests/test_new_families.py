@@ -230,3 +230,9 @@ def test_overdispersed_families_through_every_verb(formula, family, label, key, 
     path = tmp_path / "m.bayesmer"
     model.save(str(path))
     assert bayesmer.load_model(str(path)).result_fit.equals(fit)
+
+
+def test_kfold_refits_an_lmer_as_an_lmer(small_lmer):
+    # lmer takes no family argument: the refits are built through Model._build
+    result = small_lmer.kfold("g", k=2, random_seed=1)
+    assert np.isfinite(result.elpd) and result.n_obs == 400
