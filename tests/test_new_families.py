@@ -236,3 +236,12 @@ def test_kfold_refits_an_lmer_as_an_lmer(small_lmer):
     # lmer takes no family argument: the refits are built through Model._build
     result = small_lmer.kfold("g", k=2, random_seed=1)
     assert np.isfinite(result.elpd) and result.n_obs == 400
+
+
+def test_compare_refuses_a_gaussian_model_against_a_discrete_one(small_lmer):
+    data = small_lmer.data.with_columns((pl.col("value") > 10).cast(pl.Int64).alias("high"))
+    gaussian = lmer("high ~ a + (1|g)", data)
+    binomial = glmer("high ~ a + (1|g)", data, family="binomial")
+    # refused before any LOO is computed (so before the fits are even needed)
+    with pytest.raises(ValueError, match="cannot rank a gaussian model against a binomial"):
+        bayesmer.compare(gaussian, binomial)
