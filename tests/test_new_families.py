@@ -289,3 +289,26 @@ def test_overdispersed_cell_weights_sum_to_the_level_information():
     n = len(group.levels)
     _, info, (w, _) = _level_information(spec.family, spec.cells, group.index, n, spec.obs)
     np.testing.assert_allclose(np.bincount(group.index, weights=w, minlength=n), info, rtol=0.02)
+
+
+@pytest.mark.parametrize(
+    ("formula", "family", "shown"),
+    [
+        ("count ~ a + (1|g)", "negativebinomial", "a=1, g=g0, count=3 (k=0.90"),
+        ("value ~ a + (1|g)", "gaussian", "a=1, g=g0, value=3 (k=0.90"),
+        ("cbind(s, n - s) ~ a + (1|g)", "betabinomial", "a=1, g=g0, s=3, trials=5 (k=0.90"),
+    ],
+)
+def test_high_pareto_k_message_leaves_out_trivial_sizes(formula, family, shown):
+    """Like Poisson counts without an offset, a negative binomial count has exposure 1 and a
+    gaussian row n = 1: the warning names the values that matter (trials do matter)."""
+    from bayesmer.loo import _high_k_message
+    from bayesmer.rows import public_names
+
+    spec = glmer(formula, _overdispersed(), family=family).spec
+    row, y, size = public_names(spec)
+    pointwise = pl.DataFrame(
+        {row: [7], "a": ["1"], "g": ["g0"], y: [3], size: [5 if "trials" in shown else 1]}
+    ).with_columns(pl.lit(0.9).alias("pareto_k"))
+    message = _high_k_message(spec, pointwise)
+    assert f"{shown}; 1 row(s): 7)" in message
