@@ -1218,7 +1218,9 @@ def _overdispersion(
     the share that survives. Without it, the Poisson information of a level of large counts
     overstates what an overdispersed level's data say, and such levels were centred where
     their data pin them down about as loosely as the group distribution does (salamanders,
-    23 sites: 1-2 divergences in 4,000 draws on 2 of 6 seeds).
+    ``count ~ spp + mined + (1 | site)``, default fits on seeds 1-12: 19 of 23 sites centred
+    and 3 divergences, on seeds 1 and 2; with the shrunk information 17 centred and none,
+    bulk ESS 1,850-2,470; grouseticks: 55 of 118 broods centred instead of 59, both clean).
     """
     cell = obs[CELL].to_numpy().astype(np.int64)
     level = index[cell]
