@@ -264,11 +264,11 @@ def _high_k_message(spec: ModelSpec, pointwise: pl.DataFrame, shown: int = 5) ->
     """Name the observations with Pareto k > 0.7: their values and row numbers."""
     row_col, y_name, size_name = public_names(spec)
     value_cols = [*cell_keys(spec), y_name, size_name]
-    kind = spec.family.size_kind
+    # exposure 1 without an offset, one row per gaussian row, one trial per 0/1 outcome
     trivial_size = (
-        (kind == "exposure" and not spec.has_offset)
-        or (kind == "trials" and spec.formula.response.kind == "column")
-        or kind == "rows"
+        (spec.family.size_kind == "exposure" and not spec.has_offset)
+        or spec.family.size_kind == "rows"
+        or (spec.family.name == "binomial" and spec.formula.response.kind == "column")
     )
     shown_cols = value_cols[:-1] if trivial_size else value_cols
     bad = pointwise.filter(pl.col("pareto_k") > GOOD_K)

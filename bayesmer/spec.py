@@ -18,7 +18,7 @@ import pandas as pd
 import polars as pl
 from scipy import stats
 
-from .collapse import EXPOSURE, ROWS, SS, TRIALS, Collapsed, Y, collapse
+from .collapse import CELL, EXPOSURE, ROWS, SS, TRIALS, WEIGHT, Collapsed, Y, collapse
 from .diagnostics import PACKAGE_DIR
 from .families import Family
 from .formula import ParsedFormula, RandomPart
@@ -75,8 +75,9 @@ class GroupSpec:
     information : np.ndarray
         Approximate Fisher information about each level's mean on the link scale, from the
         observed data: s * f / n (successes, failures, trials) for binomial, the summed count
-        for Poisson (each with +0.5 continuity corrections), rows x (sd of the outcome /
-        residual sd)^2 for gaussian (the mean in units of the outcome's sd).
+        for Poisson (each with +0.5 continuity corrections), the same shrunk by the estimated
+        overdispersion for the negative binomial and the beta-binomial, rows x (sd of the
+        outcome / residual sd)^2 for gaussian (the mean in units of the outcome's sd).
     centred : np.ndarray of bool
         Per level, whether its effect is sampled centred (informative level) or non-centred
         (see :data:`CENTRED_MIN_INFORMATION` and :mod:`bayesmer.pymc_model`).
@@ -668,7 +669,7 @@ def build_spec(
         for part in parsed.random
         if part.slopes
     }
-    groups = _group_specs(parsed.groups, levels, cells, family, designs)
+    groups = _group_specs(parsed.groups, levels, cells, family, designs, col_data.obs)
     random_sd = {
         g.name: {
             t: _weighted_sd(g.Z[:, k], rows) for k, t in enumerate(g.terms) if t != "(Intercept)"
@@ -1142,18 +1143,24 @@ def _slope_information(
 
 
 def _level_information(
-    family: Family, cells: pl.DataFrame, index: np.ndarray, n_levels: int
+    family: Family,
+    cells: pl.DataFrame,
+    index: np.ndarray,
+    n_levels: int,
+    obs: pl.DataFrame | None = None,
 ) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray]]:
     """Each level's raw link-scale estimate and its information, and the cells' working
     weights and residuals around their level's estimate (for :func:`_slope_information`).
 
     Trials (binomial, beta-binomial): the empirical logit, information ``s f / n``, weights
     ``n p (1 - p)``. Exposure (Poisson, negative binomial): the log rate, information the
-    count, weights ``exposure x rate``. (Both ignore overdispersion, so they err on the side
-    of centring.) Gaussian: the mean in units of the outcome's sd (identity link) or of its
-    mean (log link), information ``rows / residual variance`` in those units, with the
-    residual variance pooled within levels (it includes the fixed effects' variation, so it
-    errs on the side of non-centring).
+    count, weights ``exposure x rate``. The negative binomial and the beta-binomial then
+    divide each observation's share by its variance inflation (:func:`_overdispersion`,
+    estimated from ``obs``). Gaussian: the mean in units of the outcome's sd (identity link)
+    or of its mean (log link), information ``rows / residual variance`` in those units, with
+    the residual variance pooled within levels. Variation from the fixed effects counts as
+    residual variance or overdispersion, so the information errs on the low side (towards
+    non-centring).
     """
     y = cells[Y].to_numpy().astype(float)
     size_col = EXPOSURE if family.size_kind == "exposure" else TRIALS
@@ -1164,19 +1171,18 @@ def _level_information(
         p = (ys + 0.5) / (ns + 1.0)
         w = size * (p * (1.0 - p))[index]
         resid = (y - size * p[index]) / np.maximum(w, 1e-300)
-        return (
-            np.log((ys + 0.5) / (ns - ys + 0.5)),
-            (ys + 0.5) * (ns - ys + 0.5) / (ns + 1.0),
-            (
-                w,
-                resid,
-            ),
-        )
+        info = (ys + 0.5) * (ns - ys + 0.5) / (ns + 1.0)
+        if family.per_observation and obs is not None:
+            info, w = _overdispersion(family, obs, index, n_levels, p, info, w)
+        return np.log((ys + 0.5) / (ns - ys + 0.5)), info, (w, resid)
     if family.size_kind == "exposure":
         rate = (ys + 0.5) / ns
         w = size * rate[index]
         resid = (y - w) / np.maximum(w, 1e-300)
-        return np.log(rate), ys + 0.5, (w, resid)
+        info = ys + 0.5
+        if family.per_observation and obs is not None:
+            info, w = _overdispersion(family, obs, index, n_levels, rate, info, w)
+        return np.log(rate), info, (w, resid)
     mean = ys / ns  # gaussian: size is the number of rows of a cell
     cell_mean = y / size
     within = float(cells[SS].sum()) + float(np.sum(size * (cell_mean - mean[index]) ** 2))
@@ -1189,18 +1195,78 @@ def _level_information(
     return mean / unit, ns / resid_var, (w, resid)
 
 
+def _overdispersion(
+    family: Family,
+    obs: pl.DataFrame,
+    index: np.ndarray,
+    n_levels: int,
+    level_mean: np.ndarray,
+    info: np.ndarray,
+    w: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Level information and cell weights of :func:`_level_information` shrunk for
+    overdispersion (negative binomial, beta-binomial).
+
+    A moment estimate of the overdispersion around each level's mean (``level_mean``: rate
+    or probability), pooled over the distinct observations ``obs`` (each with its
+    multiplicity): ``1 / size = sum((y - mu)^2 - mu) / sum(mu^2)`` for the negative binomial
+    (variance ``mu + mu^2 / size``), ``rho = 1 / (phi + 1) = sum((y - n p)^2 - n p q) /
+    sum(n (n - 1) p q)`` for the beta-binomial (variance ``n p q (1 + (n - 1) rho)``), each
+    at least 0. An observation's information about its level's mean is the Poisson or
+    binomial one (``mu``, ``n p q``) divided by its variance inflation (``1 + mu / size``,
+    ``1 + (n - 1) rho``); each level's ``info`` and each cell's weight ``w`` are scaled by
+    the share that survives. Without it, the Poisson information of a level of large counts
+    overstates what an overdispersed level's data say, and such levels were centred where
+    their data pin them down about as loosely as the group distribution does (salamanders,
+    ``count ~ spp + mined + (1 | site)``, default fits on seeds 1-12: 19 of 23 sites centred
+    and 3 divergences, on seeds 1 and 2; with the shrunk information 17 centred and none,
+    bulk ESS 1,850-2,470; grouseticks: 55 of 118 broods centred instead of 59, both clean).
+    """
+    cell = obs[CELL].to_numpy().astype(np.int64)
+    level = index[cell]
+    y = obs[Y].to_numpy().astype(float)
+    size = obs[EXPOSURE if family.size_kind == "exposure" else TRIALS].to_numpy()
+    size = size.astype(float)
+    weight = obs[WEIGHT].to_numpy().astype(float)
+    if family.size_kind == "exposure":
+        mu = size * level_mean[level]
+        base = mu
+        excess = np.sum(weight * ((y - mu) ** 2 - mu))
+        inflation = 1.0 + mu * max(excess, 0.0) / max(np.sum(weight * mu**2), 1e-300)
+    else:
+        p = level_mean[level]
+        base = size * p * (1.0 - p)
+        excess = np.sum(weight * ((y - size * p) ** 2 - base))
+        pairs = np.sum(weight * (size - 1.0) * base)
+        rho = min(max(excess, 0.0) / pairs, 1.0) if pairs > 0 else 0.0
+        inflation = 1.0 + (size - 1.0) * rho
+    kept = weight * base / inflation
+    total = weight * base
+    share_level = np.bincount(level, weights=kept, minlength=n_levels) / np.maximum(
+        np.bincount(level, weights=total, minlength=n_levels), 1e-300
+    )
+    n_cells = len(index)
+    share_cell = np.bincount(cell, weights=kept, minlength=n_cells) / np.maximum(
+        np.bincount(cell, weights=total, minlength=n_cells), 1e-300
+    )
+    return info * share_level, w * share_cell
+
+
 def _group_specs(
     groups: tuple[str, ...],
     levels: dict[str, list[str]],
     cells: pl.DataFrame,
     family: Family,
     designs: dict[str, tuple[tuple[str, ...], np.ndarray, Any, bool]] | None = None,
+    obs: pl.DataFrame | None = None,
 ) -> list[GroupSpec]:
     """One :class:`GroupSpec` per grouping factor.
 
     ``designs`` holds the random design of each factor with slopes (see
     :func:`_random_design`); such a factor is non-centred and takes no part in the nesting
-    chains (see :mod:`bayesmer.pymc_model`).
+    chains (see :mod:`bayesmer.pymc_model`). ``obs`` (the distinct observations, see
+    :class:`bayesmer.collapse.Collapsed`) gives the negative binomial and the beta-binomial
+    their overdispersion (:func:`_overdispersion`).
     """
     designs = designs or {}
     size_col = EXPOSURE if family.size_kind == "exposure" else TRIALS
@@ -1215,7 +1281,9 @@ def _group_specs(
     raw: dict[str, np.ndarray] = {}
     working: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for g in groups:
-        raw[g], info[g], working[g] = _level_information(family, cells, index[g], len(levels[g]))
+        raw[g], info[g], working[g] = _level_information(
+            family, cells, index[g], len(levels[g]), obs
+        )
     # A nested factor's spread is measured around its parent's levels.
     spread = {
         g: heterogeneity(raw[g], 1.0 / info[g], parents[g][1] if parents[g] else None)
