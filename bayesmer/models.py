@@ -864,9 +864,10 @@ class glmer(Model):  # noqa: N801  (pymer4's name)
 
     @property
     def ranef_var(self) -> pl.DataFrame:
-        """``group, term, estimate, conf_low, conf_high``: sd of the group intercepts
-        (``(Intercept)``), or for a factor with slopes lme4's VarCorr rows ``sd__<term>`` and
-        ``cor__<term>.<term>``."""
+        """``group, term, estimate, conf_low, conf_high``: lme4's VarCorr rows as pymer4 names
+        them: ``sd__(Intercept)`` (sd of the group intercepts), for a factor with slopes also
+        ``sd__<term>`` and ``cor__<term>.<term>``, and for a gaussian model the ``Residual``
+        row ``sd__Observation``."""
         self._require_fit("ranef_var")
         return summaries.ranef_var_table(self.spec, self.posterior, self.ci)
 

@@ -107,7 +107,7 @@ def test_glmer_ranef_var(titanic_glmer):
     rv = titanic_glmer.ranef_var
     assert rv.columns == ["group", "term", "estimate", "conf_low", "conf_high"]
     row = rv.row(0, named=True)
-    assert row["group"] == "pclass" and row["term"] == "(Intercept)"
+    assert row["group"] == "pclass" and row["term"] == "sd__(Intercept)"
     # lme4's 0.769 sits inside the wide interval that three groups leave
     assert row["conf_low"] < 0.769 < row["conf_high"]
     assert 0.5 < row["estimate"] < 2.5
