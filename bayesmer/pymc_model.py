@@ -381,39 +381,48 @@ def _sample_link(g: GroupSpec, run_centre, sd, parent: _Link | None) -> tuple[_L
     pl = g.parent_level
     n_top = len(top.levels)
     split = np.flatnonzero(top.split)
-    single = top.split & (np.bincount(pl, minlength=n_top) == 1)
+    held = np.bincount(pl, minlength=n_top)
+    single = top.split & (held == 1)
+    several = np.flatnonzero(top.split & (held > 1))
     # the variance each split parent level contributes to the levels under it
-    shared = pt.zeros(n_top)
-    shared = pt.set_subtensor(shared[split], _per_level(parent.run_var, split))
+    if parent.run_var.ndim == 0:
+        shared = parent.run_var * top.split.astype(float)
+    else:
+        shared = pt.set_subtensor(pt.zeros(n_top)[split], parent.run_var[split])
     split_z = pm.Normal(f"split_{top.name}", 0.0, 1.0, shape=len(split))
-    mean = pt.zeros(n)
     strong = np.flatnonzero(g.centred)
-    run_mean = parent.run_mean
-    d = pt.zeros(n_top)
+    weak = np.flatnonzero(~g.centred & ~g.split)
+    latent = []
     if len(strong):
         m = _centred_blocks(f"m_{g.name}", run_centre[strong], sd, shared, pl[strong], n_top)
-        mean = pt.set_subtensor(mean[strong], m)
-        d = pt.inc_subtensor(d[pl[strong]], m - run_centre[strong])
-    several = np.flatnonzero(top.split & ~single)
+        latent.append(m)
+    if len(weak):
+        latent.append(pm.Normal(f"z_{g.name}", 0.0, 1.0, shape=len(weak)))
+    centre = run_centre
     if len(several):
-        held = np.bincount(pl[strong], minlength=n_top)[several].astype(float)
-        v, total = shared[several], sd**2 + held * shared[several]
+        # given the centred levels under it (deviations summed: d, how many: k)
+        d = _block_sums(m - run_centre[strong], pl[strong], n_top)[several]
+        k = np.bincount(pl[strong], minlength=n_top)[several].astype(float)
+        v = parent.run_var if parent.run_var.ndim == 0 else shared[several]
+        total = sd**2 + k * v
         z = split_z[np.searchsorted(split, several)]
-        drawn = parent.run_centre[several] + v / total * d[several] + sd * pt.sqrt(v / total) * z
+        moved = v / total * d + sd * pt.sqrt(v / total) * z
+        drawn = parent.run_centre[several] + moved
         parent = replace(
             parent,
             mean=pt.set_subtensor(parent.mean[several], drawn),
-            run_mean=pt.set_subtensor(run_mean[several], drawn),
+            run_mean=pt.set_subtensor(parent.run_mean[several], drawn),
         )
-    # levels under a parent level drawn just now move with it
-    centre = run_centre + (parent.run_mean - run_mean)[pl]
-    above = pt.zeros(n_top)
-    above = pt.set_subtensor(above[np.flatnonzero(single)], shared[np.flatnonzero(single)])
-    var = above[pl] + sd**2
-    weak = np.flatnonzero(~g.centred & ~g.split)
-    if len(weak):
-        z = pm.Normal(f"z_{g.name}", 0.0, 1.0, shape=len(weak))
-        mean = pt.set_subtensor(mean[weak], centre[weak] + pt.sqrt(var[weak]) * z)
+        # the levels under it move with it
+        centre = run_centre + pt.set_subtensor(pt.zeros(n_top)[several], moved)[pl]
+    var = (shared * single.astype(float))[pl] + sd**2
+    # one vector of the latent variables in level order (0 at split levels), then centred
+    # levels as they are and the others non-centred
+    order = np.full(n, len(strong) + len(weak))
+    order[strong], order[weak] = np.arange(len(strong)), len(strong) + np.arange(len(weak))
+    raw = pt.concatenate([*latent, pt.zeros(1)])[order]
+    is_strong = g.centred.astype(float)
+    mean = is_strong * raw + (1.0 - is_strong) * (centre + pt.sqrt(var) * raw)
     parent = replace(parent, split_z=split_z)
     return _with_run(_Link(g, sd, centre, var, mean, mean)), parent
 
@@ -434,33 +443,31 @@ def _per_level(x, levels: np.ndarray):
 def _centred_blocks(name: str, centre, sd, shared, block: np.ndarray, n_blocks: int):
     """Centred levels drawn jointly per block (the parent level they are integrated over).
 
-    ``m ~ Normal(centre, sd**2 I + shared[b] 11')`` within each block ``b``, independent
-    across blocks: the levels of a block share a Normal(0, ``shared[b]``) deviation of their
-    parent level, integrated out. The log density in closed form, per block of ``n`` levels
-    with deviations ``d = m - centre`` and ``t = sd**2 + n * shared``:
+    ``block`` is each level's parent level, of ``n_blocks``. ``m ~ Normal(centre, sd**2 I +
+    shared[p] 11')`` within each block ``p``, independent across blocks: the levels of a
+    block share a Normal(0, ``shared[p]``) deviation of their parent level, integrated out
+    (``shared[p] = 0``: independent levels). The log density in closed form, per block of
+    ``n`` levels with deviations ``d = m - centre`` and ``t = sd**2 + n * shared``:
     ``-n/2 log(2 pi) - (n - 1) log(sd) - log(t)/2 - (sum d**2 - shared (sum d)**2 / t) /
-    (2 sd**2)``: a cost linear in the number of levels, whatever the block sizes.
+    (2 sd**2)`` (zero for an empty block): a cost linear in the number of levels, whatever
+    the block sizes.
     """
-    present, block = np.unique(block, return_inverse=True)
-    counts = np.bincount(block).astype(float)
-    k = len(present)
+    counts = np.bincount(block, minlength=n_blocks).astype(float)
 
     def logp(value, centre, sd, shared):
         d = value - centre
-        s1 = pt.inc_subtensor(pt.zeros(k)[block], d)
-        s2 = pt.inc_subtensor(pt.zeros(k)[block], d**2)
-        v = shared[present]
-        total = sd**2 + counts * v
+        s1 = _block_sums(d, block, n_blocks)
+        total = sd**2 + counts * shared
         return (
             -0.5 * len(block) * np.log(2.0 * np.pi)
-            - (len(block) - k) * pt.log(sd)
+            - (len(block) - n_blocks) * pt.log(sd)
             - 0.5 * pt.sum(pt.log(total))
-            - (pt.sum(s2) - pt.sum(v * s1**2 / total)) / (2.0 * sd**2)
+            - (pt.sum(d**2) - pt.sum(shared * s1**2 / total)) / (2.0 * sd**2)
         )
 
     def draw(centre, sd, shared, size):
         # forward draws (sample_prior): the parent level's deviation plus each level's own
-        common = pm.Normal.dist(0.0, pt.sqrt(shared[present]))
+        common = pm.Normal.dist(0.0, pt.sqrt(shared))
         return centre + common[block] + sd * pm.Normal.dist(pt.zeros_like(centre), 1.0)
 
     return pm.CustomDist(
@@ -473,6 +480,11 @@ def _centred_blocks(name: str, centre, sd, shared, block: np.ndarray, n_blocks: 
         support_point=lambda rv, size, centre, sd, shared: centre,
         signature="(n),(),(k)->(n)",
     )
+
+
+def _block_sums(x, block: np.ndarray, k: int):
+    """Sums of ``x`` per block (``block``: each entry's block, of ``k``)."""
+    return pt.inc_subtensor(pt.zeros(k)[block], x)
 
 
 def _split_chain(chain: list[_Link]) -> list[_Link]:
