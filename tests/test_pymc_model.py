@@ -10,7 +10,7 @@ from scipy import optimize, special, stats
 from bayesmer import ConvergenceWarning, glm, glmer
 from bayesmer.priors import sample_prior
 from bayesmer.pymc_model import OBSERVED, build_model, carrier, nesting
-from bayesmer.sampling import default_sampler_kwargs
+from bayesmer.sampling import default_draws, default_sampler_kwargs, single_nested
 from bayesmer.spec import heterogeneity, parent_levels
 
 
@@ -221,6 +221,20 @@ def test_glm_has_no_carrier_and_reports_b(titanic):
 def test_prior_only_model_has_no_likelihood(titanic):
     spec = glmer("survived ~ sex + (1|pclass)", titanic).spec
     assert build_model(spec, prior_only=True).potentials == []
+
+
+def test_draws_by_default_double_where_levels_hold_a_single_nested_level(grouseticks):
+    """35 of 63 locations hold one brood: their two sds trade off, 2000 draws by default;
+    broods alone, or sites whose every level holds several plots, keep 1000."""
+    nested = glmer("TICKS ~ YEAR + cHEIGHT + (1|LOCATION/BROOD)", grouseticks, family="poisson")
+    assert single_nested(nested.spec) == [("LOCATION", "LOCATION:BROOD", 35, 63)]
+    assert default_draws(nested.spec) == 2000
+    brood = glmer("TICKS ~ YEAR + cHEIGHT + (1|BROOD)", grouseticks, family="poisson")
+    assert default_draws(brood.spec) == 1000
+    several = grouseticks.filter(pl.col("LOCATION").is_in(["11", "14", "19", "28"]))
+    two = glmer("TICKS ~ YEAR + (1|LOCATION/BROOD)", several, family="poisson")
+    assert np.bincount(two.spec.groups[1].parent_level).min() >= 2
+    assert single_nested(two.spec) == [] and default_draws(two.spec) == 1000
 
 
 def test_sampler_defaults_and_overrides(titanic):
