@@ -18,6 +18,7 @@ from .pymc_model import build_model
 from .sampling import (
     DRAWS,
     MIN_KEPT_DRAWS,
+    SINGLE_NESTED_SHARE,
     FitInterruptedWarning,
     Sampler,
     SamplingInterrupted,
@@ -270,8 +271,8 @@ class Model:
         summary : bool, default False
             Return :meth:`summary` (it displays in a notebook).
         draws : int, optional
-            Draws kept per chain: by default 1000, or 2000 when levels of a nested factor
-            hold a single nested level, whose two sds trade off (see
+            Draws kept per chain: by default 1000, or 2000 when many levels of a nested
+            factor hold a single nested level, whose two sds trade off (see
             :func:`bayesmer.sampling.default_draws`; :meth:`summary` says so).
         tune, chains : int
             Tuning steps per chain, number of chains.
@@ -487,6 +488,7 @@ class Model:
             pairs = "; ".join(
                 f"{k} of {n} {parent} levels hold a single {nested} level"
                 for parent, nested, k, n in single_nested(spec)
+                if k / n >= SINGLE_NESTED_SHARE
             )
             sampler += f" ({self.draws} draws by default: {pairs}, so the sds trade off)"
         header.append(sampler)

@@ -225,7 +225,8 @@ def test_prior_only_model_has_no_likelihood(titanic):
 
 def test_draws_by_default_double_where_levels_hold_a_single_nested_level(grouseticks):
     """35 of 63 locations hold one brood: their two sds trade off, 2000 draws by default;
-    broods alone, or sites whose every level holds several plots, keep 1000."""
+    broods alone, locations whose every level holds several broods, or chicks in broods (18
+    of 118 broods hold one chick) keep 1000."""
     nested = glmer("TICKS ~ YEAR + cHEIGHT + (1|LOCATION/BROOD)", grouseticks, family="poisson")
     assert single_nested(nested.spec) == [("LOCATION", "LOCATION:BROOD", 35, 63)]
     assert default_draws(nested.spec) == 2000
@@ -235,6 +236,9 @@ def test_draws_by_default_double_where_levels_hold_a_single_nested_level(grouset
     two = glmer("TICKS ~ YEAR + (1|LOCATION/BROOD)", several, family="poisson")
     assert np.bincount(two.spec.groups[1].parent_level).min() >= 2
     assert single_nested(two.spec) == [] and default_draws(two.spec) == 1000
+    chicks = glmer("TICKS ~ YEAR + (1|BROOD) + (1|INDEX)", grouseticks, family="poisson")
+    assert single_nested(chicks.spec) == [("BROOD", "INDEX", 18, 118)]
+    assert default_draws(chicks.spec) == 1000
 
 
 def test_sampler_defaults_and_overrides(titanic):
