@@ -80,7 +80,8 @@ class GroupSpec:
         outcome / residual sd)^2 for gaussian (the mean in units of the outcome's sd).
     centred : np.ndarray of bool
         Per level, whether its effect is sampled centred (informative level) or non-centred
-        (see :data:`CENTRED_MIN_INFORMATION` and :mod:`bayesmer.pymc_model`).
+        (see :data:`CENTRED_MIN_INFORMATION` and :mod:`bayesmer.pymc_model`); False at the
+        levels in ``split``.
     parent : str or None
         The grouping factor this one is nested in and centred on (see :func:`_parents`).
     parent_level : np.ndarray or None
@@ -98,6 +99,13 @@ class GroupSpec:
     design : object
         The formulae design of the random part, to build ``Z`` for new rows
         (:func:`random_design`); None for a random intercept.
+    split : np.ndarray of bool
+        Per level, whether its mean is split from its nested levels' (see
+        :mod:`bayesmer.pymc_model`): when it holds exactly one level of the factor nested in it
+        (a location with a single brood, where the data inform only the sum of the two), or a
+        centred one. The nested levels are then drawn first, with this level integrated out,
+        and this level's mean given them. Such a level is neither centred nor non-centred
+        (``centred`` is False). All False when no factor is nested in this one (the default).
     """
 
     name: str
@@ -111,6 +119,11 @@ class GroupSpec:
     Z: np.ndarray | None = field(default=None, repr=False)
     correlated: bool = True
     design: Any = field(default=None, repr=False, compare=False)
+    split: np.ndarray | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.split is None:
+            object.__setattr__(self, "split", np.zeros(len(self.levels), dtype=bool))
 
     @property
     def slopes(self) -> bool:
@@ -163,13 +176,26 @@ class GroupSpec:
 
     @property
     def parametrization(self) -> str:
-        """``'centered'``, ``'noncentered'`` or ``'mixed (k of n centred)'``."""
-        k = int(self.centred.sum())
-        if k == len(self.levels):
-            return "centered"
+        """``'centered'``, ``'noncentered'`` or ``'mixed (k of n centred)'``.
+
+        Levels split from their nested levels (:attr:`split`) are counted apart:
+        ``'noncentered (53 of 63 split from their nested levels)'``,
+        ``'mixed (3 of 63 centred, 53 split from their nested levels)'``, or
+        ``'split (all 63 from their nested levels)'``.
+        """
+        n, k, s = len(self.levels), int(self.centred.sum()), int(self.split.sum())
+        if s == n:
+            return f"split (all {n} from their nested levels)"
+        if s == 0:
+            if k == n:
+                return "centered"
+            return "noncentered" if k == 0 else f"mixed ({k} of {n} centred)"
+        note = "split from their nested levels"
+        if k == n - s:
+            return f"centered ({s} of {n} {note})"
         if k == 0:
-            return "noncentered"
-        return f"mixed ({k} of {len(self.levels)} centred)"
+            return f"noncentered ({s} of {n} {note})"
+        return f"mixed ({k} of {n} centred, {s} {note})"
 
     @property
     def sd_name(self) -> str:
@@ -1099,6 +1125,32 @@ def _parents(
     return out
 
 
+def _split_levels(
+    parents: dict[str, tuple[str, np.ndarray] | None],
+    centred: dict[str, np.ndarray],
+    n_levels: dict[str, int],
+) -> dict[str, np.ndarray]:
+    """Per factor, the levels whose means are split from their nested levels' (see
+    :attr:`GroupSpec.split`); ``centred`` loses those levels.
+
+    A level is split when it holds exactly one nested level, or holds a centred one. Factors
+    are taken innermost first (a nested factor has more levels than its parent), so a nested
+    level's own split, which keeps it from being centred, is known before its parent's.
+    """
+    out = {g: np.zeros(n, dtype=bool) for g, n in n_levels.items()}
+    for g in sorted(n_levels, key=n_levels.get, reverse=True):
+        if parents[g] is None:
+            continue
+        h, mapping = parents[g]
+        centred[g] = centred[g] & ~out[g]
+        counts = np.bincount(mapping, minlength=n_levels[h])
+        holds_centred = np.bincount(mapping, weights=centred[g], minlength=n_levels[h]) > 0
+        out[h] = (counts == 1) | holds_centred
+    for h, split in out.items():
+        centred[h] = centred[h] & ~split
+    return out
+
+
 def _slope_information(
     Z: np.ndarray,
     terms: tuple[str, ...],
@@ -1293,10 +1345,10 @@ def _group_specs(
     outermost = {p[0] for p in parents.values() if p is not None} - {
         g for g in groups if parents[g] is not None
     }
-    out: list[GroupSpec] = []
+    centred: dict[str, np.ndarray] = {}
     for g in groups:
         _, tau2_low, p_value = spread[g]
-        centred = (
+        centred[g] = (
             (info[g] >= CENTRED_MIN_INFORMATION)
             & (info[g] * tau2_low >= 1.0)
             & (p_value < CENTRED_MAX_P_VALUE)
@@ -1304,12 +1356,17 @@ def _group_specs(
         )
         if g in designs:
             terms, Z = designs[g][0], designs[g][1]
-            centred &= "(Intercept)" in terms
-            centred &= info[g] * tau2_low >= SLOPES_CENTRED_MIN_SIGNAL
+            centred[g] &= "(Intercept)" in terms
+            centred[g] &= info[g] * tau2_low >= SLOPES_CENTRED_MIN_SIGNAL
             w, resid = working[g]
-            centred &= _slope_information(Z, terms, index[g], len(levels[g]), w, resid, size)
+            centred[g] &= _slope_information(Z, terms, index[g], len(levels[g]), w, resid, size)
+    split = _split_levels(parents, centred, {g: len(levels[g]) for g in groups})
+    out: list[GroupSpec] = []
+    for g in groups:
         parent, mapping = parents[g] if parents[g] is not None else (None, None)
-        spec = GroupSpec(g, levels[g], index[g], info[g], centred, parent, mapping)
+        spec = GroupSpec(
+            g, levels[g], index[g], info[g], centred[g], parent, mapping, split=split[g]
+        )
         if g in designs:
             terms, Z, design, correlated = designs[g]
             spec = GroupSpec(
@@ -1317,7 +1374,7 @@ def _group_specs(
                 levels[g],
                 index[g],
                 info[g],
-                centred,
+                centred[g],
                 terms=terms,
                 Z=Z,
                 correlated=correlated,

@@ -127,8 +127,9 @@ def ranef_var_table(spec: ModelSpec, trace: xr.DataTree, ci: float) -> pl.DataFr
     """``group, term, estimate, conf_low, conf_high``: the group sds (median and HDI).
 
     Terms have lme4's VarCorr names, as pymer4 shows them: ``sd__(Intercept)`` for a random
-    intercept, and for a factor with slopes also ``sd__x`` and ``cor__(Intercept).x``. A gaussian model ends
-    with lme4's residual row: group ``Residual``, term ``sd__Observation`` (``sigma``).
+    intercept, and for a factor with slopes also ``sd__x`` and ``cor__(Intercept).x``. A
+    gaussian model ends with lme4's residual row: group ``Residual``, term
+    ``sd__Observation`` (``sigma``).
     """
     rows = []
     for g in spec.groups:
