@@ -381,12 +381,7 @@ def _rebuild(meta: dict[str, Any], contents: dict[str, bytes]) -> Model:
         raise ValueError(f"Unknown model kind {info['kind']!r} in the file.")
     data = _read_data(meta["data"], contents[_DATA])
     priors = {k: _decode_prior(v) for k, v in info["priors"].items()}
-    if info["kind"] in ("lm", "lmer"):
-        model = kinds[info["kind"]](info["formula"], data, priors=priors)
-    else:
-        model = kinds[info["kind"]](
-            info["formula"], data, family=info["family"], link=info["link"], priors=priors
-        )
+    model = kinds[info["kind"]]._build(info["formula"], data, info["family"], info["link"], priors)
     model.factors = {k: (list(v) if v is not None else None) for k, v in info["factors"].items()}
     spec = model.spec
     _check_spec(spec, meta["spec"])

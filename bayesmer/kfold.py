@@ -293,9 +293,7 @@ def _refit(
         .drop("__kfold_row")
         .collect()
     )
-    refit = type(model)(
-        model.formula, data, family=model.family, link=model.link, priors=dict(model.priors)
-    )
+    refit = type(model)._build(model.formula, data, model.family, model.link, dict(model.priors))
     factors = {}
     for col, levels in spec.factors.items():
         present = set(train_rows[col].to_list())

@@ -264,8 +264,11 @@ def _high_k_message(spec: ModelSpec, pointwise: pl.DataFrame, shown: int = 5) ->
     """Name the observations with Pareto k > 0.7: their values and row numbers."""
     row_col, y_name, size_name = public_names(spec)
     value_cols = [*cell_keys(spec), y_name, size_name]
-    trivial_size = (spec.family.name == "poisson" and not spec.has_offset) or (
-        spec.family.name == "binomial" and spec.formula.response.kind == "column"
+    # exposure 1 without an offset, one row per gaussian row, one trial per 0/1 outcome
+    trivial_size = (
+        (spec.family.size_kind == "exposure" and not spec.has_offset)
+        or spec.family.size_kind == "rows"
+        or (spec.family.name == "binomial" and spec.formula.response.kind == "column")
     )
     shown_cols = value_cols[:-1] if trivial_size else value_cols
     bad = pointwise.filter(pl.col("pareto_k") > GOOD_K)
@@ -322,8 +325,8 @@ def compare(*models: Model, names: Sequence[str] | None = None) -> pl.DataFrame:
     Raises
     ------
     ValueError
-        With fewer than two models, when ``names`` does not match them, or when the models are
-        not fitted to the same observations.
+        With fewer than two models, when ``names`` does not match them, when the models are
+        not fitted to the same observations, or when a gaussian model meets a discrete one.
     """
     if len(models) == 1 and isinstance(models[0], list | tuple):
         models = tuple(models[0])
@@ -342,6 +345,14 @@ def compare(*models: Model, names: Sequence[str] | None = None) -> pl.DataFrame:
                 f"names must give one distinct label per model: {len(models)} models, "
                 f"names {labels}."
             )
+    continuous = [m.spec.family.name == "gaussian" for m in models]
+    if any(continuous) and not all(continuous):
+        kinds = ", ".join(f"{lab}: {m.family}" for lab, m in zip(labels, models, strict=True))
+        raise ValueError(
+            "compare() cannot rank a gaussian model against a binomial or count model: the "
+            "first's LOO sums log densities of a continuous outcome, the others' log "
+            f"probabilities of whole numbers, which are not on one scale ({kinds})."
+        )
     results = [loo(m) for m in models]
     rows = [_observations(m, r.pointwise) for m, r in zip(models, results, strict=True)]
     for label, res, (row, y, size) in zip(labels[1:], results[1:], rows[1:], strict=True):

@@ -17,12 +17,16 @@ from .families import Family, get_family
 from .formula import ParsedFormula, parse_formula
 from .pymc_model import build_model
 from .sampling import (
+    DRAWS,
     MIN_KEPT_DRAWS,
+    SINGLE_NESTED_SHARE,
     FitInterruptedWarning,
     Sampler,
     SamplingInterrupted,
     check_sampler_kwargs,
+    default_draws,
     default_sampler_kwargs,
+    single_nested,
 )
 from .spec import ModelSpec, build_spec, check_columns
 
@@ -123,6 +127,13 @@ class Model:
         self._loo_cache: tuple[xr.DataTree, Any] | None = None  # see bayesmer.loo.loo
 
     # -- set-up ------------------------------------------------------------------------------
+
+    @classmethod
+    def _build(
+        cls, formula: str, data: Any, family: str, link: str, priors: dict[str, Any] | None
+    ) -> Model:
+        """A model of this kind (lm and lmer fix the family: they take none)."""
+        return cls(formula, data, family=family, link=link, priors=priors)
 
     def _check_kind(self) -> None:
         mixed = {"glm": "glmer", "lm": "lmer"}.get(self._kind, "glmer")
@@ -259,7 +270,7 @@ class Model:
         exponentiate: bool = False,
         summary: bool = False,
         *,
-        draws: int = 1000,
+        draws: int | None = None,
         tune: int = 1000,
         chains: int = 4,
         random_seed: int | None = None,
@@ -289,8 +300,12 @@ class Model:
             rate ratios for log links.
         summary : bool, default False
             Return :meth:`summary` (it displays in a notebook).
-        draws, tune, chains : int
-            Draws kept per chain, tuning steps per chain, number of chains.
+        draws : int, optional
+            Draws kept per chain: by default 1000, or 2000 when many levels of a nested
+            factor hold a single nested level, whose two sds trade off (see
+            :func:`bayesmer.sampling.default_draws`; :meth:`summary` says so).
+        tune, chains : int
+            Tuning steps per chain, number of chains.
         random_seed : int, optional
             Seed; the same seed reproduces the same draws. Drawn at random when None (and
             stored as ``random_seed``).
@@ -336,6 +351,8 @@ class Model:
             )
         if not 0 < ci < 1:
             raise ValueError(f"ci must be between 0 and 1, got {ci}.")
+        if draws is None:
+            draws = default_draws(self.spec)
         for name, value in (("draws", draws), ("tune", tune), ("chains", chains)):
             if not isinstance(value, int) or value < (0 if name == "tune" else 1):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}.")
@@ -498,10 +515,18 @@ class Model:
                 kind = "correlated" if g.cor_pairs else "uncorrelated"
                 terms = f"; {kind} {', '.join(g.terms)}"
             header.append(f"Groups: {g.name} {len(g.levels)}{within} ({g.parametrization}{terms})")
-        header.append(
+        sampler = (
             f"Sampler: nutpie NUTS, {self.chains} chains x {self.draws} draws "
             f"(tune {self.tune}), seed {self.random_seed}"
         )
+        if self.draws == default_draws(spec) != DRAWS:
+            pairs = "; ".join(
+                f"{k} of {n} {parent} levels hold a single {nested} level"
+                for parent, nested, k, n in single_nested(spec)
+                if k / n >= SINGLE_NESTED_SHARE
+            )
+            sampler += f" ({self.draws} draws by default: {pairs}, so the sds trade off)"
+        header.append(sampler)
         header.append(f"Credible intervals: {self.ci:.0%} highest density")
         header.append("---------------------")
         res = loo(self)
@@ -857,9 +882,10 @@ class glmer(Model):  # noqa: N801  (pymer4's name)
 
     @property
     def ranef_var(self) -> pl.DataFrame:
-        """``group, term, estimate, conf_low, conf_high``: sd of the group intercepts
-        (``(Intercept)``), or for a factor with slopes lme4's VarCorr rows ``sd__<term>`` and
-        ``cor__<term>.<term>``."""
+        """``group, term, estimate, conf_low, conf_high``: lme4's VarCorr rows as pymer4 names
+        them: ``sd__(Intercept)`` (sd of the group intercepts), for a factor with slopes also
+        ``sd__<term>`` and ``cor__<term>.<term>``, and for a gaussian model the ``Residual``
+        row ``sd__Observation``."""
         self._require_fit("ranef_var")
         return summaries.ranef_var_table(self.spec, self.posterior, self.ci)
 
@@ -890,6 +916,12 @@ class lm(glm):  # noqa: N801  (pymer4's name)
     def __init__(self, formula: str, data: Any, priors: dict[str, Any] | None = None) -> None:
         super().__init__(formula, data, family="gaussian", priors=priors)
 
+    @classmethod
+    def _build(
+        cls, formula: str, data: Any, family: str, link: str, priors: dict[str, Any] | None
+    ) -> Model:
+        return cls(formula, data, priors=priors)
+
 
 class lmer(glmer):  # noqa: N801  (pymer4's name)
     """Bayesian linear mixed model: a gaussian :class:`glmer` (identity link), pymer4's
@@ -918,6 +950,12 @@ class lmer(glmer):  # noqa: N801  (pymer4's name)
 
     def __init__(self, formula: str, data: Any, priors: dict[str, Any] | None = None) -> None:
         super().__init__(formula, data, family="gaussian", priors=priors)
+
+    @classmethod
+    def _build(
+        cls, formula: str, data: Any, family: str, link: str, priors: dict[str, Any] | None
+    ) -> Model:
+        return cls(formula, data, priors=priors)
 
 
 Summary = summaries.Summary

@@ -22,6 +22,23 @@ The parametrization is chosen for the sampler, the reported quantities are the u
   (``m = centre + sd * z``) follows how much information the level's own data carry (see
   :data:`bayesmer.spec.CENTRED_MIN_INFORMATION`): informative levels centred, weakly informed
   levels non-centred.
+- Sum and split: a level of a nested chain that holds a single nested level (a location with
+  one brood), or centred ones, is *split* from them (:attr:`bayesmer.spec.GroupSpec.split`).
+  With one nested level the data inform only the sum of the two deviations, so the two
+  means have a ridge along which the two sds trade off. Instead, the nested level's mean is
+  drawn first, around the level's centre with the summed variance, ``t ~ Normal(c,
+  sqrt(sd_p**2 + sd_c**2))`` (centred or non-centred as the nested level's information says),
+  and the level's mean given it, ``m_p = c + w (t - c) + sqrt(w) sd_c z``, ``w = sd_p**2 /
+  (sd_p**2 + sd_c**2)``, ``z ~ Normal(0, 1)``. Several centred nested levels are drawn
+  jointly with the level integrated out (covariance ``sd_c**2 I + sd_p**2 11'``), and the
+  level given them; its other nested levels are non-centred around it. Runs of single nested
+  levels down a deeper chain are summed the same way. This is the joint distribution of the
+  usual chain of centring, so the posterior is the same, but the sampler sees only what the
+  data inform plus standard Normal ``z`` (see :func:`_sample_link` and :func:`_split_chain`).
+  Grouseticks ``(1|LOCATION/BROOD)``, 4 chains x 1000 draws: bulk ESS of sd_LOCATION
+  318-398 at seeds 1-6 before, 552-1,175 at seeds 1-16 after, for about 1.7 times the cost
+  of a gradient. The two sds still trade off in the posterior itself, so such models get
+  more draws by default (:func:`bayesmer.sampling.default_draws`).
 
 - Random slopes: a factor with slopes (``(x|g)``, ``(x||g)``) takes no part in the nesting
   chains. It may carry the intercept like any factor (most centred levels): then its
@@ -41,7 +58,7 @@ group deviations ``m_g - centre``, lme4's ranef). A factor with slopes has ``sd_
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pymc as pm
@@ -195,7 +212,7 @@ def build_model(spec: ModelSpec, prior_only: bool = False) -> pm.Model:
         elif slopes:
             within = Xc - xbar_g[innermost_carrier.group.name][innermost_carrier.group.index]
             eta = eta + _dot_nonzero(within, beta, x_scale)
-        means: dict[str, pt.TensorVariable] = {}
+        chain: list[_Link] = []
         for n in layout:
             g = n.group
             if g.slopes:
@@ -207,7 +224,7 @@ def build_model(spec: ModelSpec, prior_only: bool = False) -> pm.Model:
             sd = spec.priors[g.sd_key("(Intercept)")].make(g.sd_name)
             centre = pt.zeros(len(g.levels))
             if g.parent is not None:
-                centre = means[g.parent][g.parent_level]
+                centre = chain[-1].run_mean[g.parent_level]
             if n.carries:
                 shift = xbar_g[g.name]
                 if g.parent is None:
@@ -216,11 +233,16 @@ def build_model(spec: ModelSpec, prior_only: bool = False) -> pm.Model:
                     shift = shift - xbar_g[g.parent][g.parent_level]
                 if slopes:
                     centre = centre + _dot_nonzero(shift, beta, x_scale)
-            level_mean = _group_means(g, centre, sd)
-            means[g.name] = level_mean
-            pm.Deterministic(g.effect_name, level_mean - centre, dims=g.dim)
+            link, parent = _sample_link(g, centre, sd, chain[-1] if chain else None)
+            chain = [*chain[:-1], parent] if parent is not None else chain
+            chain.append(link)
             if n.innermost:
-                eta = eta + level_mean[g.index]
+                for link in _split_chain(chain):
+                    pm.Deterministic(
+                        link.group.effect_name, link.mean - link.run_centre, dims=link.group.dim
+                    )
+                eta = eta + chain[-1].mean[g.index]
+                chain = []
         b = pt.zeros(len(spec.terms))
         if slopes:
             b = pt.set_subtensor(b[slope_idx], beta)
@@ -274,14 +296,16 @@ def _slope_vector(spec: ModelSpec, slopes: list[str]):
 def _group_means(g: GroupSpec, centre, sd):
     """Group means ``centre + u_g``, centred for informative levels, non-centred for the rest.
 
-    ``centre`` is a vector with one entry per level.
+    ``centre`` is a vector with one entry per level. Levels split from their nested levels
+    (``g.split``) are left at zero: their means are drawn after those (:func:`_sample_link`,
+    :func:`_split_chain`).
 
     Informative levels get ``m ~ Normal(centre, sd)`` (their data pin ``m`` down, so the
     sampler sees a well-conditioned variable); weakly informed levels get
     ``m = centre + sd * z`` with ``z ~ Normal(0, 1)`` (no funnel between ``sd`` and ``m``).
     """
     strong = np.flatnonzero(g.centred)
-    weak = np.flatnonzero(~g.centred)
+    weak = np.flatnonzero(~g.centred & ~g.split)
     m = pt.zeros(len(g.levels))
     if len(strong):
         g_s = pm.Normal(f"m_{g.name}", centre[strong], sd, shape=len(strong))
@@ -290,6 +314,266 @@ def _group_means(g: GroupSpec, centre, sd):
         z = pm.Normal(f"z_{g.name}", 0.0, 1.0, shape=len(weak))
         m = pt.set_subtensor(m[weak], centre[weak] + sd * z)
     return m
+
+
+@dataclass(frozen=True)
+class _Link:
+    """One grouping factor of a chain of nesting, while its means are drawn.
+
+    A *run* is a level split from its only nested level, that level, and so on down to the
+    first level that is not split from a single nested level (its *bottom*): the data inform
+    only the bottom's mean, the sum of the run's deviations, which is drawn first.
+
+    Attributes
+    ----------
+    group : GroupSpec
+    sd : TensorVariable
+        The factor's sd.
+    run_centre : TensorVariable
+        Per level, the centre it is drawn around: its parent level's mean plus the shift of its
+        predictor means or, in a run, the run's top level's centre plus the shifts down to it.
+    run_var : TensorVariable
+        Per level, the variance it is drawn with around ``run_centre``: ``sd**2``, in a run
+        summed over the run's levels down to it.
+    mean : TensorVariable
+        The level means; zero at split levels until they are drawn.
+    run_mean : TensorVariable
+        What the nested factor's levels are drawn around (with their shifts): ``mean``, and
+        ``run_centre`` at split levels not yet drawn.
+    split_z : TensorVariable or None
+        ``split_g``: one Normal(0, 1) per split level (created with the nested factor).
+    """
+
+    group: GroupSpec
+    sd: pt.TensorVariable
+    run_centre: pt.TensorVariable
+    run_var: pt.TensorVariable
+    mean: pt.TensorVariable
+    run_mean: pt.TensorVariable
+    split_z: pt.TensorVariable | None = None
+
+
+def _sample_link(g: GroupSpec, run_centre, sd, parent: _Link | None) -> tuple[_Link, _Link | None]:
+    """Draw the means of a factor's levels, and of the parent levels split from several of them.
+
+    Without split parent levels, :func:`_group_means`. Under a split parent level ``p``
+    (variance ``V_p``, its ``run_var``, around its ``run_centre``), ``p`` is integrated out:
+
+    - the centred levels under ``p`` are drawn jointly, Normal around their ``run_centre``
+      with covariance ``sd**2 I + V_p 11'`` (:func:`_centred_blocks`; ``V_p = 0`` under a
+      level that is not split: independent, as in :func:`_group_means`);
+    - ``p``, when it holds several levels, given the ``n`` centred ones, whose deviations from
+      their ``run_centre`` sum to ``d``: ``m_p = run_centre_p + V_p / (sd**2 + n V_p) * d +
+      sd * sqrt(V_p / (sd**2 + n V_p)) * z_p`` (``z_p`` in ``split_<parent>``);
+    - the other levels under ``p``: non-centred around ``m_p`` plus their shift. A level
+      that is ``p``'s only one is the bottom of, or inside, ``p``'s run: drawn around the
+      run's centre with the run's summed variance (non-centred if it is not centred), and
+      ``p`` is split from it when the chain is complete (:func:`_split_chain`).
+
+    Returns
+    -------
+    (_Link, _Link or None)
+        This factor's link, and the parent's with its split levels that hold several levels
+        drawn.
+    """
+    n = len(g.levels)
+    if parent is None or not parent.group.split.any():
+        mean = _group_means(g, run_centre, sd)
+        return _with_run(_Link(g, sd, run_centre, sd**2, mean, mean)), parent
+    top = parent.group
+    pl = g.parent_level
+    n_top = len(top.levels)
+    split = np.flatnonzero(top.split)
+    held = np.bincount(pl, minlength=n_top)
+    single = top.split & (held == 1)
+    several = np.flatnonzero(top.split & (held > 1))
+    # the variance each split parent level contributes to the levels under it
+    if parent.run_var.ndim == 0:
+        shared = parent.run_var * top.split.astype(float)
+    else:
+        shared = pt.set_subtensor(pt.zeros(n_top)[split], parent.run_var[split])
+    split_z = pm.Normal(f"split_{top.name}", 0.0, 1.0, shape=len(split))
+    strong = np.flatnonzero(g.centred)
+    weak = np.flatnonzero(~g.centred & ~g.split)
+    latent = []
+    if len(strong):
+        m = _centred_blocks(f"m_{g.name}", run_centre[strong], sd, shared, pl[strong], n_top)
+        latent.append(m)
+    if len(weak):
+        latent.append(pm.Normal(f"z_{g.name}", 0.0, 1.0, shape=len(weak)))
+    centre = run_centre
+    if len(several):
+        # given the centred levels under it (deviations summed: d, how many: k)
+        d = _block_sums(m - run_centre[strong], pl[strong], n_top)[several]
+        k = np.bincount(pl[strong], minlength=n_top)[several].astype(float)
+        v = parent.run_var if parent.run_var.ndim == 0 else shared[several]
+        total = sd**2 + k * v
+        z = split_z[np.searchsorted(split, several)]
+        moved = v / total * d + sd * pt.sqrt(v / total) * z
+        drawn = parent.run_centre[several] + moved
+        parent = replace(
+            parent,
+            mean=pt.set_subtensor(parent.mean[several], drawn),
+            run_mean=pt.set_subtensor(parent.run_mean[several], drawn),
+        )
+        # the levels under it move with it
+        centre = run_centre + pt.set_subtensor(pt.zeros(n_top)[several], moved)[pl]
+    var = (shared * single.astype(float))[pl] + sd**2
+    # one vector of the latent variables in level order (0 at split levels), then centred
+    # levels as they are and the others non-centred
+    order = np.full(n, len(strong) + len(weak))
+    order[strong], order[weak] = np.arange(len(strong)), len(strong) + np.arange(len(weak))
+    raw = pt.concatenate([*latent, pt.zeros(1)])[order]
+    is_strong = g.centred.astype(float)
+    mean = is_strong * raw + (1.0 - is_strong) * (centre + pt.sqrt(var) * raw)
+    parent = replace(parent, split_z=split_z)
+    return _with_run(_Link(g, sd, centre, var, mean, mean)), parent
+
+
+def _with_run(link: _Link) -> _Link:
+    """``run_mean``: ``mean`` with ``run_centre`` at the split levels, not drawn yet."""
+    split = np.flatnonzero(link.group.split)
+    if not len(split):
+        return link
+    return replace(link, run_mean=pt.set_subtensor(link.mean[split], link.run_centre[split]))
+
+
+def _per_level(x, levels: np.ndarray):
+    """``x[levels]`` for a vector, ``x`` repeated for a scalar."""
+    return x[levels] if x.ndim else x * pt.ones(len(levels))
+
+
+def _centred_blocks(name: str, centre, sd, shared, block: np.ndarray, n_blocks: int):
+    """Centred levels drawn jointly per block (the parent level they are integrated over).
+
+    ``block`` is each level's parent level, of ``n_blocks``. ``m ~ Normal(centre, sd**2 I +
+    shared[p] 11')`` within each block ``p``, independent across blocks: the levels of a
+    block share a Normal(0, ``shared[p]``) deviation of their parent level, integrated out
+    (``shared[p] = 0``: independent levels). The log density in closed form, per block of
+    ``n`` levels with deviations ``d = m - centre`` and ``t = sd**2 + n * shared``:
+    ``-n/2 log(2 pi) - (n - 1) log(sd) - log(t)/2 - (sum d**2 - shared (sum d)**2 / t) /
+    (2 sd**2)`` (zero for an empty block): a cost linear in the number of levels, whatever
+    the block sizes.
+    """
+    counts = np.bincount(block, minlength=n_blocks).astype(float)
+
+    def logp(value, centre, sd, shared):
+        d = value - centre
+        s1 = _block_sums(d, block, n_blocks)
+        total = sd**2 + counts * shared
+        return (
+            -0.5 * len(block) * np.log(2.0 * np.pi)
+            - (len(block) - n_blocks) * pt.log(sd)
+            - 0.5 * pt.sum(pt.log(total))
+            - (pt.sum(d**2) - pt.sum(shared * s1**2 / total)) / (2.0 * sd**2)
+        )
+
+    def draw(centre, sd, shared, size):
+        # forward draws (sample_prior): the parent level's deviation plus each level's own
+        common = pm.Normal.dist(0.0, pt.sqrt(shared))
+        return centre + common[block] + sd * pm.Normal.dist(pt.zeros_like(centre), 1.0)
+
+    return pm.CustomDist(
+        name,
+        centre,
+        sd,
+        shared,
+        dist=draw,
+        logp=logp,
+        support_point=lambda rv, size, centre, sd, shared: centre,
+        signature="(n),(),(k)->(n)",
+    )
+
+
+def _block_sums(x, block: np.ndarray, k: int):
+    """Sums of ``x`` per block (``block``: each entry's block, of ``k``)."""
+    return pt.inc_subtensor(pt.zeros(k)[block], x)
+
+
+def _split_chain(chain: list[_Link]) -> list[_Link]:
+    """Draw the remaining split levels of a chain of nested factors (those split from their
+    only nested level) and each level's centre; parents first.
+
+    Such a level ``p`` (sd ``sd_p``, centre ``c``) tops a run down to a ``bottom`` level (see
+    :class:`_Link`); the levels below ``p`` have variances summing to ``rest`` and shifts
+    summing to ``s``. The bottom was drawn around ``c + s`` with variance ``sd_p**2 + rest``
+    (:func:`_sample_link`), and given it ``p``'s deviation ``e = m_p - c`` is Normal with mean
+    ``w * (m_b - c - s)``, ``w = sd_p**2 / (sd_p**2 + rest)``, and sd
+    ``sd_p * sqrt(rest / (sd_p**2 + rest))``:
+
+        ``m_p = c + w * (m_b - c - s) + sd_p * sqrt(rest / (sd_p**2 + rest)) * z_p``.
+
+    Together with the bottom this is the joint distribution of the run's means under the usual
+    chain of centring, so the posterior is the same; only the bottom is informed by the data,
+    and the sampler no longer sees the ridge along which ``sd_p`` and the nested sds trade
+    off. Parents are drawn first, so each level's centre ``c`` is known.
+
+    Returns
+    -------
+    list of _Link
+        With every level's ``mean``, and its centre (parent level's mean plus its shift) as
+        ``run_centre``.
+    """
+    out: list[_Link] = []
+    for k, link in enumerate(chain):
+        g = link.group
+        centre = link.run_centre
+        if k:
+            # under a parent level drawn just now
+            centre = centre + (out[k - 1].mean - chain[k - 1].run_mean)[g.parent_level]
+        mean = link.mean
+        if k + 1 < len(chain):
+            held = np.bincount(chain[k + 1].group.parent_level, minlength=len(g.levels))
+            split = np.flatnonzero(g.split)
+            single = np.flatnonzero(g.split & (held == 1))
+            for depth, which, bottom in _bottoms(chain, k, single):
+                levels = single[which]
+                rest = chain[k + 1].sd ** 2
+                for other in chain[k + 2 : depth + 1]:
+                    rest = rest + other.sd**2
+                below = chain[depth]
+                shifts = below.run_centre[bottom] - link.run_centre[levels]
+                deviation = below.mean[bottom] - centre[levels] - shifts
+                total = link.sd**2 + rest
+                z = link.split_z[np.searchsorted(split, levels)]
+                value = (
+                    centre[levels]
+                    + link.sd**2 / total * deviation
+                    + link.sd * pt.sqrt(rest / total) * z
+                )
+                mean = pt.set_subtensor(mean[levels], value)
+        out.append(replace(link, run_centre=centre, mean=mean))
+    return out
+
+
+def _bottoms(
+    chain: list[_Link], k: int, single: np.ndarray
+) -> list[tuple[int, np.ndarray, np.ndarray]]:
+    """Where the runs from the levels ``single`` of ``chain[k]`` (each split from its only
+    nested level) end.
+
+    Returns ``(depth, which, bottom)`` per factor ``chain[depth]`` some runs end in: the
+    positions ``which`` in ``single`` of those runs and the level of ``chain[depth]`` each
+    ends at (the first level down that is not split from a single nested level).
+    """
+    out = []
+    which, level = np.arange(len(single)), single
+    for depth in range(k + 1, len(chain)):
+        child = chain[depth].group
+        only = np.zeros(len(chain[depth - 1].group.levels), dtype=np.int64)
+        only[child.parent_level] = np.arange(len(child.levels))  # a level's one nested level
+        level = only[level]
+        if depth + 1 < len(chain):
+            held = np.bincount(chain[depth + 1].group.parent_level, minlength=len(child.levels))
+            ends = ~(child.split & (held == 1))[level]
+        else:
+            ends = np.ones(len(level), dtype=bool)
+        if ends.any():
+            out.append((depth, which[ends], level[ends]))
+        which, level = which[~ends], level[~ends]
+        if not len(level):
+            break
+    return out
 
 
 def _slope_centre(g: GroupSpec, slopes: list[str], alpha, beta, xbar: np.ndarray):

@@ -126,15 +126,16 @@ def fixef_table(
 def ranef_var_table(spec: ModelSpec, trace: xr.DataTree, ci: float) -> pl.DataFrame:
     """``group, term, estimate, conf_low, conf_high``: the group sds (median and HDI).
 
-    A random intercept is the term ``(Intercept)``; a factor with slopes has lme4's VarCorr
-    names: ``sd__(Intercept)``, ``sd__x`` and ``cor__(Intercept).x``. A gaussian model ends
-    with lme4's residual row: group ``Residual``, term ``sd__Observation`` (``sigma``).
+    Terms have lme4's VarCorr names, as pymer4 shows them: ``sd__(Intercept)`` for a random
+    intercept, and for a factor with slopes also ``sd__x`` and ``cor__(Intercept).x``. A
+    gaussian model ends with lme4's residual row: group ``Residual``, term
+    ``sd__Observation`` (``sigma``).
     """
     rows = []
     for g in spec.groups:
         sd = group_sd(trace, g)
         if not g.slopes:
-            values, names = sd[:, None], ["(Intercept)"]
+            values, names = sd[:, None], ["sd__(Intercept)"]
         else:
             values, names = sd, [f"sd__{t}" for t in g.terms]
             if g.cor_pairs:

@@ -230,3 +230,100 @@ def test_overdispersed_families_through_every_verb(formula, family, label, key, 
     path = tmp_path / "m.bayesmer"
     model.save(str(path))
     assert bayesmer.load_model(str(path)).result_fit.equals(fit)
+
+
+def test_kfold_refits_an_lmer_as_an_lmer(small_lmer):
+    # lmer takes no family argument: the refits are built through Model._build
+    result = small_lmer.kfold("g", k=2, random_seed=1)
+    assert np.isfinite(result.elpd) and result.n_obs == 400
+
+
+def test_compare_refuses_a_gaussian_model_against_a_discrete_one(small_lmer):
+    data = small_lmer.data.with_columns((pl.col("value") > 10).cast(pl.Int64).alias("high"))
+    gaussian = lmer("high ~ a + (1|g)", data)
+    binomial = glmer("high ~ a + (1|g)", data, family="binomial")
+    # refused before any LOO is computed (so before the fits are even needed)
+    with pytest.raises(ValueError, match="cannot rank a gaussian model against a binomial"):
+        bayesmer.compare(gaussian, binomial)
+
+
+# ---------------------------------------------------------------------------------------------
+# Centring: a level's information counts its overdispersion
+
+
+def _level_data(family: str, dispersion: float | None, seed: int = 3):
+    """20 groups x 10 rows with large means (50 per row, 50 trials): the truth per row and
+    the data. ``dispersion`` is the NB size or the beta-binomial phi; None for none."""
+    rng = np.random.default_rng(seed)
+    g = np.repeat(np.arange(20), 10)
+    eta = rng.normal(0.0, 0.3, 20)[g]
+    if family == "negativebinomial":
+        mu = 50.0 * np.exp(eta)
+        y = rng.poisson(rng.gamma(dispersion, mu / dispersion) if dispersion else mu)
+        per_row = mu * dispersion / (mu + dispersion) if dispersion else mu
+        data = pl.DataFrame({"y": y, "g": [f"g{i:02d}" for i in g]})
+        return glmer("y ~ 1 + (1|g)", data, family=family), g, per_row
+    p = 1 / (1 + np.exp(-eta))
+    n = np.full(g.size, 50)
+    p_row = rng.beta(p * dispersion, (1 - p) * dispersion) if dispersion else p
+    y = rng.binomial(n, p_row)
+    inflation = 1 + (n - 1) / (dispersion + 1) if dispersion else 1.0
+    per_row = n * p * (1 - p) / inflation
+    data = pl.DataFrame({"y": y, "n": n, "g": [f"g{i:02d}" for i in g]})
+    return glmer("cbind(y, n - y) ~ 1 + (1|g)", data, family=family), g, per_row
+
+
+@pytest.mark.parametrize(
+    ("family", "dispersion"),
+    [("negativebinomial", 0.5), ("negativebinomial", None), ("betabinomial", 2.0)],
+)
+def test_level_information_is_shrunk_by_overdispersion(family, dispersion):
+    """The information that decides centring is the NB or beta-binomial Fisher information
+    (``mu size / (mu + size)``, ``n p q / (1 + (n - 1) / (phi + 1))`` per row), not the Poisson
+    or binomial one: with size 0.5 and 50 counts per row a level of 10 rows knows its mean
+    about as well as 5 Poisson counts would, not 500, and such levels are non-centred."""
+    model, g, per_row = _level_data(family, dispersion)
+    group = model.spec.groups[0]
+    truth = np.bincount(g, weights=per_row)
+    ratio = group.information / truth
+    assert 0.6 < ratio.min() and ratio.max() < 1.6
+    if dispersion is not None:  # 10 and 100 times less than the Poisson/binomial values
+        assert group.information.max() < 10.0
+        assert not group.centred.any()
+    else:  # counts without overdispersion keep (nearly) their Poisson information
+        poisson = np.bincount(g, weights=model.data["y"].to_numpy()) + 0.5
+        assert (group.information / poisson).min() > 0.9 and group.centred.all()
+
+
+def test_overdispersed_cell_weights_sum_to_the_level_information():
+    """The working weights of random slopes are shrunk by the same factor."""
+    from bayesmer.spec import _level_information
+
+    model, _, _ = _level_data("negativebinomial", 0.5)
+    spec, group = model.spec, model.spec.groups[0]
+    n = len(group.levels)
+    _, info, (w, _) = _level_information(spec.family, spec.cells, group.index, n, spec.obs)
+    np.testing.assert_allclose(np.bincount(group.index, weights=w, minlength=n), info, rtol=0.02)
+
+
+@pytest.mark.parametrize(
+    ("formula", "family", "shown"),
+    [
+        ("count ~ a + (1|g)", "negativebinomial", "a=1, g=g0, count=3 (k=0.90"),
+        ("value ~ a + (1|g)", "gaussian", "a=1, g=g0, value=3 (k=0.90"),
+        ("cbind(s, n - s) ~ a + (1|g)", "betabinomial", "a=1, g=g0, s=3, trials=5 (k=0.90"),
+    ],
+)
+def test_high_pareto_k_message_leaves_out_trivial_sizes(formula, family, shown):
+    """Like Poisson counts without an offset, a negative binomial count has exposure 1 and a
+    gaussian row n = 1: the warning names the values that matter (trials do matter)."""
+    from bayesmer.loo import _high_k_message
+    from bayesmer.rows import public_names
+
+    spec = glmer(formula, _overdispersed(), family=family).spec
+    row, y, size = public_names(spec)
+    pointwise = pl.DataFrame(
+        {row: [7], "a": ["1"], "g": ["g0"], y: [3], size: [5 if "trials" in shown else 1]}
+    ).with_columns(pl.lit(0.9).alias("pareto_k"))
+    message = _high_k_message(spec, pointwise)
+    assert f"{shown}; 1 row(s): 7)" in message

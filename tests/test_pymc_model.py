@@ -8,8 +8,9 @@ import pytest
 from scipy import optimize, special, stats
 
 from bayesmer import ConvergenceWarning, glm, glmer
+from bayesmer.priors import sample_prior
 from bayesmer.pymc_model import OBSERVED, build_model, carrier, nesting
-from bayesmer.sampling import default_sampler_kwargs
+from bayesmer.sampling import default_draws, default_sampler_kwargs, single_nested
 from bayesmer.spec import heterogeneity, parent_levels
 
 
@@ -142,9 +143,11 @@ def test_nesting_of_grouping_factors(grouseticks, titanic):
     assert [n.innermost for n in layout.values()] == [False, False, True]
     assert all(n.carries for n in layout.values())
     assert carrier(spec).name == "LOCATION"
-    # the outermost factor is non-centred; nested (not crossed) factors keep nutpie's
-    # diagonal mass matrix
-    assert layout["LOCATION"].group.parametrization == "noncentered"
+    # the outermost factor is non-centred, but for the locations split from their broods
+    # (one brood, or a centred one); nested (not crossed) factors keep nutpie's diagonal
+    # mass matrix
+    location = layout["LOCATION"].group
+    assert location.parametrization == "noncentered (48 of 63 split from their nested levels)"
     assert layout["BROOD"].group.centred.any()
     assert "adaptation" not in default_sampler_kwargs(spec)
     # each brood's location, as in the data
@@ -218,6 +221,24 @@ def test_glm_has_no_carrier_and_reports_b(titanic):
 def test_prior_only_model_has_no_likelihood(titanic):
     spec = glmer("survived ~ sex + (1|pclass)", titanic, family="binomial").spec
     assert build_model(spec, prior_only=True).potentials == []
+
+
+def test_draws_by_default_double_where_levels_hold_a_single_nested_level(grouseticks):
+    """35 of 63 locations hold one brood: their two sds trade off, 2000 draws by default;
+    broods alone, locations whose every level holds several broods, or chicks in broods (18
+    of 118 broods hold one chick) keep 1000."""
+    nested = glmer("TICKS ~ YEAR + cHEIGHT + (1|LOCATION/BROOD)", grouseticks, family="poisson")
+    assert single_nested(nested.spec) == [("LOCATION", "LOCATION:BROOD", 35, 63)]
+    assert default_draws(nested.spec) == 2000
+    brood = glmer("TICKS ~ YEAR + cHEIGHT + (1|BROOD)", grouseticks, family="poisson")
+    assert default_draws(brood.spec) == 1000
+    several = grouseticks.filter(pl.col("LOCATION").is_in(["11", "14", "19", "28"]))
+    two = glmer("TICKS ~ YEAR + (1|LOCATION/BROOD)", several, family="poisson")
+    assert np.bincount(two.spec.groups[1].parent_level).min() >= 2
+    assert single_nested(two.spec) == [] and default_draws(two.spec) == 1000
+    chicks = glmer("TICKS ~ YEAR + (1|BROOD) + (1|INDEX)", grouseticks, family="poisson")
+    assert single_nested(chicks.spec) == [("BROOD", "INDEX", 18, 118)]
+    assert default_draws(chicks.spec) == 1000
 
 
 def test_sampler_defaults_and_overrides(titanic):
@@ -391,3 +412,94 @@ def test_predictor_in_any_units_is_identifiable(scale, shift):
         glm("y ~ x + x2", data.with_columns(x2=pl.col("x") * 2.0), family="binomial").fit()
     with pytest.raises(ValueError, match="rank deficient"):
         glm("y ~ x + c", data.with_columns(c=pl.lit(shift + 3.0)), family="binomial").fit()
+
+
+def _latent_density_check(spec, seed):
+    """The density the model puts on its latent group variables equals, by the change of
+    variables to the reported deviations u, independent Normal(0, sd_g) deviations per factor
+    (the usual chain of centring) times |det du/d(latent)|, at random points.
+
+    Given the other parameters, u is affine in the latent variables, so each column of the
+    Jacobian is the change of u when one latent variable grows by 1 (checked: two steps)."""
+    import pytensor.tensor as pt
+
+    model = build_model(spec, prior_only=True)
+    latent = [v.name for v in model.free_RVs if v.name.startswith(("m_", "z_", "split_"))]
+    effects = model.replace_rvs_by_values([model[g.effect_name] for g in spec.groups])
+    sds = model.replace_rvs_by_values([model[g.sd_name] for g in spec.groups])
+    flat = pt.concatenate([u.ravel() for u in effects])
+    fn = model.compile_fn(
+        [model.logp(vars=[model[v] for v in latent]), flat, *sds], mode="FAST_COMPILE"
+    )
+    sizes = np.cumsum([0] + [len(g.levels) for g in spec.groups])
+    rng = np.random.default_rng(seed)
+    for _ in range(2):
+        point = {k: rng.normal(0, 0.7, np.shape(v)) for k, v in model.initial_point().items()}
+        logp, u, *sd = fn(point)
+        columns = []
+        for name in latent:
+            for i in range(point[name].size):
+                for step in (1.0, 2.0):
+                    moved = dict(point)
+                    moved[name] = point[name].copy()
+                    moved[name].flat[i] += step
+                    columns.append((fn(moved)[1] - u) / step)
+                np.testing.assert_allclose(columns[-1], columns[-2], atol=1e-9)
+                columns.pop()
+        jac = np.stack(columns, axis=1)
+        assert jac.shape == (len(u), len(u))  # as many latent variables as deviations
+        expected = sum(
+            stats.norm.logpdf(u[a:b], 0.0, s).sum()
+            for a, b, s in zip(sizes[:-1], sizes[1:], sd, strict=True)
+        )
+        expected += np.linalg.slogdet(jac)[1]
+        assert logp == pytest.approx(expected, rel=1e-9, abs=1e-8)
+
+
+def test_split_levels_keep_the_posterior_of_the_chain_of_centring(grouseticks):
+    """Levels split from their nested levels (a location with one brood, or with centred
+    broods) are a change of variables: the prior of the deviations, and so the posterior,
+    is the usual one. Checked on grouse locations and broods as fitted, and on a chain of
+    three factors with split and centred levels at random (runs of single nested levels
+    across two factors, split levels holding centred and non-centred levels)."""
+    import dataclasses
+
+    spec = glmer("TICKS ~ YEAR + cHEIGHT + (1|LOCATION/BROOD)", grouseticks, family="poisson").spec
+    loc, brood = spec.groups
+    held = np.bincount(brood.parent_level)
+    assert loc.split[held == 1].all() and (loc.split & (held > 1)).any()
+    assert loc.parametrization == "noncentered (53 of 63 split from their nested levels)"
+    _latent_density_check(spec, seed=1)
+    # forward draws (sample_prior) follow the same prior: u / sd standard Normal, independent
+    prior = sample_prior(spec, draws=1000, random_seed=1)["prior"]
+    scaled = [
+        prior[g.effect_name].values.reshape(-1, len(g.levels))
+        / prior[g.sd_name].values.reshape(-1, 1)
+        for g in (loc, brood)
+    ]
+    # means of 63,000 and 118,000 chi-square(1) values: standard errors 0.006 and 0.004
+    assert np.mean(scaled[0][:, loc.split] ** 2) == pytest.approx(1.0, abs=0.04)
+    assert np.mean(scaled[1] ** 2) == pytest.approx(1.0, abs=0.03)
+    assert np.mean(scaled[0][:, brood.parent_level] * scaled[1]) == pytest.approx(0.0, abs=0.03)
+
+    rng = np.random.default_rng(5)
+    sizes = [1, 1, 2, 3, 1, 4, 2, 1, 5]  # plots per site
+    rows = []
+    for site, n_plots in enumerate(sizes):
+        for plot in range(n_plots):
+            for obs in range(int(rng.integers(1, 4))):
+                rows.append((f"s{site}", f"s{site}p{plot}", f"s{site}p{plot}o{obs}"))
+    site, plot, obs = map(list, zip(*rows, strict=True))
+    data = pl.DataFrame(
+        {"y": rng.poisson(5.0, len(rows)), "x": rng.normal(size=len(rows)), "site": site}
+    ).with_columns(plot=pl.Series(plot), obs=pl.Series(obs))
+    spec = glmer("y ~ x + (1|site/plot/obs)", data, family="poisson").spec
+    assert [g.parent for g in spec.groups] == [None, "site", "site:plot"]
+    for seed in range(3):
+        flags = np.random.default_rng(seed)
+        groups = []
+        for k, g in enumerate(spec.groups):
+            split = flags.random(len(g.levels)) < 0.6 if k < 2 else np.zeros(len(g.levels), bool)
+            centred = (flags.random(len(g.levels)) < 0.5) & ~split
+            groups.append(dataclasses.replace(g, split=split, centred=centred))
+        _latent_density_check(dataclasses.replace(spec, groups=groups), seed=seed)

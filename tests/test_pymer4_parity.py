@@ -15,7 +15,7 @@ import pytest
 from scipy import special
 
 import bayesmer
-from bayesmer import glm, glmer, load_model
+from bayesmer import glm, glmer, lmer, load_dataset, load_model
 from bayesmer.draws import fixed, group_effects
 
 SMALL = {"draws": 300, "tune": 300, "chains": 2, "progressbar": False}
@@ -415,3 +415,52 @@ def test_save_and_load_at_top_level_any_extension(titanic_glm, tmp_path):
     assert loaded.params.equals(titanic_glm.params)
     assert loaded.data["fitted"].equals(titanic_glm.data["fitted"])
     np.testing.assert_allclose(loaded.predict(loaded.data), loaded.data["fitted"].to_numpy())
+
+
+# ---------------------------------------------------------------------------------------------
+# lmer and the gaussian default: pymer4's most common model, run as written
+
+
+@pytest.fixture(scope="module")
+def sleep():
+    return load_dataset("sleepstudy")
+
+
+@pytest.mark.slow
+def test_lmer_random_slopes_as_pymer4_writes_it(sleep):
+    """``lmer('Reaction ~ Days + (Days|Subject)', data=sleep)``: ranef_var holds lme4's
+    VarCorr rows, the subject sds and their correlation, then the residual sd (4 rows);
+    fixef (lme4's coef) and ranef are one row per subject. Slow: the correlation needs
+    2 chains x 1000 draws for the convergence gate's bulk ESS (about 0.2 per draw)."""
+    model = lmer("Reaction ~ Days + (Days|Subject)", data=sleep)
+    assert (model.family, model.link) == ("gaussian", "identity")
+    model.fit(random_seed=2, chains=2, draws=1000, tune=1000, progressbar=False)
+    var = model.ranef_var
+    assert var.columns == ["group", "term", "estimate", "conf_low", "conf_high"]
+    assert var["group"].to_list() == ["Subject", "Subject", "Subject", "Residual"]
+    assert var["term"].to_list() == [
+        "sd__(Intercept)",
+        "sd__Days",
+        "cor__(Intercept).Days",
+        "sd__Observation",
+    ]
+    assert var.filter(pl.col("term").str.starts_with("sd__"))["estimate"].min() > 1.0
+    assert model.fixef.columns == ["level", "(Intercept)", "Days"] and model.fixef.height == 18
+    assert model.ranef.columns == ["level", "(Intercept)", "Days"] and model.ranef.height == 18
+    assert model.result_fit["term"].to_list() == ["(Intercept)", "Days", "sigma"]
+    np.testing.assert_allclose(model.predict(model.data), model.data["fitted"].to_numpy())
+    residuals = model.data["Reaction"] - model.data["fitted"]
+    np.testing.assert_allclose(model.data["residuals"].to_numpy(), residuals.to_numpy())
+
+
+def test_glmer_without_family_fits_the_gaussian_lmer(sleep):
+    """pymer4's default family is gaussian: ``glmer`` without one is ``lmer``, and ``(1|S)``
+    gives two ranef_var rows."""
+    model = glmer("Reaction ~ Days + (1|Subject)", data=sleep)
+    assert model.family == "gaussian"
+    model.fit(random_seed=3, chains=2, draws=1000, tune=1000, progressbar=False)
+    assert model.ranef_var["group"].to_list() == ["Subject", "Residual"]
+    assert model.ranef_var["term"][1] == "sd__Observation"
+    assert model.result_fit["term"].to_list() == ["(Intercept)", "Days", "sigma"]
+    # the residual sd in ms, not a probability or rate: lme4 gives 31.0
+    assert 25.0 < model.result_fit["estimate"][2] < 40.0
