@@ -695,6 +695,10 @@ def build_spec(
         for part in parsed.random
         if part.slopes
     }
+    for part in parsed.random:
+        if part.slopes:
+            terms_g, Z_g = designs[part.group][:2]
+            _check_varies_within(parsed, part.group, terms_g, Z_g, cells[part.group])
     groups = _group_specs(parsed.groups, levels, cells, family, designs, col_data.obs)
     random_sd = {
         g.name: {
@@ -997,6 +1001,37 @@ def _random_design(
             f"from the data (the columns {list(terms)} are collinear or one is constant)."
         )
     return terms, Z, dm
+
+
+def _check_varies_within(
+    parsed: ParsedFormula, group: str, terms: tuple[str, ...], Z: np.ndarray, levels: pl.Series
+) -> None:
+    """Refuse a random slope next to a random intercept whose column is constant within every
+    level of its factor (altitude per location): each level's slope is then confounded with
+    its intercept, and the slopes' sd is not identified by the data (lme4 reports a singular
+    fit; a sampler diverges)."""
+    if "(Intercept)" not in terms:
+        return
+    index = levels.cast(pl.String).to_numpy()
+    _, index = np.unique(index, return_inverse=True)
+    n_levels = int(index.max()) + 1
+    for k, term in enumerate(terms):
+        if term == "(Intercept)":
+            continue
+        z = Z[:, k]
+        low = np.full(n_levels, np.inf)
+        high = np.full(n_levels, -np.inf)
+        np.minimum.at(low, index, z)
+        np.maximum.at(high, index, z)
+        scale = float(np.abs(z - z.mean()).max(initial=0.0))
+        if np.all(high - low <= 1e-9 * max(scale, 1e-300)):
+            raise ValueError(
+                f"The random slope of {term!r} in ({' + '.join(terms[1:])} | {group}) of "
+                f"{parsed.formula!r} cannot be estimated: {term!r} is constant within every "
+                f"level of {group!r}, so each level's slope is its intercept under another "
+                f"name (lme4 reports a singular fit). Keep {term!r} as a fixed effect and "
+                f"write (1 | {group})."
+            )
 
 
 def random_design(spec: ModelSpec, group: GroupSpec, frame: pl.DataFrame) -> np.ndarray:
