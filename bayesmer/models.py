@@ -890,7 +890,20 @@ class glmer(Model):  # noqa: N801  (pymer4's name)
         return summaries.ranef_var_table(self.spec, self.posterior, self.ci)
 
 
-class lm(glm):  # noqa: N801  (pymer4's name)
+class _Gaussian:
+    """What lm and lmer share: the gaussian family, fixed (they take no family argument)."""
+
+    def __init__(self, formula: str, data: Any, priors: dict[str, Any] | None = None) -> None:
+        super().__init__(formula, data, family="gaussian", priors=priors)
+
+    @classmethod
+    def _build(
+        cls, formula: str, data: Any, family: str, link: str, priors: dict[str, Any] | None
+    ) -> Model:
+        return cls(formula, data, priors=priors)
+
+
+class lm(_Gaussian, glm):  # noqa: N801  (pymer4's name)
     """Bayesian linear model: a gaussian :class:`glm` (identity link), pymer4's ``lm``.
 
     The residual sd is the parameter ``sigma`` (prior key ``'sigma'``; default
@@ -913,17 +926,8 @@ class lm(glm):  # noqa: N801  (pymer4's name)
 
     _kind = "lm"
 
-    def __init__(self, formula: str, data: Any, priors: dict[str, Any] | None = None) -> None:
-        super().__init__(formula, data, family="gaussian", priors=priors)
 
-    @classmethod
-    def _build(
-        cls, formula: str, data: Any, family: str, link: str, priors: dict[str, Any] | None
-    ) -> Model:
-        return cls(formula, data, priors=priors)
-
-
-class lmer(glmer):  # noqa: N801  (pymer4's name)
+class lmer(_Gaussian, glmer):  # noqa: N801  (pymer4's name)
     """Bayesian linear mixed model: a gaussian :class:`glmer` (identity link), pymer4's
     ``lmer``.
 
@@ -947,15 +951,6 @@ class lmer(glmer):  # noqa: N801  (pymer4's name)
     """
 
     _kind = "lmer"
-
-    def __init__(self, formula: str, data: Any, priors: dict[str, Any] | None = None) -> None:
-        super().__init__(formula, data, family="gaussian", priors=priors)
-
-    @classmethod
-    def _build(
-        cls, formula: str, data: Any, family: str, link: str, priors: dict[str, Any] | None
-    ) -> Model:
-        return cls(formula, data, priors=priors)
 
 
 Summary = summaries.Summary
