@@ -60,6 +60,12 @@ CENTRED_MAX_P_VALUE = 0.001
 SLOPES_CENTRED_MIN_SIGNAL = 4.0
 
 
+def size_column(family: Family) -> str:
+    """The column of a cell's size: ``_e`` (exposure) for count families, else ``_n``
+    (trials, or a gaussian cell's rows)."""
+    return EXPOSURE if family.size_kind == "exposure" else TRIALS
+
+
 @dataclass(frozen=True)
 class GroupSpec:
     """One grouping factor: its levels, and its random intercepts and slopes.
@@ -274,7 +280,7 @@ class ModelSpec:
     @property
     def size_col(self) -> str:
         """``_e`` (exposure) for count families, else ``_n`` (trials, or gaussian rows)."""
-        return EXPOSURE if self.family.size_kind == "exposure" else TRIALS
+        return size_column(self.family)
 
     @property
     def y(self) -> np.ndarray:
@@ -674,7 +680,7 @@ def build_spec(
     work = clean.with_columns(
         [*resp_exprs, *[level_expr(c, schema[c]) for c in levels]]
     ).with_columns([pl.col(c).cast(pl.Float64) for c in numeric])
-    size_col = EXPOSURE if family.size_kind == "exposure" else TRIALS
+    size_col = size_column(family)
     fixed_vars = list(dict.fromkeys([*parsed.fixed_variables, *parsed.random_variables]))
     keys = list(dict.fromkeys([*fixed_vars, *parsed.groups]))
     spread = family.name == "gaussian"
@@ -1250,7 +1256,7 @@ def _level_information(
     non-centring).
     """
     y = cells[Y].to_numpy().astype(float)
-    size_col = EXPOSURE if family.size_kind == "exposure" else TRIALS
+    size_col = size_column(family)
     size = cells[size_col].to_numpy().astype(float)
     ys = np.bincount(index, weights=y, minlength=n_levels)
     ns = np.bincount(index, weights=size, minlength=n_levels)
@@ -1312,7 +1318,7 @@ def _overdispersion(
     cell = obs[CELL].to_numpy().astype(np.int64)
     level = index[cell]
     y = obs[Y].to_numpy().astype(float)
-    size = obs[EXPOSURE if family.size_kind == "exposure" else TRIALS].to_numpy()
+    size = obs[size_column(family)].to_numpy()
     size = size.astype(float)
     weight = obs[WEIGHT].to_numpy().astype(float)
     if family.size_kind == "exposure":
@@ -1356,7 +1362,7 @@ def _group_specs(
     their overdispersion (:func:`_overdispersion`).
     """
     designs = designs or {}
-    size_col = EXPOSURE if family.size_kind == "exposure" else TRIALS
+    size_col = size_column(family)
     size = cells[size_col].to_numpy().astype(float)
     index = {
         g: cells[g].cast(pl.Enum(levels[g])).to_physical().to_numpy().astype(np.int64)
