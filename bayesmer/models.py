@@ -1,30 +1,30 @@
 """The user-facing models: one base class, and thin ``lm``, ``glm``, ``lmer`` and ``glmer``
-over it."""
+over it.
+
+Importing this module loads no sampler: PyMC, PyTensor and nutpie are imported by :meth:`Model.fit`
+(through :mod:`bayesmer.pymc_model` and :mod:`bayesmer.sampling`), so ``import bayesmer`` stays
+quick.
+"""
 
 from __future__ import annotations
 
 import secrets
 import warnings
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
-import xarray as xr
 
 from . import compat, summaries
 from .diagnostics import PACKAGE_DIR, Diagnostics, diagnose, warn_if_bad
 from .families import Family, get_family
 from .formula import ParsedFormula, parse_formula
-from .pymc_model import build_model
-from .sampling import (
-    MIN_KEPT_DRAWS,
-    FitInterruptedWarning,
-    Sampler,
-    SamplingInterrupted,
-    check_sampler_kwargs,
-    default_sampler_kwargs,
-)
 from .spec import ModelSpec, build_spec, check_columns
+
+if TYPE_CHECKING:
+    import xarray as xr
+
+    from .sampling import Sampler, SamplingInterrupted
 
 #: The summary's line on the dispersion parameter (the last row of the fixed-effects table).
 _DISPERSION_NOTE = {
@@ -42,6 +42,10 @@ _DISPERSION_NOTE = {
 
 class NotFittedError(ValueError):
     """A result was asked of a model that has not been fitted."""
+
+
+class FitInterruptedWarning(UserWarning):
+    """Sampling was interrupted (Ctrl-C): the fit kept the finished draws, or was not made."""
 
 
 class Model:
@@ -325,6 +329,14 @@ class Model:
         chain got that far the ``KeyboardInterrupt`` goes on and the model is left exactly as
         it was (its previous fit, if any, intact).
         """
+        from .pymc_model import build_model
+        from .sampling import (
+            Sampler,
+            SamplingInterrupted,
+            check_sampler_kwargs,
+            default_sampler_kwargs,
+        )
+
         rejected = {k: v for k, v in sampler_kwargs.items() if k in compat.FIT}
         compat.reject("fit", compat.FIT, rejected)
         check_sampler_kwargs(sampler_kwargs)
@@ -389,6 +401,8 @@ class Model:
         When no chain finished :data:`~bayesmer.sampling.MIN_KEPT_DRAWS` draws the interrupt
         is raised again and the model is left as it was.
         """
+        from .sampling import MIN_KEPT_DRAWS
+
         if stop.chains == 0:
             before = "its previous fit" if self.posterior is not None else "not fitted"
             warnings.warn(

@@ -49,10 +49,6 @@ FEW_GROUPS = 10
 MIN_KEPT_DRAWS = 100
 
 
-class FitInterruptedWarning(UserWarning):
-    """Sampling was interrupted (Ctrl-C): the fit kept the finished draws, or was not made."""
-
-
 class SamplingInterrupted(KeyboardInterrupt):
     """Sampling was interrupted; the finished draws come with it (see :func:`finished_draws`).
 
