@@ -88,10 +88,24 @@ class Prior:
         return f"{self.dist}({args})"
 
     def make(self, name: str, **kwargs):
-        """Create the PyMC random variable ``name`` inside the current model."""
+        """Create the PyMC random variable ``name`` inside the current model.
+
+        Numeric parameters enter the model as data (:func:`bayesmer.pymc_model.data_input`),
+        not constants: models whose (autoscaled) priors differ only in their values share one
+        compiled log density (:mod:`bayesmer.compiled`). ``kwargs`` (such as the size ``n`` of
+        an LKJ prior) are passed as they are.
+        """
         import pymc as pm
 
-        return getattr(pm, self.dist)(name, **self.params, **kwargs)
+        from .pymc_model import data_input
+
+        params = {
+            k: data_input(f"prior_{name}_{k}", np.asarray(v, dtype=float))
+            if isinstance(v, int | float | np.number) and not isinstance(v, bool)
+            else v
+            for k, v in self.params.items()
+        }
+        return getattr(pm, self.dist)(name, **params, **kwargs)
 
 
 def _fmt(value: Any) -> str:
