@@ -329,13 +329,9 @@ class Model:
         chain got that far the ``KeyboardInterrupt`` goes on and the model is left exactly as
         it was (its previous fit, if any, intact).
         """
+        from .compiled import sampler
         from .pymc_model import build_model
-        from .sampling import (
-            Sampler,
-            SamplingInterrupted,
-            check_sampler_kwargs,
-            default_sampler_kwargs,
-        )
+        from .sampling import SamplingInterrupted, check_sampler_kwargs, default_sampler_kwargs
 
         rejected = {k: v for k, v in sampler_kwargs.items() if k in compat.FIT}
         compat.reject("fit", compat.FIT, rejected)
@@ -353,7 +349,7 @@ class Model:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}.")
         spec = self.spec
         if self._sampler is None:
-            self._sampler = Sampler.compile(build_model(spec))
+            self._sampler = sampler(build_model(spec))
         seed = secrets.randbelow(2**31) if random_seed is None else random_seed
         kwargs = {**default_sampler_kwargs(spec), **sampler_kwargs}
         try:
