@@ -70,8 +70,9 @@ MEMORY_ENTRIES = 16
 #: Environment variable naming the folder of the disk cache.
 CACHE_ENV = "BAYESMER_CACHE_DIR"
 
-#: Modification time given to every copy of the callbacks' source: numba's cache checks a
-#: source file's time and size, so copies written by different processes must agree.
+#: Modification time given to every copy of the callbacks' source, so that copies written by
+#: different processes agree for a numba whose cache checks a source file's time and size
+#: (numba 0.68 checks its contents).
 _SOURCE_MTIME = 1_000_000_000
 
 _MEMORY: OrderedDict[str, Compilation] = OrderedDict()

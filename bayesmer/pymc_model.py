@@ -145,10 +145,12 @@ def _predictor_means(
 class Inputs:
     """The data and prior values of a model, packed into its one input vector ``data``.
 
-    Each array is a slice of the vector (a ``pm.Data``), reshaped; integer arrays (group
-    indices) are stored as floats, exact below 2^53, and cast back. One input rather than
-    one per array because nutpie's compiled callbacks take about half a second more to
-    compile per input. :attr:`slices` says where each named array is.
+    Each array is a slice of the vector (a ``pm.Data``): a scalar an element, a matrix a
+    slice reshaped; integer arrays (group indices) are stored as floats, exact below 2^53,
+    and cast back. One input rather than one per array: nutpie's general code reading any
+    number of inputs takes about half a second more to compile per input, while
+    :mod:`bayesmer.callbacks` reads one vector directly. :attr:`slices` says where each named
+    array is.
     """
 
     NAME = "data"
@@ -167,7 +169,12 @@ class Inputs:
         self.slices[name] = part
         self._parts.append(values.astype(float).ravel())
         self._size = part.stop
-        out = self.vector[part].reshape(values.shape)
+        if values.ndim == 0:
+            out = self.vector[part.start]
+        elif values.ndim == 1:
+            out = self.vector[part]
+        else:
+            out = self.vector[part].reshape(values.shape)
         return pt.cast(out, "int64") if np.issubdtype(values.dtype, np.integer) else out
 
     def close(self) -> None:
