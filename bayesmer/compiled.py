@@ -117,7 +117,8 @@ class Compilation:
 
 def sampler(model: pm.Model) -> Sampler:
     """A :class:`~bayesmer.sampling.Sampler` for ``model``, compiling it only when no model of
-    its structure has been compiled in this process.
+    its structure has been compiled in this process (and then with the callbacks from the
+    disk cache when an earlier process compiled them).
 
     Parameters
     ----------

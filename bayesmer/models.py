@@ -464,7 +464,12 @@ class Model:
 
     @property
     def timings(self) -> dict[str, float]:
-        """Seconds spent compiling the model and sampling (last fit)."""
+        """Seconds spent compiling the model and sampling (last fit).
+
+        ``compile`` is near zero when a model of the same structure was compiled before in
+        this process, and shorter when one was compiled in an earlier process (see
+        :mod:`bayesmer.compiled`).
+        """
         self._require_fit("timings")
         if self._sampler is None:
             raise ValueError("timings are not kept for a model loaded from a file; refit it.")
