@@ -43,8 +43,9 @@ lint: $(STAMP) ## ruff check and format check
 	$(PY) -m ruff check bayesmer tests benchmarks tutorials
 	$(PY) -m ruff format --check bayesmer tests benchmarks tutorials
 
-bench: $(STAMP) ## bayesmer vs plain Bambi, side by side (long: tens of minutes)
+bench: $(STAMP) ## bayesmer vs plain Bambi side by side, then start-up times (long: tens of minutes)
 	$(PY) benchmarks/bench.py
+	$(PY) benchmarks/startup.py
 
 # Extra options for benchmarks/sbc.py, e.g. SBC_ARGS="--resume" or SBC_ARGS="--models poisson_few".
 SBC_ARGS ?=

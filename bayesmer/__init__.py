@@ -4,8 +4,7 @@ from .datasets import load_dataset
 from .diagnostics import ConvergenceWarning
 from .io import load_model, save_model
 from .loo import compare
-from .models import Model, NotFittedError, glm, glmer, lm, lmer
-from .sampling import FitInterruptedWarning
+from .models import FitInterruptedWarning, Model, NotFittedError, glm, glmer, lm, lmer
 
 __all__ = [
     "ConvergenceWarning",

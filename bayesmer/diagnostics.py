@@ -5,11 +5,13 @@ from __future__ import annotations
 import os
 import warnings
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
-import xarray as xr
-from scipy import fft, special, stats
+
+if TYPE_CHECKING:
+    import xarray as xr
 
 #: Warnings point at the first line of user code, outside this folder.
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -189,6 +191,8 @@ def _split_chains(x: np.ndarray) -> np.ndarray:
 
 def _z_scale(x: np.ndarray) -> np.ndarray:
     """Rank-normalise each parameter over all its draws."""
+    from scipy import special, stats
+
     k = x.shape[0]
     flat = x.reshape(k, -1)
     ranks = stats.rankdata(flat, method="average", axis=1)
@@ -243,6 +247,8 @@ def ess(x: np.ndarray) -> np.ndarray:
     total = m * n
     if n < 2:
         return np.full(k, np.nan)
+    from scipy import fft
+
     centred = x - x.mean(axis=2, keepdims=True)
     size = fft.next_fast_len(2 * n)
     spec = fft.rfft(centred, n=size, axis=2)

@@ -9,14 +9,19 @@ any rows (fitted cells, a reference grid, new data).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import xarray as xr
-from arviz_stats.base import array_stats
 
 from .spec import GroupSpec, ModelSpec
 
+if TYPE_CHECKING:
+    import xarray as xr
+
 
 def _posterior(trace: xr.DataTree | xr.Dataset) -> xr.Dataset:
+    import xarray as xr
+
     if isinstance(trace, xr.DataTree):
         return trace["posterior"].to_dataset()
     return trace
@@ -132,6 +137,8 @@ def new_effects(
 
 def hdi(values: np.ndarray, prob: float) -> np.ndarray:
     """Highest-density interval over the first axis: shape (..., 2)."""
+    from arviz_stats.base import array_stats
+
     return np.asarray(array_stats.hdi(np.moveaxis(values, 0, -1), prob, axis=-1))
 
 

@@ -13,8 +13,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import pytensor.tensor as pt
-from scipy import special
 
 _LINKS: dict[str, tuple[str, ...]] = {
     "gaussian": ("identity", "log"),
@@ -149,6 +147,8 @@ class Family:
 
     def inverse_link(self, eta: np.ndarray) -> np.ndarray:
         """Map linear-predictor values to the mean (probability, rate or mean), in NumPy."""
+        from scipy import special
+
         eta = np.asarray(eta, dtype=float)
         if self.link == "identity":
             return eta
@@ -182,6 +182,8 @@ class Family:
         np.ndarray
             Shape (draws, k): proper log probabilities (densities for gaussian).
         """
+        from scipy import special
+
         y = np.asarray(y, dtype=float)
         size = np.asarray(size, dtype=float)
         if self.name == "gaussian":
@@ -253,6 +255,8 @@ class Family:
         The counterpart of :meth:`log_probs_pt` (what the sampled model uses), for the
         pointwise log-likelihoods of LOO: exact to rounding for any ``eta``, no clipping.
         """
+        from scipy import special
+
         eta = np.asarray(eta, dtype=float)
         if self.link == "logit":
             return special.log_expit(eta), special.log_expit(-eta)
@@ -285,6 +289,8 @@ class Family:
         taken has a finite gradient (the switch multiplies it by zero, and zero times an
         overflowed derivative is NaN).
         """
+        import pytensor.tensor as pt
+
         if self.link == "logit":
             softplus = pt.softplus(eta)
             return eta - softplus, -softplus
@@ -313,6 +319,8 @@ def _log_ndtr_pt(z):
     underflow); above: ``log1p(-erfc(z / sqrt 2) / 2)``. :func:`scipy.special.log_ndtr` is
     the NumPy counterpart (``tests/test_families.py`` checks they agree).
     """
+    import pytensor.tensor as pt
+
     low = pt.minimum(z, -1.0)
     high = pt.maximum(z, -1.0)
     lower_tail = pt.log(pt.erfcx(-low / _SQRT2) / 2.0) - low**2 / 2.0

@@ -30,14 +30,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 import polars as pl
-import xarray as xr
 
 from .collapse import CELL, EXPOSURE, ROWS, SS, TRIALS, WEIGHT, Y
 from .priors import Prior, lkj_prior, to_prior
 
 if TYPE_CHECKING:
+    import xarray as xr
+
     from .models import Model
 
 #: Name written into every file, checked on loading.
@@ -194,6 +194,8 @@ def _encode_prior(key: str, value: Any) -> dict[str, Any]:
 
 def _data_bytes(model: Model) -> tuple[bytes, dict[str, Any]]:
     """The data as parquet, and how to read it back."""
+    import pandas as pd
+
     buffer = io.BytesIO()
     data = model.data
     if isinstance(data, pl.DataFrame):
@@ -372,6 +374,8 @@ def load_model(path: str | os.PathLike[str]) -> Model:
 
 
 def _rebuild(meta: dict[str, Any], contents: dict[str, bytes]) -> Model:
+    import xarray as xr
+
     from .diagnostics import diagnose
     from .models import glm, glmer, lm, lmer
 
@@ -424,6 +428,8 @@ def _read_data(info: dict[str, Any], raw: bytes) -> Any:
     if kind == "polars":
         return pl.read_parquet(io.BytesIO(raw))
     if kind == "pandas":
+        import pandas as pd
+
         return pd.read_parquet(io.BytesIO(raw), engine="pyarrow")
     if kind == "observations":
         obs = pl.read_parquet(io.BytesIO(raw))
@@ -460,6 +466,8 @@ def _check_spec(spec: Any, saved: dict[str, Any]) -> None:
 
 
 def _npz_to_dataset(layout: dict[str, Any], raw: bytes) -> xr.Dataset:
+    import xarray as xr
+
     with np.load(io.BytesIO(raw), allow_pickle=False) as npz:
         arrays = {k: npz[k] for k in npz.files}
 

@@ -20,8 +20,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
-import xarray as xr
-from arviz_stats.base import array_stats
 
 from .collapse import CELL, WEIGHT, Y
 from .diagnostics import PACKAGE_DIR
@@ -29,6 +27,8 @@ from .rows import OBS_INDEX, Draws, blocks, cell_keys, public_names, public_rows
 from .spec import ModelSpec
 
 if TYPE_CHECKING:
+    import xarray as xr
+
     from .models import Model
 
 #: Pareto k above which a PSIS estimate is unreliable ("bad"), and above which it is useless
@@ -47,6 +47,8 @@ def _relative_eff(trace: xr.DataTree, n_samples: int) -> float:
     The mean-ESS of every posterior variable, averaged, over the number of draws (1 for a
     single chain).
     """
+    import arviz_stats  # noqa: F401 - registers the Dataset.azstats accessor used below
+
     posterior = trace["posterior"].to_dataset()
     if posterior.sizes["chain"] == 1:
         return 1.0
@@ -191,6 +193,8 @@ def loo(model: Model) -> LooResult:
 
 def _compute_loo(model: Model) -> LooResult:
     """PSIS-LOO of a fitted model (see :func:`loo`; this does the work, uncached)."""
+    from arviz_stats.base import array_stats
+
     model._require_fit("loo")
     spec = model.spec
     trace = model.posterior

@@ -1,34 +1,30 @@
 """The user-facing models: one base class, and thin ``lm``, ``glm``, ``lmer`` and ``glmer``
-over it."""
+over it.
+
+Importing this module loads no sampler: PyMC, PyTensor and nutpie are imported by :meth:`Model.fit`
+(through :mod:`bayesmer.pymc_model` and :mod:`bayesmer.sampling`), so ``import bayesmer`` stays
+quick.
+"""
 
 from __future__ import annotations
 
 import secrets
 import warnings
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
-import xarray as xr
 
 from . import compat, summaries
 from .diagnostics import PACKAGE_DIR, Diagnostics, diagnose, warn_if_bad
 from .families import Family, get_family
 from .formula import ParsedFormula, parse_formula
-from .pymc_model import build_model
-from .sampling import (
-    DRAWS,
-    MIN_KEPT_DRAWS,
-    SINGLE_NESTED_SHARE,
-    FitInterruptedWarning,
-    Sampler,
-    SamplingInterrupted,
-    check_sampler_kwargs,
-    default_draws,
-    default_sampler_kwargs,
-    single_nested,
-)
 from .spec import ModelSpec, build_spec, check_columns
+
+if TYPE_CHECKING:
+    import xarray as xr
+
+    from .sampling import Sampler, SamplingInterrupted
 
 #: The summary's line on the dispersion parameter (the last row of the fixed-effects table).
 _DISPERSION_NOTE = {
@@ -46,6 +42,10 @@ _DISPERSION_NOTE = {
 
 class NotFittedError(ValueError):
     """A result was asked of a model that has not been fitted."""
+
+
+class FitInterruptedWarning(UserWarning):
+    """Sampling was interrupted (Ctrl-C): the fit kept the finished draws, or was not made."""
 
 
 class Model:
@@ -340,6 +340,15 @@ class Model:
         chain got that far the ``KeyboardInterrupt`` goes on and the model is left exactly as
         it was (its previous fit, if any, intact).
         """
+        from .compiled import sampler
+        from .pymc_model import build_model
+        from .sampling import (
+            SamplingInterrupted,
+            check_sampler_kwargs,
+            default_draws,
+            default_sampler_kwargs,
+        )
+
         rejected = {k: v for k, v in sampler_kwargs.items() if k in compat.FIT}
         compat.reject("fit", compat.FIT, rejected)
         check_sampler_kwargs(sampler_kwargs)
@@ -358,7 +367,7 @@ class Model:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}.")
         spec = self.spec
         if self._sampler is None:
-            self._sampler = Sampler.compile(build_model(spec))
+            self._sampler = sampler(build_model(spec))
         seed = secrets.randbelow(2**31) if random_seed is None else random_seed
         kwargs = {**default_sampler_kwargs(spec), **sampler_kwargs}
         try:
@@ -406,6 +415,8 @@ class Model:
         When no chain finished :data:`~bayesmer.sampling.MIN_KEPT_DRAWS` draws the interrupt
         is raised again and the model is left as it was.
         """
+        from .sampling import MIN_KEPT_DRAWS
+
         if stop.chains == 0:
             before = "its previous fit" if self.posterior is not None else "not fitted"
             warnings.warn(
@@ -471,7 +482,12 @@ class Model:
 
     @property
     def timings(self) -> dict[str, float]:
-        """Seconds spent compiling the model and sampling (last fit)."""
+        """Seconds spent compiling the model and sampling (last fit).
+
+        ``compile`` is near zero when a model of the same structure was compiled before in
+        this process, and shorter when one was compiled in an earlier process (see
+        :mod:`bayesmer.compiled`).
+        """
         self._require_fit("timings")
         if self._sampler is None:
             raise ValueError("timings are not kept for a model loaded from a file; refit it.")
@@ -519,6 +535,8 @@ class Model:
             f"Sampler: nutpie NUTS, {self.chains} chains x {self.draws} draws "
             f"(tune {self.tune}), seed {self.random_seed}"
         )
+        from .sampling import DRAWS, SINGLE_NESTED_SHARE, default_draws, single_nested
+
         if self.draws == default_draws(spec) != DRAWS:
             pairs = "; ".join(
                 f"{k} of {n} {parent} levels hold a single {nested} level"

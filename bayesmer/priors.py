@@ -30,10 +30,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
-import pymc as pm
-import xarray as xr
 
 if TYPE_CHECKING:
+    import xarray as xr
+
     from .families import Family
     from .spec import GroupSpec, ModelSpec
 
@@ -88,8 +88,24 @@ class Prior:
         return f"{self.dist}({args})"
 
     def make(self, name: str, **kwargs):
-        """Create the PyMC random variable ``name`` inside the current model."""
-        return getattr(pm, self.dist)(name, **self.params, **kwargs)
+        """Create the PyMC random variable ``name`` inside the current model.
+
+        Numeric parameters enter the model as data (:func:`bayesmer.pymc_model.data_input`),
+        not constants: models whose (autoscaled) priors differ only in their values share one
+        compiled log density (:mod:`bayesmer.compiled`). ``kwargs`` (such as the size ``n`` of
+        an LKJ prior) are passed as they are.
+        """
+        import pymc as pm
+
+        from .pymc_model import data_input
+
+        params = {
+            k: data_input(f"prior_{name}_{k}", np.asarray(v, dtype=float))
+            if isinstance(v, int | float | np.number) and not isinstance(v, bool)
+            else v
+            for k, v in self.params.items()
+        }
+        return getattr(pm, self.dist)(name, **params, **kwargs)
 
 
 def _fmt(value: Any) -> str:
@@ -133,7 +149,7 @@ def to_prior(key: str, value: Any, positive: bool) -> Prior:
             )
         prior = Prior(dist, dict(zip(names, (float(v) for v in value[1:]), strict=True)), "user")
     elif hasattr(value, "name") and hasattr(value, "args"):  # bambi.Prior
-        if not hasattr(pm, value.name):
+        if not _pymc_has(value.name):
             raise ValueError(f"Prior for {key!r}: PyMC has no distribution {value.name!r}.")
         prior = Prior(value.name, dict(value.args), "user")
     else:
@@ -146,9 +162,19 @@ def to_prior(key: str, value: Any, positive: bool) -> Prior:
             f"Prior for {key!r} is a standard deviation and needs a positive distribution "
             f"(e.g. ('halfnormal', 2.5) or ('exponential', 1)); got {prior.dist}."
         )
-    if not hasattr(pm, prior.dist):
+    if not _pymc_has(prior.dist):
         raise ValueError(f"Prior for {key!r}: PyMC has no distribution {prior.dist!r}.")
     return prior
+
+
+def _pymc_has(dist: str) -> bool:
+    """Whether PyMC has a distribution of this name (PyMC is imported only for a name that is
+    not one of the tuple priors')."""
+    if dist in {name for name, _ in _TUPLE_PRIORS.values()}:
+        return True
+    import pymc as pm
+
+    return hasattr(pm, dist)
 
 
 def resolve_priors(
@@ -442,6 +468,8 @@ def sample_prior(spec: ModelSpec, draws: int = 1000, random_seed: int | None = N
     ValueError
         If ``draws`` is not a positive integer.
     """
+    import xarray as xr
+
     from .pymc_model import build_model
     from .sampling import sample_prior as _forward
 

@@ -58,6 +58,9 @@ group deviations ``m_g - centre``, lme4's ranef). A factor with slopes has ``sd_
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -156,6 +159,63 @@ def _predictor_means(
     return out / total[:, None]
 
 
+class Inputs:
+    """The data and prior values of a model, packed into its one input vector ``data``.
+
+    Each array is a slice of the vector (a ``pm.Data``): a scalar an element, a matrix a
+    slice reshaped; integer arrays (group indices) are stored as floats, exact below 2^53,
+    and cast back. One input rather than one per array: nutpie's general code reading any
+    number of inputs takes about half a second more to compile per input, while
+    :mod:`bayesmer.callbacks` reads one vector directly. :attr:`slices` says where each named
+    array is.
+    """
+
+    NAME = "data"
+
+    def __init__(self) -> None:
+        self.vector = pm.Data(self.NAME, np.zeros(0), shape=(None,))
+        self.slices: dict[str, slice] = {}
+        self._parts: list[np.ndarray] = []
+        self._size = 0
+
+    def add(self, name: str, values: np.ndarray):
+        if name in self.slices:
+            raise ValueError(f"model data {name!r} added twice")
+        values = np.asarray(values)
+        part = slice(self._size, self._size + values.size)
+        self.slices[name] = part
+        self._parts.append(values.astype(float).ravel())
+        self._size = part.stop
+        if values.ndim == 0:
+            out = self.vector[part.start]
+        elif values.ndim == 1:
+            out = self.vector[part]
+        else:
+            out = self.vector[part].reshape(values.shape)
+        return pt.cast(out, "int64") if np.issubdtype(values.dtype, np.integer) else out
+
+    def close(self) -> None:
+        """Give the input vector its values (once every array is added)."""
+        self.vector.set_value(np.concatenate(self._parts) if self._parts else np.zeros(0))
+
+
+#: The inputs of the model being built, set by :func:`_model_inputs` as PyMC sets its model
+#: context.
+_INPUTS: ContextVar[Inputs] = ContextVar("bayesmer_model_inputs")
+
+
+@contextmanager
+def _model_inputs() -> Iterator[Inputs]:
+    """Collect the data of the model being built (in its ``pm.Model`` context) into one input."""
+    inputs = Inputs()
+    token = _INPUTS.set(inputs)
+    try:
+        yield inputs
+    finally:
+        _INPUTS.reset(token)
+    inputs.close()
+
+
 def build_model(spec: ModelSpec, prior_only: bool = False) -> pm.Model:
     """Build the PyMC model of a specification.
 
@@ -190,7 +250,7 @@ def build_model(spec: ModelSpec, prior_only: bool = False) -> pm.Model:
         if n.carries
     }
 
-    with pm.Model(coords=coords(spec)) as model:
+    with pm.Model(coords=coords(spec)) as model, _model_inputs():
         eta = pt.zeros(X.shape[0])
         beta = _slope_vector(spec, slopes) if slopes else None
         alpha = spec.priors["(Intercept)"].make("Intercept_c") if spec.has_intercept else None
@@ -202,16 +262,16 @@ def build_model(spec: ModelSpec, prior_only: bool = False) -> pm.Model:
             in_terms = np.array([t in g.terms for t in slopes], dtype=bool)
             if slopes and (~in_terms).any():
                 rest = np.flatnonzero(~in_terms)
-                eta = eta + pt.dot(Xc[:, rest], beta[rest])
-            slope_centre = _slope_centre(g, slopes, alpha, beta, xbar)
+                eta = eta + pt.dot(data_input("X_rest", Xc[:, rest]), beta[rest])
+            slope_centre = _slope_centre(g, slopes, alpha, beta, data_input("xbar", xbar))
         elif innermost_carrier is None:
             if alpha is not None:
                 eta = eta + alpha
             if slopes:
-                eta = eta + pt.dot(Xc, beta)
+                eta = eta + pt.dot(data_input("X", Xc), beta)
         elif slopes:
             within = Xc - xbar_g[innermost_carrier.group.name][innermost_carrier.group.index]
-            eta = eta + _dot_nonzero(within, beta, x_scale)
+            eta = eta + _dot_nonzero("within", within, beta, x_scale)
         chain: list[_Link] = []
         for n in layout:
             g = n.group
@@ -219,12 +279,14 @@ def build_model(spec: ModelSpec, prior_only: bool = False) -> pm.Model:
                 centre = slope_centre if n.carries else None
                 u = _slope_effects(spec, g, centre)
                 coef = u if centre is None else u + centre[None, :]
-                eta = eta + pt.sum(g.Z * coef[g.index], axis=1)
+                index = data_input(f"index_{g.name}", g.index)
+                eta = eta + pt.sum(data_input(f"Z_{g.name}", g.Z) * coef[index], axis=1)
                 continue
             sd = spec.priors[g.sd_key("(Intercept)")].make(g.sd_name)
             centre = pt.zeros(len(g.levels))
             if g.parent is not None:
-                centre = chain[-1].run_mean[g.parent_level]
+                parent_level = data_input(f"parent_level_{g.name}", g.parent_level)
+                centre = chain[-1].run_mean[parent_level]
             if n.carries:
                 shift = xbar_g[g.name]
                 if g.parent is None:
@@ -232,7 +294,7 @@ def build_model(spec: ModelSpec, prior_only: bool = False) -> pm.Model:
                 else:
                     shift = shift - xbar_g[g.parent][g.parent_level]
                 if slopes:
-                    centre = centre + _dot_nonzero(shift, beta, x_scale)
+                    centre = centre + _dot_nonzero(f"shift_{g.name}", shift, beta, x_scale)
             link, parent = _sample_link(g, centre, sd, chain[-1] if chain else None)
             chain = [*chain[:-1], parent] if parent is not None else chain
             chain.append(link)
@@ -241,13 +303,13 @@ def build_model(spec: ModelSpec, prior_only: bool = False) -> pm.Model:
                     pm.Deterministic(
                         link.group.effect_name, link.mean - link.run_centre, dims=link.group.dim
                     )
-                eta = eta + chain[-1].mean[g.index]
+                eta = eta + chain[-1].mean[data_input(f"index_{g.name}", g.index)]
                 chain = []
         b = pt.zeros(len(spec.terms))
         if slopes:
             b = pt.set_subtensor(b[slope_idx], beta)
         if alpha is not None:
-            intercept = alpha - pt.dot(xbar, beta) if slopes else alpha
+            intercept = alpha - pt.dot(data_input("xbar_report", xbar), beta) if slopes else alpha
             b = pt.set_subtensor(b[spec.terms.index("(Intercept)")], intercept)
         pm.Deterministic("b", b, dims="term")
 
@@ -258,7 +320,19 @@ def build_model(spec: ModelSpec, prior_only: bool = False) -> pm.Model:
     return model
 
 
-def _dot_nonzero(values: np.ndarray, beta, scale: np.ndarray):
+def data_input(name: str, values: np.ndarray):
+    """``values`` as data of the model being built (inside :func:`build_model`).
+
+    The data and the values of the priors (see :meth:`bayesmer.priors.Prior.make`) enter
+    the model as inputs, not constants, so its compiled log density takes them as arguments:
+    a model of the same structure on other data of the same shape reuses the compilation
+    (:mod:`bayesmer.compiled`). Each array is a slice of the model's one input vector (see
+    :class:`Inputs`), reshaped to its shape; integer arrays are cast back to integers.
+    """
+    return _INPUTS.get().add(name, values)
+
+
+def _dot_nonzero(name: str, values: np.ndarray, beta, scale: np.ndarray):
     """``values @ beta``, leaving out the columns of ``values`` that are zero up to rounding.
 
     A predictor constant within groups is zero once centred within them, up to rounding of
@@ -271,7 +345,7 @@ def _dot_nonzero(values: np.ndarray, beta, scale: np.ndarray):
     keep = np.flatnonzero(np.abs(values).max(axis=0, initial=0.0) > ZERO_WITHIN * scale)
     if len(keep) == 0:
         return pt.zeros(values.shape[0])
-    return pt.dot(values[:, keep], beta[keep])
+    return pt.dot(data_input(name, values[:, keep]), beta[keep])
 
 
 def _slope_vector(spec: ModelSpec, slopes: list[str]):
@@ -288,7 +362,7 @@ def _slope_vector(spec: ModelSpec, slopes: list[str]):
         mu = np.array([p.params.get("mu", 0.0) for p in priors], dtype=float)
         sigma = np.array([p.params["sigma"] for p in priors], dtype=float)
         z = pm.Normal("b_z", 0.0, 1.0, dims="slope")
-        return mu + sigma * z
+        return data_input("prior_b_mu", mu) + data_input("prior_b_sigma", sigma) * z
     parts = [p.make(f"b_c[{t}]") for t, p in zip(slopes, priors, strict=True)]
     return pt.stack(parts)
 
@@ -614,6 +688,7 @@ def _slope_effects(spec: ModelSpec, g: GroupSpec, centre=None):
     priors = [spec.priors[g.sd_key(t)] for t in g.terms]
     if all(p.dist == "HalfNormal" for p in priors):
         sigma = np.array([p.params["sigma"] for p in priors], dtype=float)
+        sigma = data_input(f"prior_{g.sd_name}_sigma", sigma)
         sd = pm.HalfNormal(g.sd_name, sigma=sigma, dims=g.term_dim)
     else:
         parts = [p.make(f"{g.sd_name}[{t}]") for t, p in zip(g.terms, priors, strict=True)]
@@ -667,17 +742,20 @@ def _log_likelihood(spec: ModelSpec, eta, dispersion=None):
     family = spec.family
     if family.per_observation:
         return _observation_log_likelihood(spec, eta, dispersion)
-    y = spec.y.astype(float)
+    y_values = spec.y.astype(float)
     if family.name == "gaussian":
-        n = spec.size
-        ss = spec.cells[SS].to_numpy().astype(float)
+        n_values = spec.size.astype(float)
+        n = data_input("n", n_values)
+        ss = data_input("ss", spec.cells[SS].to_numpy().astype(float))
         mu = eta if family.link == "identity" else pt.exp(eta)
-        sq = ss + n * (y / n - mu) ** 2
-        return -np.sum(n) * pt.log(dispersion) - pt.sum(sq) / (2.0 * dispersion**2)
+        sq = ss + n * (data_input("ybar", y_values / n_values) - mu) ** 2
+        n_total = data_input("n_total", np.asarray(-np.sum(n_values)))
+        return n_total * pt.log(dispersion) - pt.sum(sq) / (2.0 * dispersion**2)
+    y = data_input("y", y_values)
     if family.name == "poisson":
-        eta = eta + spec.log_offset
+        eta = eta + data_input("log_offset", spec.log_offset)
         return pt.sum(y * eta - pt.exp(eta))
-    n = spec.size
+    n = data_input("n", spec.size.astype(float))
     if family.link == "logit":
         # log_probs_pt's logit pair, eta - softplus(eta) and -softplus(eta), summed: written
         # in its shortest form, the one fits have always computed (the same seeded draws)
@@ -696,13 +774,14 @@ def _observation_log_likelihood(spec: ModelSpec, eta, dispersion):
     lgamma(phi)``.
     """
     obs = spec.obs
-    cell = obs[CELL].to_numpy().astype(np.int64)
-    y = obs[Y].to_numpy().astype(float)
-    size = obs[spec.size_col].to_numpy().astype(float)
-    weight = obs[WEIGHT].to_numpy().astype(float)
+    cell = data_input("obs_cell", obs[CELL].to_numpy().astype(np.int64))
+    y = data_input("obs_y", obs[Y].to_numpy().astype(float))
+    size_values = obs[spec.size_col].to_numpy().astype(float)
+    size = data_input("obs_size", size_values)
+    weight = data_input("obs_weight", obs[WEIGHT].to_numpy().astype(float))
     eta = eta[cell]
     if spec.family.name == "negativebinomial":
-        log_mu = eta + np.log(size)
+        log_mu = eta + data_input("obs_log_size", np.log(size_values))
         r = dispersion
         log_rmu = pt.logaddexp(pt.log(r), log_mu)
         terms = pt.gammaln(y + r) - pt.gammaln(r) + r * (pt.log(r) - log_rmu)

@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
-import xarray as xr
 
 from .collapse import CELL, ROWS, Y
 from .draws import (
@@ -36,6 +35,8 @@ from .draws import (
 from .spec import ModelSpec, level_expr, outcome_exprs, to_lazy, with_group_columns
 
 if TYPE_CHECKING:
+    import xarray as xr
+
     from .models import Model
 
 #: Largest number of floats held at once in a (draws x observations) block.

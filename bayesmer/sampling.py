@@ -1,29 +1,31 @@
 """PyMC model -> posterior draws, with nutpie.
 
-Compiling a model (PyTensor -> numba) costs seconds; :class:`Sampler` keeps the compiled model
-so refitting the same specification (new seed, more draws) skips it.
+Compiling a model (PyTensor -> numba) costs seconds; :mod:`bayesmer.compiled` keeps compiled
+models by structure, and a :class:`Sampler` binds one to a fit's data.
 
 nutpie hands the sampler two C callbacks (log density with gradient, and the expansion of a
 point into the traced variables), each a small numba ``cfunc`` around the PyTensor-generated
-function. nutpie's own wrappers copy the results with ``out[...] = grad`` and check them with
-``np.all(np.isfinite(out))``; numba compiles those generic broadcasting array operations from
-scratch in every new process, which cost about 3 s of the 5-6 s it took to compile the titanic
-glmer. :func:`compile_model` builds the same callbacks with plain loops instead (measured:
-compile 2.0-2.7 s), and is otherwise nutpie's ``compile_pymc_model`` unchanged; the draws are
-identical (``tests/test_sampling.py``).
+function. :func:`compile_model` is nutpie's ``compile_pymc_model`` with bayesmer's own
+callbacks (:mod:`bayesmer.callbacks`), which compile faster; the draws are identical
+(``tests/test_sampling.py``).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 import logging
 import os
+import sys
 import threading
 import time
+import uuid
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numba
@@ -47,10 +49,6 @@ FEW_GROUPS = 10
 #: An interrupted fit keeps the chains that finished at least this many draws (after tuning),
 #: all cut to the same length; with none, the model is left as it was before the fit.
 MIN_KEPT_DRAWS = 100
-
-
-class FitInterruptedWarning(UserWarning):
-    """Sampling was interrupted (Ctrl-C): the fit kept the finished draws, or was not made."""
 
 
 class SamplingInterrupted(KeyboardInterrupt):
@@ -240,28 +238,32 @@ def _settings_object(class_name: str, kind: str) -> Any:
 
 @dataclass
 class Sampler:
-    """A compiled model and the timings of its last use.
+    """A compiled model with one fit's data, and the timings of its last use.
+
+    Made by :func:`bayesmer.compiled.sampler`, which finds or compiles the compilation.
 
     Attributes
     ----------
-    model : pm.Model
-    compiled : nutpie CompiledModel
+    compilation : bayesmer.compiled.Compilation
+        Shared by every model of the same structure.
+    data : dict
+        The values of the model's data inputs (``pm.Data``), by name.
+    coords : dict
+        The model's coordinates (term names, levels): the draws are labelled with them.
     compile_seconds : float
+        Time spent compiling, or finding the compilation in the cache.
+    source : {'compiled', 'memory', 'disk'}
+        Where the compilation came from.
     sample_seconds : float
         Wall time of the last :meth:`sample` call.
     """
 
-    model: pm.Model
-    compiled: Any
+    compilation: Any
+    data: dict[str, np.ndarray]
+    coords: dict[str, list[Any]]
     compile_seconds: float
+    source: str
     sample_seconds: float = field(default=0.0)
-
-    @classmethod
-    def compile(cls, model: pm.Model) -> Sampler:
-        """Compile a PyMC model for nutpie (numba backend, see :func:`compile_model`)."""
-        start = time.perf_counter()
-        compiled = compile_model(model)
-        return cls(model, compiled, time.perf_counter() - start)
 
     def sample(
         self,
@@ -293,10 +295,30 @@ class Sampler:
         SamplingInterrupted
             On a keyboard interrupt (Ctrl-C), with the draws every chain finished.
         """
+        with self.compilation.bound(self.data) as compiled:
+            return self._sample(compiled, draws, tune, chains, random_seed, progressbar, kwargs)
+
+    def _labelled(self, trace: xr.DataTree) -> xr.DataTree:
+        """The draws labelled with this model's coordinates (the compiled model may have been
+        another model's of the same structure, with other level names)."""
+        return trace.map_over_datasets(
+            lambda ds: ds.assign_coords({d: self.coords[d] for d in ds.dims if d in self.coords})
+        )
+
+    def _sample(
+        self,
+        compiled: Any,
+        draws: int,
+        tune: int,
+        chains: int,
+        random_seed: int,
+        progressbar: bool,
+        kwargs: dict[str, Any],
+    ) -> xr.DataTree:
         cores = max(1, min(chains, os.cpu_count() or 1))
         start = time.perf_counter()
         running = nutpie.sample(
-            self.compiled,
+            compiled,
             draws=draws,
             tune=tune,
             chains=chains,
@@ -318,13 +340,13 @@ class Sampler:
                 aborted = running.abort()
             kept, n_chains, n_draws = finished_draws(aborted)
             raise SamplingInterrupted(
-                kept, n_chains, n_draws, time.perf_counter() - start
+                self._labelled(kept), n_chains, n_draws, time.perf_counter() - start
             ) from None
         except Exception:
             running.cancel()
             raise
         self.sample_seconds = time.perf_counter() - start
-        return trace
+        return self._labelled(trace)
 
 
 def finished_draws(trace: xr.DataTree) -> tuple[xr.DataTree, int, int]:
@@ -387,71 +409,77 @@ _EXPAND_SIGNATURE = numba.types.int64(
     numba.types.voidptr,
 )
 
-
-def _logp_callback(
-    n_dim: int, logp_fn: Callable, user_data: np.ndarray, shared_keys: list, shared_data: dict
-) -> tuple[Callable, Any]:
-    """Log density and gradient callback, with nutpie's return codes.
-
-    0 ok, -1 wrong dimension, 1 error in the log density, 3 non-finite gradient, 4 non-finite
-    log density.
-    """
-    extract = nutpie.compile_pymc.make_extraction_fn(
-        logp_fn, shared_data, shared_keys, user_data.dtype
-    )
-
-    def logp_callback(dim, x_, out_, logp_, user_data_):  # pragma: no cover - numba code
-        if dim != n_dim:
-            return -1
-        x = numba.carray(x_, (n_dim,))
-        try:
-            logp_val, grad = extract(x, user_data_)
-        except Exception:  # noqa: BLE001 - a cfunc cannot raise: report a failed evaluation
-            return 1
-        logp_[0] = logp_val
-        finite = True
-        for i in range(n_dim):
-            out_[i] = grad[i]
-            if not np.isfinite(grad[i]):
-                finite = False
-        if not finite:
-            return 3
-        if not np.isfinite(logp_val):
-            return 4
-        return 0
-
-    return logp_callback, _LOGP_SIGNATURE
-
-
-def _expand_callback(
-    n_dim: int,
-    n_expanded: int,
-    expand_fn: Callable,
-    user_data: np.ndarray,
-    shared_keys: list,
-    shared_data: dict,
-) -> tuple[Callable, Any]:
-    """Callback writing the traced variables of a point (-1 wrong sizes, -2 error)."""
-    extract = nutpie.compile_pymc.make_extraction_fn(
-        expand_fn, shared_data, shared_keys, user_data.dtype
-    )
-
-    def expand_callback(dim, expanded, x_, out_, user_data_):  # pragma: no cover - numba code
-        if dim != n_dim or expanded != n_expanded:
-            return -1
-        x = numba.carray(x_, (n_dim,))
-        try:
-            (values,) = extract(x, user_data_)
-        except Exception:  # noqa: BLE001 - a cfunc cannot raise: report a failed evaluation
-            return -2
-        for i in range(n_expanded):
-            out_[i] = values[i]
-        return 0
-
-    return expand_callback, _EXPAND_SIGNATURE
-
+#: The callbacks' source, loaded as a fresh module per compiled model (or a copy of it).
+CALLBACKS_FILE = Path(__file__).with_name("callbacks.py")
 
 _PATCH_LOCK = threading.Lock()
+
+
+class UnexpectedLayout(ValueError):
+    """nutpie's shared data are not the one float64 vector bayesmer's callbacks read."""
+
+
+def single_input(user_data: np.ndarray, shared_keys: list, shared_data: dict) -> None:
+    """Check that the model has one shared input, a float64 vector, in nutpie's layout.
+
+    nutpie (0.16) passes the callbacks a record ``shared: (data, size, shape)`` with one field
+    per shared variable; :mod:`bayesmer.callbacks` reads the first two (address and length)
+    of a record with one float64 vector.
+
+    Raises
+    ------
+    UnexpectedLayout
+        For any other number, type or layout of the shared inputs.
+    """
+    if len(shared_keys) != 1 or set(shared_data) != set(shared_keys):
+        raise UnexpectedLayout(f"{len(shared_data)} shared inputs, not 1")
+    (key,) = shared_keys
+    value = shared_data[key]
+    expected = np.dtype(
+        [
+            (
+                "shared",
+                [
+                    ("data", [(key, np.uintp)]),
+                    ("size", [(key, np.uintp)]),
+                    ("shape", [(key, np.uint, (1,))]),
+                ],
+            )
+        ]
+    )
+    if value.dtype != np.float64 or value.ndim != 1 or user_data.dtype != expected:
+        raise UnexpectedLayout(f"shared input {value.dtype} {value.shape}, {user_data.dtype}")
+
+
+def _load_callbacks(path: Path | None) -> ModuleType:
+    """A fresh module of :data:`CALLBACKS_FILE`, or of a structure's copy of it at ``path``.
+
+    A copy's module is registered in ``sys.modules`` under the copy's name: numba's cache
+    rebuilds a loaded function's environment by importing its module.
+    """
+    name = f"bayesmer_{path.stem}" if path is not None else f"bayesmer_callbacks_{uuid.uuid4().hex}"
+    spec = importlib.util.spec_from_file_location(name, path or CALLBACKS_FILE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if path is not None:
+        sys.modules[name] = module
+    return module
+
+
+def _factories(module: ModuleType) -> tuple[Callable, Callable]:
+    """nutpie's two callback factories, giving ``module``'s callbacks for this model."""
+
+    def logp_factory(n_dim, logp_fn, user_data, shared_keys, shared_data):
+        single_input(user_data, shared_keys, shared_data)
+        module.n_dim, module.logp_inner = n_dim, logp_fn
+        return module.logp_callback, _LOGP_SIGNATURE
+
+    def expand_factory(n_dim, n_expanded, expand_fn, user_data, shared_var_keys, shared_data):
+        single_input(user_data, shared_var_keys, shared_data)
+        module.n_expanded, module.expand_inner = n_expanded, expand_fn
+        return module.expand_callback, _EXPAND_SIGNATURE
+
+    return logp_factory, expand_factory
 
 
 #: nutpie's private factories that :func:`compile_model` swaps, with their argument names.
@@ -471,12 +499,10 @@ _NUTPIE_FACTORIES = {
 def loop_callbacks_supported() -> bool:
     """Whether this nutpie has the private callback factories bayesmer replaces, as 0.16 has.
 
-    They (and ``make_extraction_fn``, which the replacements call) are looked up by name and
-    their arguments compared; a nutpie that renamed or re-shaped them is compiled as it is.
+    They are looked up by name and their arguments compared; a nutpie that renamed or
+    re-shaped them is compiled as it is.
     """
     module = nutpie.compile_pymc
-    if not callable(getattr(module, "make_extraction_fn", None)):
-        return False
     for name, arguments in _NUTPIE_FACTORIES.items():
         factory = getattr(module, name, None)
         if not callable(factory):
@@ -490,34 +516,40 @@ def loop_callbacks_supported() -> bool:
 
 
 @contextmanager
-def _loop_callbacks() -> Iterator[None]:
-    """Have nutpie build its C callbacks with :func:`_logp_callback` and :func:`_expand_callback`.
+def _loop_callbacks(module: ModuleType) -> Iterator[None]:
+    """Have nutpie build its C callbacks from ``module`` (a :mod:`bayesmer.callbacks`).
 
     nutpie (0.16) looks both factories up in its module when it compiles; they are swapped in
     for the duration of one compilation, under a lock so concurrent compilations cannot see a
     half-restored module.
     """
-    module = nutpie.compile_pymc
+    nutpie_module = nutpie.compile_pymc
     with _PATCH_LOCK:
-        saved = module._make_c_logp_func, module._make_c_expand_func
-        module._make_c_logp_func, module._make_c_expand_func = _logp_callback, _expand_callback
+        saved = nutpie_module._make_c_logp_func, nutpie_module._make_c_expand_func
+        nutpie_module._make_c_logp_func, nutpie_module._make_c_expand_func = _factories(module)
         try:
             yield
         finally:
-            module._make_c_logp_func, module._make_c_expand_func = saved
+            nutpie_module._make_c_logp_func, nutpie_module._make_c_expand_func = saved
 
 
-def compile_model(model: pm.Model) -> Any:
+def compile_model(model: pm.Model, callbacks_file: Path | None = None) -> Any:
     """``nutpie.compile_pymc_model(model, backend="numba")`` with faster-compiling callbacks.
 
-    The callbacks compute the same log density and gradient as nutpie's (so seeded draws are
-    the same) but compile about 3 s faster per process. When this nutpie does not have the
-    private factories they replace (:func:`loop_callbacks_supported`), the model is compiled
-    by stock nutpie, with a one-line note on the ``bayesmer`` logger.
+    The callbacks (:mod:`bayesmer.callbacks`) compute the same log density and gradient as
+    nutpie's (so seeded draws are the same) but compile in a fraction of the time. When this
+    nutpie does not have the private factories they replace (:func:`loop_callbacks_supported`)
+    or the model's shared inputs are not the one data vector they read
+    (:func:`single_input`), the model is compiled by stock nutpie, with a one-line note on
+    the ``bayesmer`` logger.
 
     Parameters
     ----------
     model : pm.Model
+    callbacks_file : Path, optional
+        A copy of :data:`CALLBACKS_FILE` that is this model structure's own: the callbacks are
+        then compiled with numba's cache (``cache=True``), which keeps them next to it, and
+        loaded from there when they were compiled before (``compiled_logp_func.cache_hits``).
 
     Returns
     -------
@@ -529,5 +561,12 @@ def compile_model(model: pm.Model) -> Any:
             getattr(nutpie, "__version__", "?"),
         )
         return nutpie.compile_pymc_model(model, backend="numba")
-    with _loop_callbacks():
+    module = _load_callbacks(callbacks_file)
+    try:
+        with _loop_callbacks(module):
+            return nutpie.compile_pymc_model(
+                model, backend="numba", cache=callbacks_file is not None
+            )
+    except UnexpectedLayout as err:
+        logger.info("bayesmer's callbacks do not fit this model (%s): stock nutpie.", err)
         return nutpie.compile_pymc_model(model, backend="numba")

@@ -10,13 +10,10 @@ from __future__ import annotations
 import re
 import warnings
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import formulae
 import numpy as np
-import pandas as pd
 import polars as pl
-from scipy import stats
 
 from .collapse import CELL, EXPOSURE, ROWS, SS, TRIALS, WEIGHT, Collapsed, Y, collapse
 from .diagnostics import PACKAGE_DIR
@@ -24,6 +21,9 @@ from .families import Family
 from .formula import ParsedFormula, RandomPart
 from .priors import Prior, resolve_priors
 from .transforms import column_name, relabel
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 #: Information (approximate Fisher information about a group's mean on the link scale, from the
 #: observed data) at or above which a group's effect may be sampled centred. A level is centred
@@ -356,21 +356,23 @@ class ModelSpec:
 def to_lazy(data: Any) -> tuple[pl.LazyFrame, dict[str, list[str]]]:
     """Accept polars (eager or lazy) or pandas; return a LazyFrame and categorical orders."""
     orders: dict[str, list[str]] = {}
-    if isinstance(data, pd.DataFrame):
-        for col in data.columns:
-            if isinstance(data[col].dtype, pd.CategoricalDtype):
-                orders[str(col)] = [str(c) for c in data[col].cat.categories]
-        frame = pl.from_pandas(data.reset_index(drop=True))
-        return frame.lazy(), orders
     if isinstance(data, pl.DataFrame):
         lf = data.lazy()
     elif isinstance(data, pl.LazyFrame):
         lf = data
     else:
-        raise TypeError(
-            f"data must be a polars DataFrame/LazyFrame or a pandas DataFrame, "
-            f"got {type(data).__name__}."
-        )
+        import pandas as pd  # only pandas data need it
+
+        if not isinstance(data, pd.DataFrame):
+            raise TypeError(
+                f"data must be a polars DataFrame/LazyFrame or a pandas DataFrame, "
+                f"got {type(data).__name__}."
+            )
+        for col in data.columns:
+            if isinstance(data[col].dtype, pd.CategoricalDtype):
+                orders[str(col)] = [str(c) for c in data[col].cat.categories]
+        frame = pl.from_pandas(data.reset_index(drop=True))
+        return frame.lazy(), orders
     for col, dtype in lf.collect_schema().items():
         if isinstance(dtype, pl.Enum):
             orders[col] = [str(c) for c in dtype.categories]
@@ -881,6 +883,8 @@ def _levels(
 
 def _fixed_design(parsed: ParsedFormula, frame: pd.DataFrame) -> tuple[np.ndarray, list[str], Any]:
     """Fixed-effects design matrix of the cells (formulae), its R term names, its design."""
+    import formulae
+
     frame["bayesmerresponse"] = 0.0  # formulae needs a response; the design ignores it
     dm = formulae.design_matrices(
         f"bayesmerresponse ~ {parsed.fixed_for_formulae}", frame, na_action="pass"
@@ -939,6 +943,8 @@ def design_frame(
     values under :func:`bayesmer.transforms.column_name`, computed with the training
     ``scaling``.
     """
+    import pandas as pd
+
     out = {}
     random_only = [c for c in parsed.random_variables if c in frame.columns]
     for col in dict.fromkeys([*parsed.fixed_variables, *random_only]):
@@ -998,6 +1004,8 @@ def _random_design(
     The columns are coded as in the fixed part (treatment coding: ``(sex|g)`` gives
     ``(Intercept)`` and ``sexmale``; ``(0 + sex|g)`` one column per level).
     """
+    import formulae
+
     dm = formulae.design_matrices(f"bayesmerresponse ~ {part.rhs}", frame, na_action="pass").common
     Z = np.asarray(dm.design_matrix, dtype=float)
     terms = tuple(_r_term_names(dm, parsed))
@@ -1113,6 +1121,8 @@ def heterogeneity(
     mean = np.bincount(parent, weights=w * estimates)[present] / sum_w[present]
     mean_of = np.zeros(len(sum_w))
     mean_of[present] = mean
+    from scipy import stats
+
     q = float(np.sum(w * (estimates - mean_of[parent]) ** 2))
     p_value = float(stats.chi2.sf(q, df))
     if q <= df:

@@ -7,14 +7,17 @@ the exp of the log-scale one); intervals are highest-density intervals at the mo
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
-import xarray as xr
 
 from .diagnostics import Diagnostics
 from .draws import fixed, group_effects, group_sd, hdi, prob_direction, stacked
 from .spec import GroupSpec, ModelSpec
+
+if TYPE_CHECKING:
+    import xarray as xr
 
 
 def params_table(spec: ModelSpec, trace: xr.DataTree, exponentiate: bool) -> pl.DataFrame:

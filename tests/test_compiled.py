@@ -1,0 +1,208 @@
+"""The compiled-model cache: one compilation per model structure, in memory and on disk.
+
+A cache hit must be invisible: the same log density and gradient, bit for bit, and the same
+seeded draws as a fresh compilation of the model; anything that changes the compiled
+functions (structure, data shape, library versions) must miss; a damaged disk entry is
+rebuilt.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import nutpie
+import polars as pl
+import pytest
+
+from bayesmer import compiled, glm, glmer
+from bayesmer.draws import fixed
+from bayesmer.pymc_model import build_model
+from bayesmer.sampling import CALLBACKS_FILE, compile_model
+
+ROOT = Path(__file__).resolve().parents[1]
+FORMULA = "survived ~ sex + (1|pclass)"
+FIT = {"progressbar": False}  # 4 chains x 1000 draws: the 3 classes need them to converge
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    """An empty disk cache in a temporary folder, and an empty memory cache."""
+    monkeypatch.setenv(compiled.CACHE_ENV, str(tmp_path))
+    compiled.clear_memory()
+    yield tmp_path
+    compiled.clear_memory()
+
+
+def _model(data, formula=FORMULA, **kwargs):
+    return build_model(glmer(formula, data, family="binomial", **kwargs).spec)
+
+
+def _resample(data: pl.DataFrame, seed: int) -> pl.DataFrame:
+    return data.sample(fraction=1.0, with_replacement=True, seed=seed)
+
+
+def _logp(compiled_model, x: np.ndarray) -> tuple[int, float, np.ndarray]:
+    """The log density callback nutpie calls, at ``x``: return code, value, gradient."""
+    grad = np.zeros_like(x)
+    logp = np.zeros(1)
+    code = compiled_model.compiled_logp_func.ctypes(
+        ctypes.c_uint64(len(x)),
+        x.ctypes.data_as(ctypes.POINTER(ctypes.c_double)),
+        grad.ctypes.data_as(ctypes.POINTER(ctypes.c_double)),
+        logp.ctypes.data_as(ctypes.POINTER(ctypes.c_double)),
+        ctypes.c_void_p(compiled_model.user_data.ctypes.data),
+    )
+    return code, float(logp[0]), grad
+
+
+def test_cache_hit_has_the_log_density_and_draws_of_a_fresh_compile(titanic, cache):
+    first = compiled.sampler(_model(titanic))
+    other = _model(_resample(titanic, 1))
+    hit = compiled.sampler(other)
+    assert (first.source, hit.source) == ("compiled", "memory")
+    assert hit.compilation is first.compilation
+    fresh = compile_model(other)
+    settings = dict(draws=100, tune=150, chains=2, cores=1, seed=3, progress_bar=False)
+    with hit.compilation.bound(hit.data) as bound:
+        rng = np.random.default_rng(0)
+        for _ in range(5):
+            x = rng.normal(0, 0.5, fresh.n_dim)
+            code, logp, grad = _logp(bound, x)
+            want = _logp(fresh, x)
+            assert code == want[0] == 0
+            assert logp == want[1]
+            np.testing.assert_array_equal(grad, want[2])
+        cached_draws = nutpie.sample(bound, **settings)
+    fresh_draws = nutpie.sample(fresh, **settings)
+    for name in ("b", "sd_pclass", "u_pclass"):
+        np.testing.assert_array_equal(
+            cached_draws["posterior"][name].values, fresh_draws["posterior"][name].values
+        )
+
+
+def test_refit_on_new_data_of_the_same_shape_does_not_compile(titanic, cache, monkeypatch):
+    model = glmer(FORMULA, titanic, family="binomial")
+    model.fit(random_seed=1, **FIT)
+
+    def no_compiling(*args, **kwargs):
+        raise AssertionError("compiled again")
+
+    monkeypatch.setattr(compiled, "compile_model", no_compiling)
+    refit = glmer(FORMULA, _resample(titanic, 2), family="binomial")
+    refit.fit(random_seed=1, **FIT)
+    assert refit._sampler.source == "memory"
+    assert refit.timings["compile"] < 0.1
+    # the draws are the new data's: the cached compilation is bound to them
+    assert not np.array_equal(fixed(model.posterior), fixed(refit.posterior))
+    again = glmer(FORMULA, titanic, family="binomial")
+    again.fit(random_seed=1, **FIT)
+    np.testing.assert_array_equal(fixed(model.posterior), fixed(again.posterior))
+
+
+def test_draws_carry_the_fits_own_level_names(titanic, cache):
+    glmer(FORMULA, titanic, family="binomial").fit(random_seed=1, **FIT)
+    renamed = titanic.with_columns(
+        pl.col("pclass").replace_strict({1: "a", 2: "b", 3: "c"}, return_dtype=pl.String)
+    )
+    model = glmer(FORMULA, renamed, family="binomial")
+    model.fit(random_seed=1, **FIT)
+    assert model._sampler.source == "memory"
+    assert list(model.posterior["posterior"]["u_pclass"].coords["pclass_level"].values) == [
+        "a",
+        "b",
+        "c",
+    ]
+    assert model.ranef["level"].to_list() == ["a", "b", "c"]
+
+
+def test_structure_key_ignores_data_values_and_sees_structure_and_shapes(titanic):
+    key = compiled.structure_key(_model(titanic))
+    # new data of the same shape, autoscaled priors of other values: the same structure
+    assert compiled.structure_key(_model(_resample(titanic, 4))) == key
+    assert compiled.structure_key(_model(titanic, priors={"sexmale": ("normal", 0, 1)})) == key
+    changed = {
+        "link": _model(titanic, link="probit"),
+        "term": _model(titanic, formula="survived ~ sex + alone + (1|pclass)"),
+        "prior": _model(titanic, priors={"sexmale": ("student_t", 3, 0, 1)}),
+        "shape": _model(titanic.filter(pl.col("pclass") < 3)),
+        "family": build_model(glmer("sibsp ~ sex + (1|pclass)", titanic, family="poisson").spec),
+        "groups": build_model(glm("survived ~ sex", titanic, family="binomial").spec),
+    }
+    keys = {name: compiled.structure_key(m) for name, m in changed.items()}
+    assert key not in keys.values()
+    assert len(set(keys.values())) == len(keys)
+
+
+def test_disk_cache_serves_a_later_compile_and_a_damaged_entry_is_rebuilt(titanic, cache):
+    model = _model(titanic)
+    assert compiled.sampler(model).source == "compiled"
+    compiled.clear_memory()
+    from_disk = compiled.sampler(_model(_resample(titanic, 5)))
+    assert from_disk.source == "disk"
+    x = np.random.default_rng(1).normal(0, 0.5, from_disk.compilation.compiled.n_dim)
+    with from_disk.compilation.bound(from_disk.data) as bound:
+        np.testing.assert_array_equal(
+            _logp(bound, x)[2], _logp(compile_model(_model(_resample(titanic, 5))), x)[2]
+        )
+    (folder,) = cache.glob("compiled-*")
+    numba_files = list((folder / "__pycache__").iterdir())
+    assert numba_files
+    for damaged in numba_files:
+        damaged.write_bytes(b"not a numba cache file")
+    compiled.clear_memory()
+    rebuilt = compiled.sampler(model)
+    assert rebuilt.source == "compiled"
+    compiled.clear_memory()
+    assert compiled.sampler(model).source == "disk"
+    # a half-written copy of the callbacks' source is written again (and numba's entry,
+    # checked against the source's contents, serves again)
+    (source,) = folder.glob("callbacks_*.py")
+    source.write_bytes(source.read_bytes()[:100])
+    compiled.clear_memory()
+    assert compiled.sampler(model).source == "disk"
+    assert source.read_bytes() == CALLBACKS_FILE.read_bytes()
+    fit = glmer(FORMULA, titanic, family="binomial")
+    fit.fit(random_seed=1, **FIT)
+    assert fit.posterior is not None
+
+
+def test_a_library_version_change_misses_the_disk_cache(titanic, cache, monkeypatch):
+    model = _model(titanic)
+    assert compiled.sampler(model).source == "compiled"
+    compiled.clear_memory()
+    versions = compiled.versions()
+    monkeypatch.setattr(compiled, "versions", lambda: {**versions, "pytensor": "0.0.0"})
+    assert compiled.sampler(model).source == "compiled"
+    assert len(list(cache.glob("compiled-*"))) == 2
+
+
+SCRIPT = f"""
+import bayesmer
+model = bayesmer.glmer({FORMULA!r}, bayesmer.load_dataset("titanic"), family="binomial")
+model.fit(random_seed=1, progressbar=False)
+print(model._sampler.source)
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_filling_the_cache_at_once_both_succeed(tmp_path):
+    env = {**os.environ, compiled.CACHE_ENV: str(tmp_path), "PYTHONPATH": str(ROOT)}
+
+    def start():
+        return subprocess.Popen(
+            [sys.executable, "-c", SCRIPT], env=env, cwd=ROOT, stdout=subprocess.PIPE, text=True
+        )
+
+    first, second = start(), start()
+    outputs = [p.communicate(timeout=600)[0].strip() for p in (first, second)]
+    assert [first.returncode, second.returncode] == [0, 0]
+    assert set(outputs) <= {"compiled", "disk"}
+    later = subprocess.run(
+        [sys.executable, "-c", SCRIPT], env=env, cwd=ROOT, capture_output=True, text=True
+    )
+    assert later.returncode == 0 and later.stdout.strip() == "disk"
