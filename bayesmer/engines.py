@@ -72,6 +72,14 @@ def _from_native(data: Any) -> nw.DataFrame | nw.LazyFrame:
         raise TypeError(f"data must be {ACCEPTED}; got {type(data).__name__}.") from None
 
 
+def runs_in_polars(data: Any) -> bool:
+    """Whether bayesmer reads ``data`` with polars (polars, pandas, pyarrow and other frames in
+    memory), rather than querying its own engine (DuckDB, Dask, Spark, Ibis...)."""
+    if isinstance(data, pd.DataFrame | pl.DataFrame | pl.LazyFrame):
+        return True
+    return isinstance(_from_native(data), nw.DataFrame)
+
+
 def is_polars(lf: nw.LazyFrame) -> bool:
     """Whether the query runs in polars (data given as polars, pandas or another in-memory
     frame)."""

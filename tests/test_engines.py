@@ -23,7 +23,7 @@ import pytest
 from distributed import Client, LocalCluster
 from pyspark.sql import SparkSession
 
-from bayesmer import glmer
+from bayesmer import glm, glmer
 from bayesmer.collapse import CELL, ROWS, SS, TRIALS, WEIGHT, Y
 from bayesmer.engines import ACCEPTED, columns, lazy_frame
 from bayesmer.families import get_family
@@ -291,3 +291,16 @@ def test_verbs_on_a_duckdb_model(duck: duckdb.DuckDBPyConnection, polars_fit: An
     table = model.ppc(random_seed=3)
     assert table.equals(polars_fit.ppc(random_seed=3))
     assert model.loo().pointwise.equals(polars_fit.loo().pointwise)
+
+
+def test_high_k_warning_from_duckdb_counts_rows(duck: duckdb.DuckDBPyConnection) -> None:
+    """A frame of another engine has no row order: the warning counts the rows instead."""
+    rng = np.random.default_rng(3)
+    data = pl.DataFrame(
+        {"y": [*rng.poisson(3.0, 80).tolist(), 25], "f": ["a"] * 40 + ["b"] * 40 + ["c"]}
+    )
+    model = glm("y ~ f", duck.from_arrow(data.to_arrow()), family="poisson")
+    model.fit(**FIT)
+    with pytest.warns(UserWarning, match=r"Pareto k > 0\.7 for 1 of 81 .*f=c, y=25 \(k=.*; 1 row"):
+        result = model.loo()
+    assert result.observations.filter(pl.col("pareto_k") > 0.7)["rows"].to_list() == [1]

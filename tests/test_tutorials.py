@@ -28,6 +28,7 @@ NAMES = [
     "03_poisson_counts",
     "04_teaching_uncertainty",
     "05_random_slopes",
+    "06_big_data",
 ]
 #: Seconds one cell may take (a fit compiles, then samples, on a shared 2-core machine).
 CELL_TIMEOUT = 900
