@@ -137,7 +137,14 @@ def _collapse_polars(lf: pl.LazyFrame, keys: list[str], size_col: str, spread: b
     sums = [pl.col(Y).sum(), pl.col(size_col).sum(), pl.len().alias(ROWS)]
     if spread:
         sums.append((pl.col(Y) - pl.col(Y).mean()).pow(2).sum().alias(SS))
-    cells = lf.group_by(keys).agg(sums).sort(keys).collect(engine="streaming")
+    schema = lf.collect_schema()
+    weights = None
+    if _whole(schema[Y], schema[size_col]):  # one pass: the cells are sums over the weights
+        weights = lf.group_by([*keys, Y, size_col]).agg(pl.len().alias(WEIGHT))
+        weights = weights.collect(engine="streaming")
+        cells = _cells_from_weights(weights, keys, size_col).sort(keys)
+    else:
+        cells = lf.group_by(keys).agg(sums).sort(keys).collect(engine="streaming")
     extra = [SS] if spread else []
     n_rows = int(cells[ROWS].sum())
     if len(cells) > COLLAPSE_MAX_SHARE * n_rows:
@@ -150,8 +157,10 @@ def _collapse_polars(lf: pl.LazyFrame, keys: list[str], size_col: str, spread: b
         return Collapsed(rows.select(kept), obs, n_rows, False)
 
     cells = cells.with_row_index(CELL)
-    obs_keys = [*keys, Y, size_col]
-    obs = lf.group_by(obs_keys).agg(pl.len().alias(WEIGHT)).collect(engine="streaming")
+    obs = weights
+    if obs is None:
+        obs_keys = [*keys, Y, size_col]
+        obs = lf.group_by(obs_keys).agg(pl.len().alias(WEIGHT)).collect(engine="streaming")
     obs = obs.join(cells.select([*keys, CELL]), on=keys, how="left", nulls_equal=True)
     obs = obs.select(CELL, Y, size_col, WEIGHT).sort(CELL, Y, size_col)
     return Collapsed(cells.select([*keys, Y, size_col, *extra, ROWS, CELL]), obs, n_rows, True)
@@ -166,16 +175,24 @@ def _collapse_engine(
     The within-cell sum of squares is the engine's population variance times the rows (its
     own accurate one-pass algorithm), so it may differ from polars' in the last bits.
     """
-    y_type = lf.collect_schema().to_polars()[Y]
-    sums = [nw.col(Y).sum(), nw.col(size_col).sum(), nw.len().alias(ROWS)]
-    if spread:
-        sums.append(nw.col(Y).var(ddof=0).alias(SS))
-    pre = collect(lf.group_by(keys).agg(sums))
-    pre = pre.with_columns(
-        pl.col(Y).cast(y_type),
-        pl.col(size_col).cast(pl.Int64 if size_col == TRIALS else pl.Float64),
-        pl.col(ROWS).cast(_LEN),
-    )
+    schema = lf.collect_schema().to_polars()
+    y_type = schema[Y]
+    size_type = pl.Int64 if size_col == TRIALS else pl.Float64
+    weights = None
+    if _whole(y_type, schema[size_col]):  # one query: the cells are sums over the weights
+        weights = collect(lf.group_by([*keys, Y, size_col]).agg(nw.len().alias(WEIGHT)))
+        weights = weights.with_columns(
+            pl.col(Y).cast(y_type), pl.col(size_col).cast(size_type), pl.col(WEIGHT).cast(_LEN)
+        )
+        pre = _cells_from_weights(weights, keys, size_col)
+    else:
+        sums = [nw.col(Y).sum(), nw.col(size_col).sum(), nw.len().alias(ROWS)]
+        if spread:
+            sums.append(nw.col(Y).var(ddof=0).alias(SS))
+        pre = collect(lf.group_by(keys).agg(sums))
+        pre = pre.with_columns(
+            pl.col(Y).cast(y_type), pl.col(size_col).cast(size_type), pl.col(ROWS).cast(_LEN)
+        )
     if spread:
         pre = pre.with_columns(pl.col(SS).cast(pl.Float64).fill_null(0.0) * pl.col(ROWS))
     out_keys = labels.keys
@@ -187,17 +204,31 @@ def _collapse_engine(
     cells = cells.with_row_index(CELL)
     n_rows = int(cells[ROWS].sum())
 
-    weights = collect(lf.group_by([*keys, Y, size_col]).agg(nw.len().alias(WEIGHT)))
-    weights = labels.apply(
-        weights.with_columns(
-            pl.col(Y).cast(y_type),
-            pl.col(size_col).cast(pl.Int64 if size_col == TRIALS else pl.Float64),
-            pl.col(WEIGHT).cast(_LEN),
+    if weights is None:
+        weights = collect(lf.group_by([*keys, Y, size_col]).agg(nw.len().alias(WEIGHT)))
+        weights = weights.with_columns(
+            pl.col(Y).cast(y_type), pl.col(size_col).cast(size_type), pl.col(WEIGHT).cast(_LEN)
         )
-    )
+    weights = labels.apply(weights)
     obs = weights.join(cells.select([*out_keys, CELL]), on=out_keys, how="left", nulls_equal=True)
     obs = obs.group_by(CELL, Y, size_col).agg(pl.col(WEIGHT).sum()).sort(CELL, Y, size_col)
     return Collapsed(cells.select([*out_keys, Y, size_col, *extra, ROWS, CELL]), obs, n_rows, True)
+
+
+def _whole(y_type: pl.DataType, size_type: pl.DataType) -> bool:
+    """Whether outcomes and sizes are whole numbers, whose sums are exact in any order."""
+    return y_type.is_integer() and size_type.is_integer()
+
+
+def _cells_from_weights(weights: pl.DataFrame, keys: list[str], size_col: str) -> pl.DataFrame:
+    """Cells summed from the distinct observations and their weights (whole numbers only:
+    the sums are exact, so they equal the sums over the rows)."""
+    w = pl.col(WEIGHT)
+    return weights.group_by(keys).agg(
+        (pl.col(Y) * w).sum().alias(Y),
+        (pl.col(size_col) * w).sum().alias(size_col),
+        w.sum().cast(_LEN).alias(ROWS),
+    )
 
 
 def _merge_cells(pre: pl.DataFrame, keys: list[str], size_col: str, spread: bool) -> pl.DataFrame:
