@@ -22,8 +22,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import polars as pl
 import xarray as xr
-from arviz_stats.base import array_stats
 
+from . import psis
 from .collapse import CELL, WEIGHT, Y
 from .diagnostics import PACKAGE_DIR
 from .engines import runs_in_polars
@@ -182,9 +182,10 @@ def loo(model: Model) -> LooResult:
     The model is fitted on collapsed cells, but each original data row is left out in turn:
     the pointwise log-likelihood is computed for every *distinct* observation (a cell together
     with one row's outcome and trials or exposure; for a Poisson model with an offset, at the
-    row's own exposure), Pareto-smoothed importance sampling (``arviz_stats``) runs once per
-    distinct observation, and each result is counted as many times as that observation occurs
-    in the data. The sums, the SE (``sqrt(n * var)`` over the n rows) and p_loo are therefore
+    row's own exposure), Pareto-smoothed importance sampling runs once per distinct
+    observation (:mod:`bayesmer.psis`: arviz_stats' algorithm, vectorised over the
+    observations), and each result is counted as many times as that observation occurs in the
+    data. The sums, the SE (``sqrt(n * var)`` over the n rows) and p_loo are therefore
     exactly those of PSIS-LOO on the uncollapsed data. The relative efficiency used for the
     Pareto smoothing is the one :func:`arviz_stats.loo` computes from the posterior.
 
@@ -223,7 +224,6 @@ def _compute_loo(model: Model) -> LooResult:
     trace = model.posterior
     draws = Draws.read(spec, trace)
     S = draws.n
-    n_draws_chain = S // draws.n_chains
     r_eff = _relative_eff(trace, S)
 
     obs = spec.obs
@@ -239,8 +239,7 @@ def _compute_loo(model: Model) -> LooResult:
         c = cells[block]
         eta = draws.eta(spec.X[c], spec.group_rows(c))
         ll = spec.family.log_likelihood(eta, y[block], size[block], draws.dispersion)
-        ll = ll.T.reshape(-1, draws.n_chains, n_draws_chain)
-        e, k, p = array_stats.loo(ll, chain_axis=-2, draw_axis=-1, r_eff=r_eff)
+        e, k, p = psis.loo(ll.T, r_eff)
         elpd_i[block], k_i[block], p_i[block] = e, k, p
 
     elpd, se, p_loo = _weighted_summary(elpd_i, p_i, weight)

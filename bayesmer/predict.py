@@ -1,9 +1,9 @@
 """Predictions per row, of new data or of the data the model was fitted to.
 
-:func:`predict` builds a design for the rows (the fitted rows through
-:func:`bayesmer.rows.row_table`, or validated new data) and summarises the posterior of the
-mean or linear predictor per row; :func:`fitted_values` gives the fitted values and residuals
-of every row of the model's data.
+:func:`predict` summarises the posterior of the mean or linear predictor per row: of the
+fitted rows once per cell, spread to the rows through :func:`bayesmer.rows.row_table`, of new
+data (any frame narwhals reads) through a design built for its rows. :func:`fitted_values`
+gives the fitted values and residuals of every row of the model's data.
 """
 
 from __future__ import annotations
@@ -197,7 +197,7 @@ def predict(
     ----------
     model : Model
         A fitted model.
-    data : polars or pandas DataFrame, optional
+    data : any dataframe narwhals supports, optional
         Rows to predict, holding the predictor columns (and the exposure or offset column of a
         Poisson model with an offset; the grouping columns with ``re='groups'``). By default
         the rows the model was fitted to, in data order (rows dropped for missing values left

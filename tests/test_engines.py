@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import dask.dataframe as dd
@@ -23,7 +24,7 @@ import pytest
 from distributed import Client, LocalCluster
 from pyspark.sql import SparkSession
 
-from bayesmer import glm, glmer
+from bayesmer import glm, glmer, load_model
 from bayesmer.collapse import CELL, ROWS, SS, TRIALS, WEIGHT, Y
 from bayesmer.engines import ACCEPTED, columns, lazy_frame
 from bayesmer.families import get_family
@@ -280,7 +281,9 @@ def test_same_seeded_draws_as_polars(
     assert model.loo().elpd == pytest.approx(polars_fit.loo().elpd, rel=1e-12)
 
 
-def test_verbs_on_a_duckdb_model(duck: duckdb.DuckDBPyConnection, polars_fit: Any) -> None:
+def test_verbs_on_a_duckdb_model(
+    duck: duckdb.DuckDBPyConnection, polars_fit: Any, tmp_path: Path
+) -> None:
     model = glmer("y ~ a + x + (1|g)", duck.from_arrow(ROWS_DATA.to_arrow()), family="binomial")
     model.fit(**FIT)
     with warnings.catch_warnings():
@@ -291,6 +294,11 @@ def test_verbs_on_a_duckdb_model(duck: duckdb.DuckDBPyConnection, polars_fit: An
     table = model.ppc(random_seed=3)
     assert table.equals(polars_fit.ppc(random_seed=3))
     assert model.loo().pointwise.equals(polars_fit.loo().pointwise)
+    # saved as its distinct observations, loaded without DuckDB
+    model.save(tmp_path / "duck.bayesmer")
+    loaded = load_model(tmp_path / "duck.bayesmer")
+    assert loaded.spec.cells.equals(model.spec.cells)
+    assert loaded.params.equals(model.params)
 
 
 def test_high_k_warning_from_duckdb_counts_rows(duck: duckdb.DuckDBPyConnection) -> None:
