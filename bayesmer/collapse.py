@@ -126,10 +126,18 @@ def collapse(
         inner = Labels([*labels.keys, "_all"], labels.apply)
         out = collapse(frame, ["_all"], size_col, spread, inner)
         return Collapsed(out.cells.drop("_all"), out.obs, out.n_rows, out.collapsed)
-    if is_polars(frame):
-        native = labels.apply(frame.to_native()).select([*labels.keys, Y, size_col])
-        return _collapse_polars(native, labels.keys, size_col, spread)
-    return _collapse_engine(frame, keys, size_col, spread, labels)
+    if not is_polars(frame):
+        return _collapse_engine(frame, keys, size_col, spread, labels)
+    native = frame.to_native()
+    schema = native.collect_schema()
+    if _whole(schema[Y], schema[size_col]):
+        # whole numbers: grouping the raw columns and labelling the groups gives exactly the
+        # cells of labelling the rows first (sums of integers are exact), much faster
+        out = _collapse_engine(frame, keys, size_col, spread, labels)
+        if len(out.cells) <= COLLAPSE_MAX_SHARE * out.n_rows:
+            return out
+    native = labels.apply(native).select([*labels.keys, Y, size_col])
+    return _collapse_polars(native, labels.keys, size_col, spread)
 
 
 def _collapse_polars(lf: pl.LazyFrame, keys: list[str], size_col: str, spread: bool) -> Collapsed:
@@ -137,14 +145,7 @@ def _collapse_polars(lf: pl.LazyFrame, keys: list[str], size_col: str, spread: b
     sums = [pl.col(Y).sum(), pl.col(size_col).sum(), pl.len().alias(ROWS)]
     if spread:
         sums.append((pl.col(Y) - pl.col(Y).mean()).pow(2).sum().alias(SS))
-    schema = lf.collect_schema()
-    weights = None
-    if _whole(schema[Y], schema[size_col]):  # one pass: the cells are sums over the weights
-        weights = lf.group_by([*keys, Y, size_col]).agg(pl.len().alias(WEIGHT))
-        weights = weights.collect(engine="streaming")
-        cells = _cells_from_weights(weights, keys, size_col).sort(keys)
-    else:
-        cells = lf.group_by(keys).agg(sums).sort(keys).collect(engine="streaming")
+    cells = lf.group_by(keys).agg(sums).sort(keys).collect(engine="streaming")
     extra = [SS] if spread else []
     n_rows = int(cells[ROWS].sum())
     if len(cells) > COLLAPSE_MAX_SHARE * n_rows:
@@ -157,10 +158,8 @@ def _collapse_polars(lf: pl.LazyFrame, keys: list[str], size_col: str, spread: b
         return Collapsed(rows.select(kept), obs, n_rows, False)
 
     cells = cells.with_row_index(CELL)
-    obs = weights
-    if obs is None:
-        obs_keys = [*keys, Y, size_col]
-        obs = lf.group_by(obs_keys).agg(pl.len().alias(WEIGHT)).collect(engine="streaming")
+    obs_keys = [*keys, Y, size_col]
+    obs = lf.group_by(obs_keys).agg(pl.len().alias(WEIGHT)).collect(engine="streaming")
     obs = obs.join(cells.select([*keys, CELL]), on=keys, how="left", nulls_equal=True)
     obs = obs.select(CELL, Y, size_col, WEIGHT).sort(CELL, Y, size_col)
     return Collapsed(cells.select([*keys, Y, size_col, *extra, ROWS, CELL]), obs, n_rows, True)
@@ -180,8 +179,8 @@ def _collapse_engine(
     size_type = pl.Int64 if size_col == TRIALS else pl.Float64
     weights = None
     if _whole(y_type, schema[size_col]):  # one query: the cells are sums over the weights
-        weights = collect(lf.group_by([*keys, Y, size_col]).agg(nw.len().alias(WEIGHT)))
-        weights = weights.with_columns(
+        query = lf.group_by([*keys, Y, size_col]).agg(nw.len().alias(WEIGHT))
+        weights = collect(query, streaming=True).with_columns(
             pl.col(Y).cast(y_type), pl.col(size_col).cast(size_type), pl.col(WEIGHT).cast(_LEN)
         )
         pre = _cells_from_weights(weights, keys, size_col)
@@ -189,7 +188,7 @@ def _collapse_engine(
         sums = [nw.col(Y).sum(), nw.col(size_col).sum(), nw.len().alias(ROWS)]
         if spread:
             sums.append(nw.col(Y).var(ddof=0).alias(SS))
-        pre = collect(lf.group_by(keys).agg(sums))
+        pre = collect(lf.group_by(keys).agg(sums), streaming=True)
         pre = pre.with_columns(
             pl.col(Y).cast(y_type), pl.col(size_col).cast(size_type), pl.col(ROWS).cast(_LEN)
         )
@@ -205,8 +204,8 @@ def _collapse_engine(
     n_rows = int(cells[ROWS].sum())
 
     if weights is None:
-        weights = collect(lf.group_by([*keys, Y, size_col]).agg(nw.len().alias(WEIGHT)))
-        weights = weights.with_columns(
+        query = lf.group_by([*keys, Y, size_col]).agg(nw.len().alias(WEIGHT))
+        weights = collect(query, streaming=True).with_columns(
             pl.col(Y).cast(y_type), pl.col(size_col).cast(size_type), pl.col(WEIGHT).cast(_LEN)
         )
     weights = labels.apply(weights)
