@@ -800,9 +800,11 @@ def _response(
         stats_exprs.append(trials.max().alias("__max_trials"))
     stats = collect(clean.select(stats_exprs)).row(0, named=True) if stats_exprs else {}
     if family.name == "binomial" and resp.kind == "column" and schema[resp.column] != pl.Boolean:
-        # the 50 smallest distinct values, picked in the engine (a continuous column has many)
-        values = clean.select(resp.column).unique().sort(resp.column).head(50)
-        stats[f"{resp.column}__values"] = collect(values).to_series().to_list()
+        # the 50 smallest distinct values, picked in the engine (a continuous column has many;
+        # a group-by, as DuckDB's DISTINCT through narwhals holds the rows)
+        values = clean.group_by(resp.column).agg(nw.len().alias("__rows"))
+        values = collect(values.sort(resp.column).head(50))
+        stats[f"{resp.column}__values"] = values[resp.column].to_list()
     levels_given = factors.get(resp.column) if resp.kind == "column" else None
     if levels_given is None and resp.column in orders:
         present = {_level_str(v) for v in stats.get(f"{resp.column}__values", [])}
