@@ -31,6 +31,7 @@
 # answers stay the size of the cells and which are as long as the data.
 
 # %%
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -178,3 +179,6 @@ print(f"{len(res.observations):,} distinct observations stand for {res.n_obs:,} 
 # rows through polars, DuckDB and Dask: the collapse runs at tens of millions of rows per
 # second, sampling costs the same for 10^8 rows as for 10^6 (the cells do not grow), and the
 # memory stays bounded by the cells, not by the rows.
+
+# %%
+shutil.rmtree(folder)  # the Parquet files written above
