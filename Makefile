@@ -15,7 +15,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help install test test-fast demo lint bench sbc clean
+.PHONY: help install java test test-fast demo lint bench sbc clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/' | expand -t 12
@@ -26,7 +26,17 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
+	@$(MAKE) --no-print-directory java
 	@touch $(STAMP)
+
+# PySpark (a test dependency) needs a Java runtime: Debian's, when java is missing and apt-get is there.
+java:
+	@if command -v java >/dev/null 2>&1; then :; \
+	elif command -v apt-get >/dev/null 2>&1; then \
+	  echo "Installing a Java runtime for PySpark (openjdk-17-jre-headless)"; \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq openjdk-17-jre-headless >/dev/null; \
+	else echo "No java and no apt-get: install a Java 17+ runtime for the PySpark tests" >&2; exit 1; fi
 
 install: $(STAMP) ## create .venv and install bayesmer with its dev tools
 

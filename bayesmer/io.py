@@ -7,9 +7,10 @@ A bayesmer file is a zip archive holding
   keyword arguments), what the data was, and the layout (dims, coordinates, dtypes,
   attributes) of every saved draw;
 - ``data.parquet``: the data the model was fitted to: the frame itself when it was an eager
-  polars or pandas DataFrame; for a polars LazyFrame, the distinct observations of the used
-  columns with their multiplicity (as many rows as the data had distinct observations), from
-  which the fitted rows are rebuilt, lazily, on loading;
+  polars or pandas DataFrame; for a polars LazyFrame or a frame of another engine (DuckDB,
+  Dask, Spark...), the distinct observations of the used columns with their multiplicity (as
+  many rows as the data had distinct observations, however many rows it had), from which the
+  fitted rows are rebuilt, lazily, on loading;
 - ``<group>.npz``: the draws of every group of ``model.posterior`` (``posterior`` and
   ``sample_stats``) and, when present, of ``model.prior``, as plain NumPy arrays.
 
@@ -204,7 +205,8 @@ def _data_bytes(model: Model) -> tuple[bytes, dict[str, Any]]:
     if isinstance(data, pd.DataFrame):
         data.to_parquet(buffer, engine="pyarrow")
         return buffer.getvalue(), {"kind": "pandas"}
-    # A LazyFrame is not materialised: keep the distinct observations of the used columns.
+    # A LazyFrame or another engine's frame is not materialised: keep the distinct
+    # observations of the used columns.
     table, enums = _observation_table(model.spec)
     table.write_parquet(buffer)
     return buffer.getvalue(), {"kind": "observations", "enums": enums}

@@ -247,7 +247,7 @@ def kfold(
     level_index = {lv: i for i, lv in enumerate(g.levels)}
     row_level = np.array([level_index[v] for v in rows[group].to_list()], dtype=np.int64)
     row_fold = fold_of[row_level]
-    lf, _ = to_lazy(model.data)
+    lf, _ = to_lazy(model.data, spec.formula.columns)
     elpd_level = np.empty(n_levels)
     fold_rows = []
     for fold in range(k):

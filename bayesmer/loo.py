@@ -14,16 +14,29 @@ missing values, so ``row`` indexes the user's own data frame.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import polars as pl
 
+from . import psis
 from .collapse import CELL, WEIGHT, Y
 from .diagnostics import PACKAGE_DIR
-from .rows import OBS_INDEX, Draws, blocks, cell_keys, public_names, public_rows, row_table
+from .engines import runs_in_polars
+from .rows import (
+    OBS_INDEX,
+    ROW_NUMBER,
+    Draws,
+    blocks,
+    cell_keys,
+    free_name,
+    public_names,
+    public_rows,
+    row_table,
+)
 from .spec import ModelSpec
 
 if TYPE_CHECKING:
@@ -78,10 +91,12 @@ class LooResult:
     pareto_k_counts : pl.DataFrame
         ``range, label, count, share``: observations per Pareto k bin (good ``k <= 0.7``,
         bad ``0.7 < k <= 1``, very bad ``k > 1``).
-    pointwise : pl.DataFrame
-        One row per original observation, in data order: ``row`` (0-based row number in the
-        model's data), the predictor and group columns, the outcome, ``trials`` or
-        ``exposure``, ``elpd_loo``, ``p_loo`` and ``pareto_k``.
+    observations : pl.DataFrame
+        One row per *distinct* observation (a cell's predictors with one row's outcome and
+        trials or exposure): the predictor and group columns, the outcome, ``trials`` or
+        ``exposure``, ``rows`` (how many data rows are that observation), ``elpd_loo``,
+        ``p_loo`` and ``pareto_k``. As many rows as the cells have distinct outcomes, however
+        many rows the data have.
     n_draws : int
         Posterior draws used.
     r_eff : float
@@ -93,9 +108,22 @@ class LooResult:
     p_loo: float
     n_obs: int
     pareto_k_counts: pl.DataFrame
-    pointwise: pl.DataFrame
+    observations: pl.DataFrame
     n_draws: int
     r_eff: float
+    _rows: Callable[[], pl.DataFrame] = field(repr=False, compare=False)
+
+    @cached_property
+    def pointwise(self) -> pl.DataFrame:
+        """One row per original observation, in data order: ``row`` (0-based row number in
+        the model's data; for a DuckDB, Dask or Spark frame, in the order the engine returns
+        the rows), the predictor and group columns, the outcome, ``trials`` or ``exposure``,
+        ``elpd_loo``, ``p_loo`` and ``pareto_k``.
+
+        Built from the data's rows on first use, so it is as long as the data: for big data
+        read :attr:`observations` (the same values, once per distinct observation).
+        """
+        return self._rows()
 
     @property
     def looic(self) -> float:
@@ -157,9 +185,10 @@ def loo(model: Model) -> LooResult:
     The model is fitted on collapsed cells, but each original data row is left out in turn:
     the pointwise log-likelihood is computed for every *distinct* observation (a cell together
     with one row's outcome and trials or exposure; for a Poisson model with an offset, at the
-    row's own exposure), Pareto-smoothed importance sampling (``arviz_stats``) runs once per
-    distinct observation, and each result is counted as many times as that observation occurs
-    in the data. The sums, the SE (``sqrt(n * var)`` over the n rows) and p_loo are therefore
+    row's own exposure), Pareto-smoothed importance sampling runs once per distinct
+    observation (:mod:`bayesmer.psis`: arviz_stats' algorithm, vectorised over the
+    observations), and each result is counted as many times as that observation occurs in the
+    data. The sums, the SE (``sqrt(n * var)`` over the n rows) and p_loo are therefore
     exactly those of PSIS-LOO on the uncollapsed data. The relative efficiency used for the
     Pareto smoothing is the one :func:`arviz_stats.loo` computes from the posterior.
 
@@ -193,14 +222,11 @@ def loo(model: Model) -> LooResult:
 
 def _compute_loo(model: Model) -> LooResult:
     """PSIS-LOO of a fitted model (see :func:`loo`; this does the work, uncached)."""
-    from arviz_stats.base import array_stats
-
     model._require_fit("loo")
     spec = model.spec
     trace = model.posterior
     draws = Draws.read(spec, trace)
     S = draws.n
-    n_draws_chain = S // draws.n_chains
     r_eff = _relative_eff(trace, S)
 
     obs = spec.obs
@@ -216,32 +242,52 @@ def _compute_loo(model: Model) -> LooResult:
         c = cells[block]
         eta = draws.eta(spec.X[c], spec.group_rows(c))
         ll = spec.family.log_likelihood(eta, y[block], size[block], draws.dispersion)
-        ll = ll.T.reshape(-1, draws.n_chains, n_draws_chain)
-        e, k, p = array_stats.loo(ll, chain_axis=-2, draw_axis=-1, r_eff=r_eff)
+        e, k, p = psis.loo(ll.T, r_eff)
         elpd_i[block], k_i[block], p_i[block] = e, k, p
 
     elpd, se, p_loo = _weighted_summary(elpd_i, p_i, weight)
-    rows = row_table(model)
-    idx = rows[OBS_INDEX].to_numpy()
-    pointwise = public_rows(spec, rows).with_columns(
-        pl.Series("elpd_loo", elpd_i[idx]),
-        pl.Series("p_loo", p_i[idx]),
-        pl.Series("pareto_k", k_i[idx]),
+    values = {"elpd_loo": elpd_i, "p_loo": p_i, "pareto_k": k_i}
+    observations = _observation_table(spec).with_columns(
+        pl.Series(name, v) for name, v in values.items()
     )
+
+    def pointwise() -> pl.DataFrame:
+        rows = row_table(model)
+        idx = rows[OBS_INDEX].to_numpy()
+        return public_rows(spec, rows).with_columns(
+            pl.Series(name, v[idx]) for name, v in values.items()
+        )
+
     result = LooResult(
         elpd=elpd,
         se=se,
         p_loo=p_loo,
         n_obs=int(weight.sum()),
         pareto_k_counts=_k_counts(k_i, weight),
-        pointwise=pointwise,
+        observations=observations,
         n_draws=S,
         r_eff=r_eff,
+        _rows=pointwise,
     )
     if (k_i > GOOD_K).any():
-        message = _high_k_message(spec, pointwise) + _many_parameters_note(spec, p_loo, weight)
+        message = _high_k_message(model, observations) + _many_parameters_note(spec, p_loo, weight)
         warnings.warn(message, UserWarning, skip_file_prefixes=(PACKAGE_DIR,))
     return result
+
+
+def _observation_table(spec: ModelSpec) -> pl.DataFrame:
+    """The distinct observations (``spec.obs``) with their predictors, under the public names
+    of :func:`bayesmer.rows.public_names`, and ``rows``, their multiplicity."""
+    _, y_name, size_name = public_names(spec)
+    keys = cell_keys(spec)
+    rows_name = free_name("rows", {*keys, y_name, size_name})
+    obs = spec.obs.join(spec.cells.select(CELL, *keys), on=CELL, how="left", maintain_order="left")
+    return obs.select(
+        *keys,
+        pl.col(Y).alias(y_name),
+        pl.col(spec.size_col).alias(size_name),
+        pl.col(WEIGHT).cast(pl.Int64).alias(rows_name),
+    )
 
 
 def _many_parameters_note(spec: ModelSpec, p_loo: float, weight: np.ndarray) -> str:
@@ -264,10 +310,16 @@ def _many_parameters_note(spec: ModelSpec, p_loo: float, weight: np.ndarray) -> 
     )
 
 
-def _high_k_message(spec: ModelSpec, pointwise: pl.DataFrame, shown: int = 5) -> str:
-    """Name the observations with Pareto k > 0.7: their values and row numbers."""
-    row_col, y_name, size_name = public_names(spec)
+def _high_k_message(model: Model, observations: pl.DataFrame, shown: int = 5) -> str:
+    """Name the observations with Pareto k > 0.7: their values and row numbers.
+
+    The row numbers come from a query for the rows of the worst observations only (streamed
+    by polars); a frame of another engine has no row order, so its rows are counted.
+    """
+    spec = model.spec
+    _, y_name, size_name = public_names(spec)
     value_cols = [*cell_keys(spec), y_name, size_name]
+    rows_name = observations.columns[len(value_cols)]
     # exposure 1 without an offset, one row per gaussian row, one trial per 0/1 outcome
     trivial_size = (
         (spec.family.size_kind == "exposure" and not spec.has_offset)
@@ -275,24 +327,29 @@ def _high_k_message(spec: ModelSpec, pointwise: pl.DataFrame, shown: int = 5) ->
         or (spec.family.name == "binomial" and spec.formula.response.kind == "column")
     )
     shown_cols = value_cols[:-1] if trivial_size else value_cols
-    bad = pointwise.filter(pl.col("pareto_k") > GOOD_K)
-    groups = (
-        bad.group_by(value_cols, maintain_order=True)
-        .agg(pl.col(row_col), pl.col("pareto_k").first())
-        .sort("pareto_k", descending=True)
-    )
+    bad = observations.with_row_index(OBS_INDEX).filter(pl.col("pareto_k") > GOOD_K)
+    worst = bad.sort("pareto_k", descending=True, maintain_order=True).head(shown)
+    numbers: dict[int, list[int]] = {}
+    if runs_in_polars(model.data):
+        rows = row_table(model, observations=worst[OBS_INDEX].to_list())
+        for (index,), part in rows.group_by(OBS_INDEX):
+            numbers[index] = part[ROW_NUMBER].head(8).to_list()
     parts = []
-    for rec in groups.head(shown).iter_rows(named=True):
+    for rec in worst.iter_rows(named=True):
         values = ", ".join(f"{c}={_fmt_value(rec[c])}" for c in shown_cols)
-        rows = rec[row_col]
-        listed = ", ".join(str(r) for r in rows[:8]) + (", ..." if len(rows) > 8 else "")
-        parts.append(f"{values} (k={rec['pareto_k']:.2f}; {len(rows)} row(s): {listed})")
-    more = f"; and {len(groups) - shown} more" if len(groups) > shown else ""
+        count = rec[rows_name]
+        where = f"{count} row(s)"
+        if rec[OBS_INDEX] in numbers:
+            listed = ", ".join(str(r) for r in numbers[rec[OBS_INDEX]])
+            where += f": {listed}" + (", ..." if count > 8 else "")
+        parts.append(f"{values} (k={rec['pareto_k']:.2f}; {where})")
+    more = f"; and {len(bad) - shown} more" if len(bad) > shown else ""
     return (
-        f"PSIS-LOO: Pareto k > {GOOD_K} for {len(bad)} of {len(pointwise)} observations, whose "
-        f"leave-one-out estimates are unreliable: {'; '.join(parts)}{more}. Row numbers count "
-        "from 0 in the model's data. Influential observations like these often point to a "
-        "misspecified model (for counts, overdispersion)."
+        f"PSIS-LOO: Pareto k > {GOOD_K} for {int(bad[rows_name].sum())} of "
+        f"{int(observations[rows_name].sum())} observations, whose leave-one-out estimates are "
+        f"unreliable: {'; '.join(parts)}{more}. Row numbers count from 0 in the model's data. "
+        "Influential observations like these often point to a misspecified model (for counts, "
+        "overdispersion)."
     )
 
 
@@ -390,10 +447,17 @@ def compare(*models: Model, names: Sequence[str] | None = None) -> pl.DataFrame:
                 "elpd_diff": float(diff.sum()),
                 "se_diff": se_diff,
                 "p_loo": results[i].p_loo,
-                "n_bad_k": int((results[i].pointwise["pareto_k"] > GOOD_K).sum()),
+                "n_bad_k": _bad_rows(results[i]),
             }
         )
     return pl.DataFrame(out)
+
+
+def _bad_rows(result: LooResult) -> int:
+    """Data rows whose Pareto k exceeds 0.7."""
+    table = result.observations
+    rows_name = table.columns[-4]
+    return int(table.filter(pl.col("pareto_k") > GOOD_K)[rows_name].sum())
 
 
 def _observations(

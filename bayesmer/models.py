@@ -17,6 +17,7 @@ import polars as pl
 
 from . import compat, summaries
 from .diagnostics import PACKAGE_DIR, Diagnostics, diagnose, warn_if_bad
+from .engines import columns
 from .families import Family, get_family
 from .formula import ParsedFormula, parse_formula
 from .spec import ModelSpec, build_spec, check_columns
@@ -58,7 +59,10 @@ class Model:
     ----------
     formula : str
         lme4-style formula, e.g. ``'survived ~ sex + (1|pclass)'``.
-    data : polars.DataFrame, polars.LazyFrame or pandas.DataFrame
+    data : any dataframe narwhals supports
+        polars (DataFrame or LazyFrame), pandas, a pyarrow Table, a DuckDB relation, a Dask or
+        PySpark DataFrame, an Ibis table; see :mod:`bayesmer.engines`. Frames of a lazy engine
+        stay there: validation and collapsing run as queries in it.
     family : str, default 'gaussian'
         ``'gaussian'`` (as pymer4 and R, the default), ``'binomial'``, ``'poisson'``,
         ``'negativebinomial'`` (NB2; also ``'nbinom2'``) or ``'betabinomial'`` (for
@@ -77,9 +81,9 @@ class Model:
 
     Attributes
     ----------
-    data : polars.DataFrame, polars.LazyFrame or pandas.DataFrame
-        The data given; after :meth:`fit` an eager frame also holds ``fitted`` and
-        ``residuals`` (as pymer4's does).
+    data : any dataframe narwhals supports
+        The data given; after :meth:`fit` an eager polars or pandas frame also holds
+        ``fitted`` and ``residuals`` (as pymer4's does).
     posterior : xarray.DataTree or None
         Every draw (ArviZ object) after :meth:`fit`.
     params : polars.DataFrame
@@ -107,11 +111,6 @@ class Model:
         self._parsed: ParsedFormula = parse_formula(formula)
         self._family: Family = get_family(family, link)
         self._check_kind()
-        if not isinstance(data, pl.DataFrame | pl.LazyFrame) and not hasattr(data, "columns"):
-            raise TypeError(
-                "data must be a polars DataFrame/LazyFrame or a pandas DataFrame, "
-                f"got {type(data).__name__}."
-            )
         self.data = data
         self._check_columns()
         self.factors: dict[str, list[str] | None] = {}
@@ -150,11 +149,7 @@ class Model:
             )
 
     def _check_columns(self) -> None:
-        if isinstance(self.data, pl.LazyFrame):
-            available = list(self.data.collect_schema())
-        else:
-            available = [str(c) for c in self.data.columns]
-        check_columns(self._parsed, available)
+        check_columns(self._parsed, columns(self.data))
 
     @property
     def family(self) -> str:
@@ -390,10 +385,12 @@ class Model:
 
     def _add_fitted(self, type_predict: str) -> None:
         """Add ``fitted`` and ``residuals`` to an eager data frame (see :meth:`fit`)."""
+        import pandas as pd
+
         from .predict import fitted_values
 
-        if isinstance(self.data, pl.LazyFrame):
-            return
+        if not isinstance(self.data, pl.DataFrame | pd.DataFrame):
+            return  # a LazyFrame, or a frame of another engine: left as it is
         fitted, residuals = fitted_values(self, type_predict)
         used = set(self._parsed.columns)
         new = {k: v for k, v in (("fitted", fitted), ("residuals", residuals)) if k not in used}
@@ -931,7 +928,7 @@ class lm(_Gaussian, glm):  # noqa: N801  (pymer4's name)
     ----------
     formula : str
         Formula without random effects, e.g. ``'Reaction ~ Days'``.
-    data : polars.DataFrame, polars.LazyFrame or pandas.DataFrame
+    data : any dataframe narwhals supports (see :class:`Model`)
     priors : dict, optional
         As for :class:`Model`.
 
@@ -956,7 +953,7 @@ class lmer(_Gaussian, glmer):  # noqa: N801  (pymer4's name)
     ----------
     formula : str
         Formula with random effects, e.g. ``'Reaction ~ Days + (Days | Subject)'``.
-    data : polars.DataFrame, polars.LazyFrame or pandas.DataFrame
+    data : any dataframe narwhals supports (see :class:`Model`)
     priors : dict, optional
         As for :class:`Model`.
 

@@ -1,9 +1,9 @@
 """Predictions per row, of new data or of the data the model was fitted to.
 
-:func:`predict` builds a design for the rows (the fitted rows through
-:func:`bayesmer.rows.row_table`, or validated new data) and summarises the posterior of the
-mean or linear predictor per row; :func:`fitted_values` gives the fitted values and residuals
-of every row of the model's data.
+:func:`predict` summarises the posterior of the mean or linear predictor per row: of the
+fitted rows once per cell, spread to the rows through :func:`bayesmer.rows.row_table`, of new
+data (any frame narwhals reads) through a design built for its rows. :func:`fitted_values`
+gives the fitted values and residuals of every row of the model's data.
 """
 
 from __future__ import annotations
@@ -197,7 +197,7 @@ def predict(
     ----------
     model : Model
         A fitted model.
-    data : polars or pandas DataFrame, optional
+    data : any dataframe narwhals supports, optional
         Rows to predict, holding the predictor columns (and the exposure or offset column of a
         Poisson model with an offset; the grouping columns with ``re='groups'``). By default
         the rows the model was fitted to, in data order (rows dropped for missing values left
@@ -261,6 +261,8 @@ def predict(
     if not spec.groups:
         re = "zero"
     ci = resolve_ci(model, ci)
+    if data is None and output != "draws":
+        return _fitted_rows(model, type_predict, re, output, ci)
     if data is None:
         design = _fitted_design(model)
     else:
@@ -317,6 +319,59 @@ def predict(
             "prediction": values.ravel(),
         }
     )
+
+
+def _fitted_rows(
+    model: Model, type_predict: str, re: str, output: str, ci: float
+) -> np.ndarray | pl.DataFrame:
+    """:func:`predict` of the fitted rows (``output`` 'mean' or 'table'), computed once per
+    cell and spread to its rows: the cost is that of the cells, however many rows share them.
+
+    A row's exposure (Poisson, negative binomial) shifts the link by ``log(exposure)`` and
+    scales the mean by ``exposure``; every summary (mean, median, sd, highest-density
+    interval) shifts or scales with it, so it is computed on the cell's rate.
+    """
+    spec = model.spec
+    rows = row_table(model)
+    draws = Draws.read(spec, model.posterior)
+    n_cells = spec.X.shape[0]
+    every = np.arange(n_cells)
+    groups = spec.group_rows(every) if re == "groups" else {}
+    sigma = None
+    if re == "marginal":
+        Z = {name: z for name, (_, z) in spec.group_rows(every).items()}
+        sigma = draws.random_sd(spec, Z, slice(None))
+    width = draws.n * (QUADRATURE_NODES if sigma is not None else 1)
+    stats = {k: np.empty(n_cells) for k in ("mean", "estimate", "sd", "conf_low", "conf_high")}
+    for block in blocks(n_cells, width):
+        gi = {
+            name: (index[block], None if Z is None else Z[block])
+            for name, (index, Z) in groups.items()
+        }
+        eta = draws.eta(spec.X[block], gi)
+        if sigma is not None:
+            eta = marginal_link(spec.family, eta, sigma if sigma.shape[1] == 1 else sigma[:, block])
+        v = eta if type_predict == "link" else spec.family.inverse_link(eta)
+        stats["mean"][block] = v.mean(axis=0)
+        if output == "table":
+            bounds = hdi(v, ci)
+            stats["estimate"][block] = np.median(v, axis=0)
+            stats["sd"][block] = v.std(axis=0, ddof=1)
+            stats["conf_low"][block] = bounds[:, 0]
+            stats["conf_high"][block] = bounds[:, 1]
+    cells = rows[CELL].to_numpy().astype(np.int64)
+    per_row = {k: v[cells] for k, v in stats.items()}
+    if spec.family.size_kind == "exposure":
+        exposure = rows[EXPOSURE].to_numpy()
+        for k, v in per_row.items():
+            if type_predict == "link":
+                per_row[k] = v if k == "sd" else v + np.log(exposure)
+            else:
+                per_row[k] = v * exposure
+    if output == "mean":
+        return per_row["mean"]
+    table = {k: v for k, v in per_row.items() if k != "mean"}
+    return public_rows(spec, rows).with_columns(pl.Series(k, v) for k, v in table.items())
 
 
 def _with_missing_rows(values: np.ndarray, complete: np.ndarray | None) -> np.ndarray:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import polars as pl
 
-from .collapse import CELL, ROWS, Y
+from .collapse import CELL, ROWS, WEIGHT, Y
 from .draws import (
     GroupRows,
     dispersion,
@@ -86,19 +86,23 @@ def not_missing(columns: Sequence[str], schema: dict[str, pl.DataType]) -> pl.Ex
     return pl.all_horizontal(conds)
 
 
-def row_table(model: Model) -> pl.DataFrame:
+def row_table(model: Model, observations: Sequence[int] | None = None) -> pl.DataFrame:
     """Every row used by the fit, in data order, with its cell and distinct observation.
 
     Parameters
     ----------
     model : Model
+    observations : sequence of int, optional
+        Only the rows that are these distinct observations (indices into ``spec.obs``): a
+        streamed query that holds no more than those rows, however big the data.
 
     Returns
     -------
     pl.DataFrame
-        ``_row`` (0-based row number in ``model.data``), the cell key columns (factor levels as
-        strings), ``_y``, ``_n`` or ``_e``, ``_cell`` (index into ``spec.cells``) and ``_obs``
-        (index into ``spec.obs``).
+        ``_row`` (0-based row number in ``model.data``; for a frame of another engine, in the
+        order it returns the rows), the cell key columns (factor levels as strings), ``_y``,
+        ``_n`` or ``_e``, ``_cell`` (index into ``spec.cells``) and ``_obs`` (index into
+        ``spec.obs``).
 
     Raises
     ------
@@ -107,7 +111,7 @@ def row_table(model: Model) -> pl.DataFrame:
         model was built).
     """
     spec = model.spec
-    lf, _ = to_lazy(model.data)
+    lf, _ = to_lazy(model.data, spec.formula.columns)
     schema = dict(lf.collect_schema())
     cols = spec.formula.columns
     keys = cell_keys(spec)
@@ -121,29 +125,51 @@ def row_table(model: Model) -> pl.DataFrame:
         pl.col(ROW_NUMBER).cast(pl.Int64),
         *predictor_exprs(spec, schema, keys),
         *_outcome_exprs(spec, schema),
-    ).collect(engine="streaming")
+    )
     cell_dtype = spec.cells.schema[CELL]
     if not spec.collapsed:
         rows = rows.with_columns(pl.int_range(pl.len(), dtype=cell_dtype).alias(CELL))
     elif keys:
-        rows = rows.join(spec.cells.select(*keys, CELL), on=keys, how="left", maintain_order="left")
+        cells = spec.cells.lazy().select(*keys, CELL)
+        rows = rows.join(cells, on=keys, how="left", maintain_order="left")
     else:
         rows = rows.with_columns(pl.lit(0, dtype=cell_dtype).alias(CELL))
     obs = spec.obs.with_row_index(OBS_INDEX).select(OBS_INDEX, CELL, Y, size_col)
-    rows = rows.join(obs, on=[CELL, Y, size_col], how="left", maintain_order="left")
+    rows = rows.join(obs.lazy(), on=[CELL, Y, size_col], how="left", maintain_order="left")
+    if observations is not None:
+        wanted = pl.lit(pl.Series(list(observations), dtype=obs.schema[OBS_INDEX])).implode()
+        rows = rows.filter(pl.col(OBS_INDEX).is_in(wanted)).collect(engine="streaming")
+        counts = rows.group_by(OBS_INDEX).len().sort(OBS_INDEX)
+        expected = spec.obs[WEIGHT].gather(counts[OBS_INDEX]).to_numpy()
+        if len(counts) != len(set(observations)) or (counts["len"].to_numpy() != expected).any():
+            raise _changed()
+        return rows.sort(ROW_NUMBER)
+    rows = rows.collect(engine="streaming")
     check = rows.group_by(CELL).agg(pl.len().alias(ROWS), pl.col(Y).sum()).sort(CELL)
     expected = spec.cells.select(CELL, ROWS, Y).sort(CELL)
     if (
         rows[OBS_INDEX].null_count()
         or len(check) != len(expected)
         or not (check[ROWS].to_numpy() == expected[ROWS].to_numpy()).all()
-        or not (check[Y].to_numpy() == expected[Y].to_numpy()).all()
+        or not _same_sums(check[Y].to_numpy(), expected[Y].to_numpy())
     ):
-        raise RuntimeError(
-            "The model's data no longer match the cells it was fitted to (was the data frame "
-            "changed after the model was built?); refit the model."
-        )
+        raise _changed()
     return rows
+
+
+def _changed() -> RuntimeError:
+    return RuntimeError(
+        "The model's data no longer match the cells it was fitted to (was the data frame "
+        "changed after the model was built?); refit the model."
+    )
+
+
+def _same_sums(rows: np.ndarray, cells: np.ndarray) -> bool:
+    """Whether the outcomes summed per cell from the rows are the cells' sums: exactly for
+    counts, to rounding for gaussian outcomes (summed in another order, or by another engine)."""
+    if rows.dtype.kind == "f":
+        return bool(np.allclose(rows, cells, rtol=1e-9, atol=1e-9))
+    return bool((rows == cells).all())
 
 
 def public_names(spec: ModelSpec) -> tuple[str, str, str]:

@@ -12,11 +12,13 @@ import warnings
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import narwhals as nw
 import numpy as np
 import polars as pl
 
-from .collapse import CELL, EXPOSURE, ROWS, SS, TRIALS, WEIGHT, Collapsed, Y, collapse
+from .collapse import CELL, EXPOSURE, ROWS, SS, TRIALS, WEIGHT, Collapsed, Labels, Y, collapse
 from .diagnostics import PACKAGE_DIR
+from .engines import collect, lazy_frame, polars_lazy, schema_of
 from .families import Family
 from .formula import ParsedFormula, RandomPart
 from .priors import Prior, resolve_priors
@@ -353,38 +355,25 @@ class ModelSpec:
 # Data preparation
 
 
-def to_lazy(data: Any) -> tuple[pl.LazyFrame, dict[str, list[str]]]:
-    """Accept polars (eager or lazy) or pandas; return a LazyFrame and categorical orders."""
-    orders: dict[str, list[str]] = {}
-    if isinstance(data, pl.DataFrame):
-        lf = data.lazy()
-    elif isinstance(data, pl.LazyFrame):
-        lf = data
-    else:
-        import pandas as pd  # only pandas data need it
+def to_lazy(
+    data: Any, needed: list[str] | None = None
+) -> tuple[pl.LazyFrame, dict[str, list[str]]]:
+    """Any accepted data as a polars LazyFrame, and the level order of categorical columns.
 
-        if not isinstance(data, pd.DataFrame):
-            raise TypeError(
-                f"data must be a polars DataFrame/LazyFrame or a pandas DataFrame, "
-                f"got {type(data).__name__}."
-            )
-        for col in data.columns:
-            if isinstance(data[col].dtype, pd.CategoricalDtype):
-                orders[str(col)] = [str(c) for c in data[col].cat.categories]
-        frame = pl.from_pandas(data.reset_index(drop=True))
-        return frame.lazy(), orders
-    for col, dtype in lf.collect_schema().items():
-        if isinstance(dtype, pl.Enum):
-            orders[col] = [str(c) for c in dtype.categories]
-    return lf, orders
+    For answers that are per row by nature (predictions of new data, the rows behind
+    pointwise LOO); see :func:`bayesmer.engines.polars_lazy` (a DuckDB, Dask or Spark frame has
+    the ``needed`` columns pulled into memory).
+    """
+    return polars_lazy(data, needed)
 
 
-def _sorted_levels(values: pl.Series) -> list[str]:
-    uniq = values.drop_nulls().unique()
-    if uniq.dtype.is_numeric() or uniq.dtype == pl.Boolean:
-        uniq = uniq.sort()
-        return [_level_str(v) for v in uniq.to_list()]
-    return sorted(str(v) for v in uniq.to_list())
+def _sorted_levels(labels: pl.Series, dtype: pl.DataType) -> list[str]:
+    """The distinct level labels of a column of type ``dtype``: numbers in numeric order
+    (``'2'`` before ``'10'``), booleans ``'false'`` before ``'true'``, others sorted as text."""
+    uniq = labels.drop_nulls().unique().to_list()
+    if dtype.is_numeric():
+        return sorted(uniq, key=float)
+    return sorted(uniq)
 
 
 def _level_str(value: Any) -> str:
@@ -441,8 +430,9 @@ def _response_expr(
     schema: dict[str, pl.DataType],
     stats: dict[str, Any],
     levels: list[str] | None,
-) -> tuple[list[pl.Expr], tuple[str, str] | None]:
-    """Validate the response and return expressions building ``_y`` and ``_n``/``_e``."""
+) -> tuple[list[nw.Expr], tuple[str, str] | None]:
+    """Validate the response and return (narwhals) expressions building ``_y`` and
+    ``_n``/``_e``."""
     resp = parsed.response
     if family.size_kind != "exposure" and (
         parsed.exposure is not None or parsed.offset is not None
@@ -467,7 +457,7 @@ def _response_expr(
         )
     else:
         levels_found = _binary_levels(resp.column, schema, stats, levels)
-    return outcome_exprs(parsed, family, schema, levels_found), levels_found
+    return outcome_exprs(parsed, family, schema, levels_found, nw), levels_found
 
 
 def outcome_exprs(
@@ -475,38 +465,41 @@ def outcome_exprs(
     family: Family,
     schema: dict[str, pl.DataType],
     response_levels: tuple[str, str] | None,
-) -> list[pl.Expr]:
+    ns: Any = pl,
+) -> list[Any]:
     """Each row's outcome ``_y`` and its trials ``_n`` (1 per row for gaussian and 0/1
     outcomes) or exposure ``_e``, as the fit reads them (the data already validated).
 
     ``response_levels`` is the (failure, success) pair of a two-level binomial outcome.
+    ``ns`` is the expression namespace: ``polars`` for polars frames, ``narwhals`` for a
+    query that runs in the data's own engine (both spell these expressions alike).
     """
     resp = parsed.response
     col = resp.column
     if family.size_kind == "exposure":
         if parsed.exposure is not None:
-            size = pl.col(parsed.exposure).cast(pl.Float64)
+            size = ns.col(parsed.exposure).cast(ns.Float64)
         elif parsed.offset is not None:
-            size = pl.col(parsed.offset).cast(pl.Float64).exp()
+            size = ns.col(parsed.offset).cast(ns.Float64).exp()
         else:
-            size = pl.lit(1.0, dtype=pl.Float64)
-        return [pl.col(col).cast(pl.Int64).alias(Y), size.alias(EXPOSURE)]
-    one = pl.lit(1, dtype=pl.Int64).alias(TRIALS)
+            size = ns.lit(1.0, dtype=ns.Float64)
+        return [ns.col(col).cast(ns.Int64).alias(Y), size.alias(EXPOSURE)]
+    one = ns.lit(1, dtype=ns.Int64).alias(TRIALS)
     if family.name == "gaussian":
-        return [pl.col(col).cast(pl.Float64).alias(Y), one]
+        return [ns.col(col).cast(ns.Float64).alias(Y), one]
     if resp.kind == "cbind_trials":
         return [
-            pl.col(col).cast(pl.Int64).alias(Y),
-            pl.col(resp.second).cast(pl.Int64).alias(TRIALS),
+            ns.col(col).cast(ns.Int64).alias(Y),
+            ns.col(resp.second).cast(ns.Int64).alias(TRIALS),
         ]
     if resp.kind == "cbind_failures":
-        trials = (pl.col(col) + pl.col(resp.second)).cast(pl.Int64)
-        return [pl.col(col).cast(pl.Int64).alias(Y), trials.alias(TRIALS)]
+        trials = (ns.col(col) + ns.col(resp.second)).cast(ns.Int64)
+        return [ns.col(col).cast(ns.Int64).alias(Y), trials.alias(TRIALS)]
     dtype = schema[col]
     if dtype == pl.Boolean or dtype.is_numeric():
-        return [pl.col(col).cast(pl.Int64).alias(Y), one]
+        return [ns.col(col).cast(ns.Int64).alias(Y), one]
     success = response_levels[1]
-    return [(pl.col(col).cast(pl.String) == success).cast(pl.Int64).alias(Y), one]
+    return [(ns.col(col).cast(ns.String) == success).cast(ns.Int64).alias(Y), one]
 
 
 def _check_counts(
@@ -652,13 +645,16 @@ def build_spec(
 
     The steps, each its own function: read the columns (:func:`_read`), drop rows with
     missing values (:func:`_drop_missing`), validate the outcome (:func:`_response`), find the
-    factors and their levels (:func:`_levels`), collapse the rows into cells, build the fixed
-    design (:func:`_fixed_design`), then the grouping factors and the priors.
+    factor columns (:func:`_factor_columns`), collapse the rows into cells, read the levels of
+    the factors off the cells (:func:`_levels`), build the fixed design
+    (:func:`_fixed_design`), then the grouping factors and the priors. Everything that reads
+    rows runs as a query in the data's engine (see :mod:`bayesmer.engines`).
 
     Parameters
     ----------
     parsed : ParsedFormula
-    data : polars DataFrame/LazyFrame or pandas DataFrame
+    data : any frame narwhals supports
+        polars, pandas, pyarrow, DuckDB, Dask, PySpark, Ibis... (see :mod:`bayesmer.engines`).
     family : Family
     factors : dict
         Columns declared categorical with set_factors; value None means sorted level order.
@@ -677,17 +673,21 @@ def build_spec(
     lf, schema, orders = _read(parsed, data, factors)
     clean, n_dropped = _drop_missing(lf, parsed.columns, schema)
     resp_exprs, response_levels = _response(parsed, family, clean, schema, factors, orders)
-    levels, factor_cols, numeric = _levels(parsed, clean, schema, factors, orders)
+    factor_cols, numeric = _factor_columns(parsed, schema, factors)
 
-    work = clean.with_columns(
-        [*resp_exprs, *[level_expr(c, schema[c]) for c in levels]]
-    ).with_columns([pl.col(c).cast(pl.Float64) for c in numeric])
     size_col = size_column(family)
     fixed_vars = list(dict.fromkeys([*parsed.fixed_variables, *parsed.random_variables]))
     keys = list(dict.fromkeys([*fixed_vars, *parsed.groups]))
+    sources = list(
+        dict.fromkeys([*fixed_vars, *(c for g in parsed.groups for c in parsed.group_sources(g))])
+    )
+    level_cols = list(dict.fromkeys([*factor_cols, *parsed.groups]))
+    labels = Labels(keys, _labeller(parsed, schema, level_cols, numeric))
     spread = family.name == "gaussian"
-    col_data: Collapsed = collapse(work.select([*keys, Y, size_col]), keys, size_col, spread)
+    work = clean.with_columns(resp_exprs).select([*sources, Y, size_col])
+    col_data: Collapsed = collapse(work, sources, size_col, spread, labels)
     cells = col_data.cells
+    levels = _levels(parsed, cells, level_cols, schema, factors, orders)
 
     factor_levels = {c: levels[c] for c in factor_cols}
     scaling = _scaling(parsed, clean)
@@ -738,13 +738,33 @@ def build_spec(
     )
 
 
+def _labeller(
+    parsed: ParsedFormula,
+    schema: dict[str, pl.DataType],
+    level_cols: list[str],
+    numeric: list[str],
+) -> Any:
+    """The function turning raw key columns into the cells' keys (run by polars): grouping
+    factors of several columns joined (:func:`with_group_columns`), factor and group columns
+    as their level labels (:func:`level_expr`), numeric columns as Float64."""
+
+    def label(frame: Any) -> Any:
+        frame, _ = with_group_columns(frame, parsed, schema)
+        return frame.with_columns([level_expr(c, schema[c]) for c in level_cols]).with_columns(
+            [pl.col(c).cast(pl.Float64) for c in numeric]
+        )
+
+    return label
+
+
 def _read(
     parsed: ParsedFormula, data: Any, factors: dict[str, list[str] | None]
-) -> tuple[pl.LazyFrame, dict[str, pl.DataType], dict[str, list[str]]]:
-    """The formula's columns of ``data`` (plus combined grouping factors), their schema and
-    the level order of categorical columns."""
-    lf, orders = to_lazy(data)
-    schema = dict(lf.collect_schema())
+) -> tuple[nw.LazyFrame, dict[str, pl.DataType], dict[str, list[str]]]:
+    """The formula's columns of ``data`` as a lazy query in its engine, their schema (as
+    polars types, grouping factors of several columns added as strings) and the level order
+    of categorical columns."""
+    lf, orders = lazy_frame(data)
+    schema = schema_of(lf)
     check_columns(parsed, list(schema))
     undeclared = [c for c in factors if c not in schema]
     if undeclared:
@@ -752,18 +772,21 @@ def _read(
             f"set_factors names column(s) {undeclared} that are not in the data; "
             f"available columns: {list(schema)}."
         )
-    lf, schema = with_group_columns(lf.select(parsed.columns), parsed, schema)
-    return lf, schema, orders
+    schema = {c: schema[c] for c in parsed.columns}
+    combined = {g: pl.String for g in parsed.groups if len(parsed.group_sources(g)) > 1}
+    return lf.select(parsed.columns), {**schema, **combined}, orders
 
 
 def _drop_missing(
-    lf: pl.LazyFrame, cols: list[str], schema: dict[str, pl.DataType]
-) -> tuple[pl.LazyFrame, int]:
+    lf: nw.LazyFrame, cols: list[str], schema: dict[str, pl.DataType]
+) -> tuple[nw.LazyFrame, int]:
     """Rows with no null (or NaN) in any used column, and how many were dropped (warned)."""
-    not_missing = [pl.col(c).is_not_null() for c in cols]
-    not_missing += [pl.col(c).is_not_nan() for c in cols if schema[c].is_float()]
-    keep = pl.all_horizontal(not_missing)
-    n_all, n = lf.select(pl.len(), keep.sum()).collect().row(0)  # one pass over the data
+    not_missing = [~nw.col(c).is_null() for c in cols]
+    not_missing += [~nw.col(c).is_nan() for c in cols if schema[c].is_float()]
+    keep = nw.all_horizontal(not_missing, ignore_nulls=False)
+    # one pass; booleans counted as integers (Spark sums no booleans)
+    counts = collect(lf.select(nw.len().alias("n_all"), keep.cast(nw.Int64).sum().alias("n")))
+    n_all, n = (int(v) for v in counts.row(0))
     n_dropped = n_all - n
     if n_all == 0:
         raise ValueError("The data has no rows.")
@@ -784,37 +807,41 @@ def _drop_missing(
 def _response(
     parsed: ParsedFormula,
     family: Family,
-    clean: pl.LazyFrame,
+    clean: nw.LazyFrame,
     schema: dict[str, pl.DataType],
     factors: dict[str, list[str] | None],
     orders: dict[str, list[str]],
-) -> tuple[list[pl.Expr], tuple[str, str] | None]:
+) -> tuple[list[nw.Expr], tuple[str, str] | None]:
     """Validate the outcome (statistics in one pass) and build ``_y`` and ``_n``/``_e``."""
     resp = parsed.response
     stats_exprs = []
     for c in [*resp.columns, parsed.exposure]:
         if c is not None and schema[c].is_numeric():
             stats_exprs += [
-                pl.col(c).min().alias(f"{c}__min"),
-                (pl.col(c) == pl.col(c).round(0)).all().alias(f"{c}__whole")
+                nw.col(c).min().alias(f"{c}__min"),
+                (nw.col(c) == nw.col(c).round(0)).all().alias(f"{c}__whole")
                 if schema[c].is_float()
-                else pl.lit(True).alias(f"{c}__whole"),
+                else nw.lit(True).alias(f"{c}__whole"),
             ]
     if resp.kind == "cbind_trials":
         stats_exprs.append(
-            (pl.col(resp.column) > pl.col(resp.second)).sum().alias("__succ_gt_trials")
+            (nw.col(resp.column) > nw.col(resp.second))
+            .cast(nw.Int64)
+            .sum()
+            .alias("__succ_gt_trials")
         )
     if resp.kind != "column" and all(schema[c].is_numeric() for c in resp.columns):
-        trials = pl.col(resp.second)
+        trials = nw.col(resp.second)
         if resp.kind == "cbind_failures":
-            trials = pl.col(resp.column) + pl.col(resp.second)
+            trials = nw.col(resp.column) + nw.col(resp.second)
         stats_exprs.append(trials.max().alias("__max_trials"))
-    stats = clean.select(stats_exprs).collect().row(0, named=True) if stats_exprs else {}
+    stats = collect(clean.select(stats_exprs)).row(0, named=True) if stats_exprs else {}
     if family.name == "binomial" and resp.kind == "column" and schema[resp.column] != pl.Boolean:
-        values = clean.select(pl.col(resp.column).unique()).collect().to_series()
-        stats[f"{resp.column}__values"] = (
-            values.head(50).to_list() if len(values) > 50 else (values.to_list())
-        )
+        # the 50 smallest distinct values, picked in the engine (a continuous column has many;
+        # a group-by, as DuckDB's DISTINCT through narwhals holds the rows)
+        values = clean.group_by(resp.column).agg(nw.len().alias("__rows"))
+        values = collect(values.sort(resp.column).head(50))
+        stats[f"{resp.column}__values"] = values[resp.column].to_list()
     levels_given = factors.get(resp.column) if resp.kind == "column" else None
     if levels_given is None and resp.column in orders:
         present = {_level_str(v) for v in stats.get(f"{resp.column}__values", [])}
@@ -822,14 +849,13 @@ def _response(
     return _response_expr(parsed, family, schema, stats, levels_given)
 
 
-def _levels(
+def _factor_columns(
     parsed: ParsedFormula,
-    clean: pl.LazyFrame,
     schema: dict[str, pl.DataType],
     factors: dict[str, list[str] | None],
-    orders: dict[str, list[str]],
-) -> tuple[dict[str, list[str]], list[str], list[str]]:
-    """Level order of every factor and grouping column, the factor columns, the numeric ones."""
+) -> tuple[list[str], list[str]]:
+    """The factor columns and the numeric ones among the fixed effects and random slopes,
+    checked against the formula (read off the schema, before any data is grouped)."""
     resp = parsed.response
     fixed_vars = list(dict.fromkeys([*parsed.fixed_variables, *parsed.random_variables]))
     in_c = {v for call in parsed.calls if call.name == "C" for v in call.variables}
@@ -847,15 +873,32 @@ def _levels(
             )
     if resp.column in parsed.groups:
         raise ValueError(f"The outcome {resp.column!r} cannot also be a grouping column.")
-    level_cols = list(dict.fromkeys([*factor_cols, *parsed.groups]))
-    uniques = (
-        clean.select([pl.col(c).unique().implode() for c in level_cols]).collect()
-        if level_cols
-        else None
-    )
+    for part in parsed.random:
+        factor_slopes = [v for v in part.variables if v in factor_cols]
+        if factor_slopes and not part.correlated:
+            raise ValueError(
+                f"Uncorrelated random effects of {part.group!r} with the factor(s) "
+                f"{factor_slopes}: lme4 reads (f || g) and (1 | g) + (0 + f | g) with a factor "
+                "f as correlated effects of f's levels, which bayesmer does not split; write "
+                f"({' + '.join(part.variables)} | {part.group}) for correlated effects."
+            )
+    numeric = [c for c in fixed_vars if c not in factor_cols]
+    return factor_cols, numeric
+
+
+def _levels(
+    parsed: ParsedFormula,
+    cells: pl.DataFrame,
+    level_cols: list[str],
+    schema: dict[str, pl.DataType],
+    factors: dict[str, list[str] | None],
+    orders: dict[str, list[str]],
+) -> dict[str, list[str]]:
+    """Level order of every factor and grouping column, read off the cells (which hold every
+    value that the rows used have)."""
     levels: dict[str, list[str]] = {}
     for c in level_cols:
-        present = _sorted_levels(uniques[c].explode())
+        present = _sorted_levels(cells[c], schema[c])
         if factors.get(c):
             levels[c] = _check_levels(c, [str(v) for v in factors[c]], present)
         elif c in orders:
@@ -868,17 +911,7 @@ def _levels(
                 f"Grouping column {g!r} has a single level ({levels[g]}); random intercepts "
                 "need at least two groups."
             )
-    for part in parsed.random:
-        factor_slopes = [v for v in part.variables if v in factor_cols]
-        if factor_slopes and not part.correlated:
-            raise ValueError(
-                f"Uncorrelated random effects of {part.group!r} with the factor(s) "
-                f"{factor_slopes}: lme4 reads (f || g) and (1 | g) + (0 + f | g) with a factor "
-                "f as correlated effects of f's levels, which bayesmer does not split; write "
-                f"({' + '.join(part.variables)} | {part.group}) for correlated effects."
-            )
-    numeric = [c for c in fixed_vars if c not in factor_cols]
-    return levels, factor_cols, numeric
+    return levels
 
 
 def _fixed_design(parsed: ParsedFormula, frame: pd.DataFrame) -> tuple[np.ndarray, list[str], Any]:
@@ -959,15 +992,17 @@ def design_frame(
     return pd.DataFrame(out, index=pd.RangeIndex(len(frame)))
 
 
-def _scaling(parsed: ParsedFormula, rows: pl.LazyFrame) -> dict[str, tuple[float, float]]:
+def _scaling(parsed: ParsedFormula, rows: nw.LazyFrame) -> dict[str, tuple[float, float]]:
     """Mean and sd (``ddof=1``, as R's ``scale``) over the data rows of every scaled column."""
     cols = sorted({call.inner for call in parsed.calls if call.stateful})
     if not cols:
         return {}
-    values = rows.select(
-        *[pl.col(c).cast(pl.Float64).mean().alias(f"{c}__mean") for c in cols],
-        *[pl.col(c).cast(pl.Float64).std(ddof=1).alias(f"{c}__sd") for c in cols],
-    ).collect()
+    values = collect(
+        rows.select(
+            *[nw.col(c).cast(nw.Float64).mean().alias(f"{c}__mean") for c in cols],
+            *[nw.col(c).cast(nw.Float64).std(ddof=1).alias(f"{c}__sd") for c in cols],
+        )
+    )
     out = {}
     for c in cols:
         mean, sd = values[f"{c}__mean"].item(), values[f"{c}__sd"].item()

@@ -278,3 +278,46 @@ def test_loo_is_computed_once_per_fit(titanic_glmer):
     assert bayesmer.compare(titanic_glmer, titanic_glmer, names=["a", "b"])["elpd_loo"][0] == (
         pytest.approx(first.elpd)
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Memory bounded by the distinct observations
+
+
+def test_loo_and_summary_work_per_distinct_observation(titanic_glmer, monkeypatch):
+    """loo() and summary() read no data rows: the per-row table is built only when asked."""
+    calls = []
+    row_table = bayesmer.loo.row_table
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs)
+        return row_table(*args, **kwargs)
+
+    monkeypatch.setattr(bayesmer.loo, "row_table", spy)
+    monkeypatch.setattr(titanic_glmer, "_loo_cache", None)
+    str(titanic_glmer.summary())
+    res = loo(titanic_glmer)
+    assert calls == []
+    obs = res.observations
+    spec = titanic_glmer.spec
+    assert obs.columns == ["sex", "pclass", "survived", "trials", "rows", *obs.columns[5:]]
+    assert len(obs) == len(spec.obs) <= 2 * len(spec.cells)
+    assert obs["rows"].sum() == res.n_obs == 891
+    assert (obs["elpd_loo"] * obs["rows"]).sum() == pytest.approx(res.elpd, rel=1e-12)
+    assert (obs["p_loo"] * obs["rows"]).sum() == pytest.approx(res.p_loo, rel=1e-12)
+
+    pointwise = res.pointwise  # now the rows, once
+    assert len(calls) == 1 and res.pointwise is pointwise
+    keys = ["sex", "pclass", "survived", "trials"]
+    joined = pointwise.join(obs, on=keys, how="left", suffix="_obs")
+    np.testing.assert_array_equal(joined["elpd_loo"], joined["elpd_loo_obs"])
+    np.testing.assert_array_equal(joined["pareto_k"], joined["pareto_k_obs"])
+
+
+def test_rows_of_some_observations_are_read_alone(titanic_glmer):
+    from bayesmer.rows import OBS_INDEX, row_table
+
+    every = row_table(titanic_glmer)
+    some = row_table(titanic_glmer, observations=[0, 3])
+    assert some.equals(every.filter(pl.col(OBS_INDEX).is_in([0, 3])))
+    assert len(some) == titanic_glmer.spec.obs["_weight"].gather([0, 3]).sum()

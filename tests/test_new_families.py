@@ -320,10 +320,10 @@ def test_high_pareto_k_message_leaves_out_trivial_sizes(formula, family, shown):
     from bayesmer.loo import _high_k_message
     from bayesmer.rows import public_names
 
-    spec = glmer(formula, _overdispersed(), family=family).spec
-    row, y, size = public_names(spec)
-    pointwise = pl.DataFrame(
-        {row: [7], "a": ["1"], "g": ["g0"], y: [3], size: [5 if "trials" in shown else 1]}
+    model = glmer(formula, _overdispersed(), family=family)
+    _, y, size = public_names(model.spec)
+    observations = pl.DataFrame(
+        {"a": ["1"], "g": ["g0"], y: [3], size: [5 if "trials" in shown else 1], "rows": [1]}
     ).with_columns(pl.lit(0.9).alias("pareto_k"))
-    message = _high_k_message(spec, pointwise)
-    assert f"{shown}; 1 row(s): 7)" in message
+    message = _high_k_message(model, observations)
+    assert f"{shown}; 1 row(s): " in message

@@ -112,3 +112,27 @@ def test_predict_bad_input(titanic_glmer, pois_fit, trials_fit):
         predict(pois_fit, re="random")
     with pytest.raises(ValueError, match="ci must be between 0 and 1"):
         predict(pois_fit, ci=0)
+
+
+@pytest.mark.parametrize("type_predict", ["response", "link"])
+def test_fitted_rows_are_predicted_per_cell_as_new_rows_are(pois_fit, counts, type_predict):
+    """The fitted rows' predictions, computed once per cell and spread to the rows (scaled or
+    shifted by each row's exposure), equal those of the same rows given as new data."""
+    fitted = predict(pois_fit, type_predict=type_predict, output="table")
+    new = predict(pois_fit, data=counts, type_predict=type_predict, output="table")
+    assert fitted.height == new.height == counts.height
+    for col in ("estimate", "sd", "conf_low", "conf_high"):
+        np.testing.assert_allclose(fitted[col], new[col], rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(
+        predict(pois_fit, type_predict=type_predict),
+        predict(pois_fit, data=counts, type_predict=type_predict),
+        rtol=1e-12,
+    )
+
+
+def test_fitted_rows_marginal_per_cell(titanic_glmer, titanic):
+    for re in ("marginal", "zero"):
+        fitted = predict(titanic_glmer, re=re, output="table")
+        new = predict(titanic_glmer, data=titanic, re=re, output="table")
+        for col in ("estimate", "sd", "conf_low", "conf_high"):
+            np.testing.assert_allclose(fitted[col], new[col], rtol=1e-12, atol=1e-12)

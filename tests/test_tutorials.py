@@ -29,6 +29,7 @@ NAMES = [
     "04_teaching_uncertainty",
     "05_random_slopes",
     "06_linear_mixed_models",
+    "07_big_data",
 ]
 #: Seconds one cell may take (a fit compiles, then samples, on a shared 2-core machine).
 CELL_TIMEOUT = 900
