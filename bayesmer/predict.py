@@ -294,11 +294,7 @@ def predict(
         if output == "mean":
             means[block] = v.mean(axis=0)
         elif output == "table":
-            bounds = hdi(v, ci)
-            stats["estimate"][block] = np.median(v, axis=0)
-            stats["sd"][block] = v.std(axis=0, ddof=1)
-            stats["conf_low"][block] = bounds[:, 0]
-            stats["conf_high"][block] = bounds[:, 1]
+            _summarise(v, ci, stats, block)
         else:
             values[:, block] = v
     if output == "mean":
@@ -319,6 +315,16 @@ def predict(
             "prediction": values.ravel(),
         }
     )
+
+
+def _summarise(v: np.ndarray, ci: float, stats: dict[str, np.ndarray], block: slice) -> None:
+    """Write the median, sd and highest-density interval of each column of ``v`` (draws x
+    rows) into ``stats`` at ``block``."""
+    bounds = hdi(v, ci)
+    stats["estimate"][block] = np.median(v, axis=0)
+    stats["sd"][block] = v.std(axis=0, ddof=1)
+    stats["conf_low"][block] = bounds[:, 0]
+    stats["conf_high"][block] = bounds[:, 1]
 
 
 def _fitted_rows(
@@ -354,11 +360,7 @@ def _fitted_rows(
         v = eta if type_predict == "link" else spec.family.inverse_link(eta)
         stats["mean"][block] = v.mean(axis=0)
         if output == "table":
-            bounds = hdi(v, ci)
-            stats["estimate"][block] = np.median(v, axis=0)
-            stats["sd"][block] = v.std(axis=0, ddof=1)
-            stats["conf_low"][block] = bounds[:, 0]
-            stats["conf_high"][block] = bounds[:, 1]
+            _summarise(v, ci, stats, block)
     cells = rows[CELL].to_numpy().astype(np.int64)
     per_row = {k: v[cells] for k, v in stats.items()}
     if spec.family.size_kind == "exposure":
