@@ -161,7 +161,12 @@ class Sums:
         ``rows`` rows each."""
         self.dev[sel] += totals.sum(axis=1) - ref * rows.sum()
         for col, index in self.level_index.items():
-            np.add.at(self.levels[col][:, sel], index[cells], totals.T)
+            level = index[cells]
+            order = np.argsort(level, kind="stable")
+            level = level[order]
+            first = np.flatnonzero(np.r_[True, level[1:] != level[:-1]])
+            per_level = np.add.reduceat(totals[:, order], first, axis=1)
+            self.levels[col][level[first], sel] += per_level.T
 
 
 @dataclass(frozen=True)
