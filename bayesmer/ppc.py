@@ -1,9 +1,12 @@
 """Posterior predictive checks and simulated data sets, per original observation.
 
-:func:`ppc` and :func:`simulate` draw replicated outcomes per original row (see
-:func:`bayesmer.rows.row_table`; a Bernoulli row is replicated as a Bernoulli, not as part of
-its cell's binomial), so row-level statistics such as the share of zeros or the variance of the
-counts are right.
+:func:`ppc` and :func:`simulate` replicate the original rows, not the fitted cells (a
+Bernoulli row is replicated as a Bernoulli, not as part of its cell's binomial), so row-level
+statistics such as the share of zeros or the variance of the counts are right. The built-in
+statistics of :func:`ppc` need only sums over the rows, which :mod:`bayesmer.replicated` draws
+per cell (exactly, or streaming the rows in blocks) without reading the data again; callable
+statistics and :func:`simulate` need every row's outcome, and replicate the rows of
+:func:`bayesmer.rows.row_table`.
 
 Rows are numbered from 0 in the data given to the model (``row``), counting the rows dropped for
 missing values, so ``row`` indexes the user's own data frame.
@@ -20,8 +23,10 @@ import polars as pl
 from .arguments import resolve_ci
 from .collapse import CELL, TRIALS, Y
 from .compat import SIMULATE, reject, resolve_re
-from .draws import hdi, linear_predictor
-from .emmeans import marginal_link
+from .draws import hdi
+from .replicated import NEEDS, Builtin, Layout, cell_means
+from .replicated import observed as observed_sums
+from .replicated import replicated as replicated_sums
 from .rows import Draws, blocks, public_rows, row_table
 from .spec import ModelSpec
 
@@ -46,33 +51,6 @@ PPC_RE = ("groups", "new")
 # Replicated data
 
 
-def _row_means(
-    spec: ModelSpec,
-    draws: Draws,
-    cells: np.ndarray,
-    sel: slice | np.ndarray,
-    re: str = "groups",
-    rng: np.random.Generator | None = None,
-) -> np.ndarray:
-    """Success probability, rate per unit exposure or mean (gaussian) per cell and draw.
-
-    ``re`` says which group effects enter (see :func:`simulate`); ``'new'`` draws them afresh
-    from N(0, sd), one set per draw of ``sel``, shared by the cells of a level.
-    """
-    X = spec.X[cells]
-    if re == "groups":
-        return spec.family.inverse_link(draws.eta(X, spec.group_rows(cells), sel))
-    eta = draws.eta(X, {}, sel)
-    if re == "marginal" and spec.groups:
-        Z = {name: z for name, (_, z) in spec.group_rows(cells).items()}
-        sigma = draws.random_sd(spec, Z, sel)
-        return spec.family.inverse_link(marginal_link(spec.family, eta, sigma))
-    if re == "new":
-        u = draws.new_levels(spec, rng, sel)
-        eta = linear_predictor(draws.b[sel], X, u, spec.group_rows(cells))
-    return spec.family.inverse_link(eta)
-
-
 def _replicate(
     spec: ModelSpec,
     draws: Draws,
@@ -83,7 +61,7 @@ def _replicate(
 ) -> np.ndarray:
     """Replicated outcomes of every row for the draws ``sel``: shape (draws, rows)."""
     cells_used, inverse = np.unique(rows[CELL].to_numpy().astype(np.int64), return_inverse=True)
-    mean = _row_means(spec, draws, cells_used, sel, re, rng)[:, inverse]
+    mean = cell_means(spec, draws, cells_used, sel, re, rng)[:, inverse]
     size = rows[spec.size_col].to_numpy()
     dispersion = None if draws.dispersion is None else draws.dispersion[sel]
     return spec.family.replicate(rng, mean, size, dispersion)
@@ -102,85 +80,42 @@ Statistic = Callable[[np.ndarray, pl.DataFrame], np.ndarray]
 _NAMED = ("mean", "var", "sd", "zeros", "max", "min")
 
 
-def _named_stat(name: str, spec: ModelSpec, rows: pl.DataFrame) -> Statistic:
-    """A statistic of :data:`_NAMED` over all rows; ``mean`` is successes/trials for binomial
-    and beta-binomial outcomes."""
-    if name == "mean":
-        if spec.family.size_kind == "trials":
-            trials = float(rows[TRIALS].sum())
-            return lambda y, d: y.sum(axis=1) / trials
-        return lambda y, d: y.mean(axis=1)
-    if name == "var":
-        return lambda y, d: y.var(axis=1, ddof=1)
-    if name == "sd":
-        return lambda y, d: y.std(axis=1, ddof=1)
-    if name == "zeros":
-        return lambda y, d: (y == 0).mean(axis=1)
-    if name == "max":
-        return lambda y, d: y.max(axis=1).astype(float)
-    return lambda y, d: y.min(axis=1).astype(float)
-
-
-def _by_level(column: str, spec: ModelSpec, rows: pl.DataFrame) -> dict[str, Statistic]:
-    """Mean outcome (proportion of successes, mean count or mean value) per level of
-    ``column``."""
-    levels = (
-        next(g.levels for g in spec.groups if g.name == column)
-        if column in {g.name for g in spec.groups}
-        else spec.factors[column]
-    )
-    values = rows[column].to_numpy()
-    denom_col = TRIALS if spec.family.size_kind == "trials" else None
-    out: dict[str, Statistic] = {}
-    for level in levels:
-        mask = values == level
-        if not mask.any():
-            continue
-        denom = float(rows[denom_col].to_numpy()[mask].sum()) if denom_col else float(mask.sum())
-        out[f"mean[{column}={level}]"] = lambda y, d, mask=mask, denom=denom: (
-            y[:, mask].sum(axis=1) / denom
-        )
-    return out
-
-
-def _spread(column: str, spec: ModelSpec, rows: pl.DataFrame) -> Statistic:
-    """The sd (ddof=1) across the levels of a grouping column of their mean outcomes.
-
-    Means as in :func:`_by_level`: the proportion of successes, the mean count or value.
-    """
-    levels, index = np.unique(rows[column].to_numpy(), return_inverse=True)
-    if spec.family.size_kind == "trials":
-        denom = np.bincount(index, rows[TRIALS].to_numpy().astype(float), len(levels))
-    else:
-        denom = np.bincount(index, minlength=len(levels)).astype(float)
-    members = np.zeros((len(rows), len(levels)))
-    members[np.arange(len(rows)), index] = 1.0 / denom[index]
-    return lambda y, d: (y @ members).std(axis=1, ddof=1)
+def _by_level(column: str, layout: Layout) -> dict[str, Builtin]:
+    """Mean outcome (proportion of successes, mean count or mean value) of every level of
+    ``column`` that has rows."""
+    denoms = layout.level_denominators[column]
+    return {
+        f"mean[{column}={level}]": Builtin("level", column, level)
+        for level, denom in zip(layout.levels[column], denoms, strict=True)
+        if denom > 0
+    }
 
 
 def _statistics(
-    stat: Any, spec: ModelSpec, rows: pl.DataFrame, new_groups: bool = False
-) -> dict[str, Statistic]:
-    """Resolve ``stat`` into named statistics ``f(y (data sets, rows), data) -> (data sets,)``.
+    stat: Any, spec: ModelSpec, new_groups: bool = False
+) -> tuple[dict[str, Builtin | Statistic], Layout]:
+    """Resolve ``stat`` into named statistics: built-in ones (:class:`Builtin`) and callables
+    ``f(y (data sets, rows), data) -> (data sets,)``; and the cells' layout they need.
 
     With ``new_groups`` the default statistics summarise each grouping column by the spread
     of its level means (``sd[<col> means]``) instead of one mean per level.
     """
-    level_cols = [*spec.factors, *(g.name for g in spec.groups)]
+    level_cols = list(dict.fromkeys([*spec.factors, *(g.name for g in spec.groups)]))
+    layout = Layout.of(spec, level_cols)
     if stat is None:
-        out = {"mean": _named_stat("mean", spec, rows)}
+        out: dict[str, Builtin | Statistic] = {"mean": Builtin("mean")}
         group_cols = {g.name for g in spec.groups}
-        for col in dict.fromkeys(level_cols):
+        for col in level_cols:
             if new_groups and col in group_cols:
-                out[f"sd[{col} means]"] = _spread(col, spec, rows)
+                out[f"sd[{col} means]"] = Builtin("spread", col)
             else:
-                out.update(_by_level(col, spec, rows))
+                out.update(_by_level(col, layout))
         if spec.family.size_kind == "exposure":
-            out["zeros"] = _named_stat("zeros", spec, rows)
-            out["var"] = _named_stat("var", spec, rows)
+            out["zeros"] = Builtin("zeros")
+            out["var"] = Builtin("var")
         elif spec.family.name in ("gaussian", "betabinomial"):
-            out["var"] = _named_stat("var", spec, rows)
-        return out
+            out["var"] = Builtin("var")
+        return out, layout
     if isinstance(stat, str) or callable(stat):
         stat = [stat]
     if isinstance(stat, dict):
@@ -200,16 +135,49 @@ def _statistics(
         if callable(s):
             out[str(name)] = s
         elif isinstance(s, str) and s in _NAMED:
-            out[str(name)] = _named_stat(s, spec, rows)
+            out[str(name)] = Builtin(s)
         elif isinstance(s, str) and s in level_cols:
-            out.update(_by_level(s, spec, rows))
+            out.update(_by_level(s, layout))
         else:
             raise ValueError(
                 f"Unknown statistic {s!r}: use one of {sorted(_NAMED)}, a factor or group "
                 f"column of the model ({level_cols}), or a callable f(y, data) returning one "
                 "value per replicated data set."
             )
-    return out
+    return out, layout
+
+
+def _row_statistic(stat: Builtin, spec: ModelSpec, rows: pl.DataFrame) -> Statistic:
+    """A built-in statistic as a function of the rows' outcomes (data sets x rows), for a
+    check that also has callables (they need every row)."""
+    trials = spec.family.size_kind == "trials"
+    if stat.kind == "mean":
+        if trials:
+            total = float(rows[TRIALS].sum())
+            return lambda y, d: y.sum(axis=1) / total
+        return lambda y, d: y.mean(axis=1)
+    if stat.kind == "var":
+        return lambda y, d: y.var(axis=1, ddof=1)
+    if stat.kind == "sd":
+        return lambda y, d: y.std(axis=1, ddof=1)
+    if stat.kind == "zeros":
+        return lambda y, d: (y == 0).mean(axis=1)
+    if stat.kind == "max":
+        return lambda y, d: y.max(axis=1).astype(float)
+    if stat.kind == "min":
+        return lambda y, d: y.min(axis=1).astype(float)
+    if stat.kind == "level":
+        mask = rows[stat.column].to_numpy() == stat.level
+        denom = float(rows[TRIALS].to_numpy()[mask].sum()) if trials else float(mask.sum())
+        return lambda y, d: y[:, mask].sum(axis=1) / denom
+    levels, index = np.unique(rows[stat.column].to_numpy(), return_inverse=True)
+    if trials:
+        denoms = np.bincount(index, rows[TRIALS].to_numpy().astype(float), len(levels))
+    else:
+        denoms = np.bincount(index, minlength=len(levels)).astype(float)
+    members = np.zeros((len(rows), len(levels)))
+    members[np.arange(len(rows)), index] = 1.0 / denoms[index]
+    return lambda y, d: (y @ members).std(axis=1, ddof=1)
 
 
 def _evaluate(name: str, f: Statistic, y: np.ndarray, rows: pl.DataFrame) -> np.ndarray:
@@ -221,6 +189,33 @@ def _evaluate(name: str, f: Statistic, y: np.ndarray, rows: pl.DataFrame) -> np.
             f"shape {values.shape} for {y.shape[0]} data set(s) of shape {y.shape}."
         )
     return values
+
+
+def _per_row(
+    model: Model,
+    stats: dict[str, Builtin | Statistic],
+    draws: Draws,
+    rng: np.random.Generator,
+) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """Observed and replicated statistics with every row replicated: a callable needs
+    the outcomes of all rows (data sets x rows, in blocks of draws)."""
+    spec = model.spec
+    rows = row_table(model)
+    data = public_rows(spec, rows)
+    funcs = {
+        name: _row_statistic(f, spec, rows) if isinstance(f, Builtin) else f
+        for name, f in stats.items()
+    }
+    y_obs = rows[Y].to_numpy()
+    observed = {
+        name: float(_evaluate(name, f, y_obs[None, :], data)[0]) for name, f in funcs.items()
+    }
+    replicated = {name: np.empty(draws.n) for name in funcs}
+    for block in blocks(draws.n, len(rows)):
+        y_rep = _replicate(spec, draws, rows, block, rng)
+        for name, f in funcs.items():
+            replicated[name][block] = _evaluate(name, f, y_rep, data)
+    return observed, replicated
 
 
 def ppc(
@@ -237,6 +232,16 @@ def ppc(
     rows as Normal(mean, sigma), negative binomial and beta-binomial rows with their draw's
     dispersion), and each statistic is computed on the observed and on every replicated data
     set.
+
+    The built-in statistics (names and columns, below) are computed from sums per cell, so
+    memory stays bounded by the cells however many rows the data have, and the data are not
+    read again (see :mod:`bayesmer.replicated`): exactly per cell where the family allows it
+    (every built-in statistic of 0/1 outcomes; the mean, ``var``, ``sd`` and level means of a
+    gaussian outcome; the mean, level means and ``zeros`` of Poisson and binomial counts), and
+    otherwise by replicating the rows in blocks and accumulating the sums. Either way each
+    statistic has the distribution of per-row replication. A callable statistic needs every
+    replicated outcome: a check with one replicates all rows, draws in blocks, and reads the
+    data's rows (:func:`simulate`'s table), so it is as long as the data.
 
     Parameters
     ----------
@@ -305,22 +310,15 @@ def ppc(
         raise ValueError("re='new' draws new group effects, and this model has none.")
     ci = resolve_ci(model, ci)
     spec = model.spec
-    rows = row_table(model)
-    stats = _statistics(stat, spec, rows, new_groups=re == "new")
+    stats, layout = _statistics(stat, spec, new_groups=re == "new")
     draws = Draws.read(spec, model.posterior)
     rng = np.random.default_rng(random_seed)
     if re == "new":
         draws = _new_group_draws(spec, draws, rng)
-    y_obs = rows[Y].to_numpy()
-    data = public_rows(spec, rows)
-    observed = {
-        name: float(_evaluate(name, f, y_obs[None, :], data)[0]) for name, f in stats.items()
-    }
-    replicated = {name: np.empty(draws.n) for name in stats}
-    for block in blocks(draws.n, len(rows)):
-        y_rep = _replicate(spec, draws, rows, block, rng)
-        for name, f in stats.items():
-            replicated[name][block] = _evaluate(name, f, y_rep, data)
+    if all(isinstance(f, Builtin) for f in stats.values()):
+        observed, replicated = _per_cell(spec, stats, layout, draws, rng)
+    else:
+        observed, replicated = _per_row(model, stats, draws, rng)
     out = []
     for name in stats:
         rep = replicated[name]
@@ -336,6 +334,24 @@ def ppc(
             }
         )
     return pl.DataFrame(out).select(PPC_COLUMNS)
+
+
+def _per_cell(
+    spec: ModelSpec,
+    stats: dict[str, Builtin],
+    layout: Layout,
+    draws: Draws,
+    rng: np.random.Generator,
+    exact: bool = True,
+) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """Observed and replicated built-in statistics from sums per cell (see
+    :mod:`bayesmer.replicated`); ``exact=False`` streams the rows even where an exact
+    per-cell form exists."""
+    needs = {NEEDS[s.kind] for s in stats.values()}
+    seen = observed_sums(spec, layout)
+    sums = replicated_sums(spec, draws, layout, needs, rng, exact)
+    observed = {name: float(layout.value(s, seen)[0]) for name, s in stats.items()}
+    return observed, {name: layout.value(s, sums) for name, s in stats.items()}
 
 
 #: Choices of ``re`` for :func:`simulate`.
@@ -355,7 +371,11 @@ def simulate(
     """Replicated data sets drawn from the posterior predictive distribution.
 
     Each data set uses one posterior draw (picked at random; distinct draws while ``nsim``
-    does not exceed the number of draws) and draws one outcome per original row.
+    does not exceed the number of draws) and draws one outcome per original row, so the
+    result is as long as the data: the used columns are read back from the model's data
+    (from DuckDB, Dask or Spark, in the order the engine returns the rows), and the data sets
+    are drawn a block at a time, each block turned into its columns before the next, so
+    memory is the returned frame plus the rows' table and one block.
 
     Parameters
     ----------
@@ -413,10 +433,10 @@ def simulate(
     picked = rng.choice(draws.n, size=nsim, replace=nsim > draws.n)
     # counts and successes are whole numbers; a gaussian outcome is not
     dtype = np.float64 if spec.family.name == "gaussian" else np.int64
-    sims = np.empty((nsim, len(rows)), dtype=dtype)
+    columns = []
     for block in blocks(nsim, len(rows)):
-        sims[block] = _replicate(spec, draws, rows, picked[block], rng, re)
-    columns = [pl.Series(f"sim_{i + 1}", sims[i]) for i in range(nsim)]
+        sims = _replicate(spec, draws, rows, picked[block], rng, re).astype(dtype, copy=False)
+        columns += [pl.Series(f"sim_{block.start + i + 1}", v) for i, v in enumerate(sims)]
     if with_data:
         return public_rows(spec, rows).with_columns(columns)
     return pl.DataFrame(columns)

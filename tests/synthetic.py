@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import polars as pl
+import xarray as xr
 
 FIT = {"draws": 500, "tune": 500, "chains": 2, "progressbar": False}
 LEVEL_LOG_RATE = {"a": 0.2, "b": 0.8, "c": 1.2, "d": 0.5}
@@ -27,3 +28,19 @@ def counts_data(overdispersed: bool, seed: int) -> pl.DataFrame:
 
 def by_stat(table: pl.DataFrame) -> dict[str, dict]:
     return {r["statistic"]: r for r in table.iter_rows(named=True)}
+
+
+def attach(model, b, sds, us, dispersion=None):
+    """Attach given draws (S, p), {group: (S,)}, {group: (S, levels)} and the family's
+    dispersion parameter (S,) as one chain."""
+    spec = model.spec
+    data = {"b": (("chain", "draw", "term"), b[None])}
+    coords = {"term": spec.terms}
+    for g in spec.groups:
+        data[g.sd_name] = (("chain", "draw"), sds[g.name][None])
+        data[g.effect_name] = (("chain", "draw", g.dim), us[g.name][None])
+        coords[g.dim] = g.levels
+    if dispersion is not None:
+        data[spec.family.dispersion] = (("chain", "draw"), dispersion[None])
+    model.posterior = xr.DataTree.from_dict({"posterior": xr.Dataset(data, coords=coords)})
+    return model

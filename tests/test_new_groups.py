@@ -9,24 +9,11 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 import pytest
-import xarray as xr
 from scipy import special
+from synthetic import attach
 
 from bayesmer import glm, glmer
 from bayesmer.draws import fixed, group_effects, group_sd, hdi
-
-
-def attach(model, b, sds, us):
-    """Attach given draws (S, p), {group: (S,)}, {group: (S, levels)} as one chain."""
-    spec = model.spec
-    data = {"b": (("chain", "draw", "term"), b[None])}
-    coords = {"term": spec.terms}
-    for g in spec.groups:
-        data[g.sd_name] = (("chain", "draw"), sds[g.name][None])
-        data[g.effect_name] = (("chain", "draw", g.dim), us[g.name][None])
-        coords[g.dim] = g.levels
-    model.posterior = xr.DataTree.from_dict({"posterior": xr.Dataset(data, coords=coords)})
-    return model
 
 
 def fake(model, n_draws=2000, seed=0, sd=1.0):
@@ -106,19 +93,33 @@ def test_re_new_needs_random_effects(classes):
 
 def test_ppc_new_groups_matches_hand_replication(classes):
     model = fake(glmer("y ~ sex + (1|cls)", classes, family="binomial"), n_draws=300)
-    res = model.ppc(stat="mean", re="new", random_seed=11)
     spec = model.spec
     g = spec.groups[0]
     b = fixed(model.posterior)
     sd = group_sd(model.posterior, g)
+
+    def new_effects(rng):
+        return sd[:, None] * rng.standard_normal((b.shape[0], len(g.levels)))
+
+    # with a callable statistic every row is replicated, a Bernoulli per row
+    res = model.ppc(stat={"mean": lambda y, d: y.mean(axis=1)}, re="new", random_seed=11)
     rng = np.random.default_rng(11)
-    u = sd[:, None] * rng.standard_normal((b.shape[0], len(g.levels)))
+    u = new_effects(rng)
     x = (classes["sex"] == "m").to_numpy().astype(float)
     level = np.array([g.levels.index(c) for c in classes["cls"]])
     p = special.expit(b[:, [0]] + b[:, [1]] * x + u[:, level])
     y_rep = rng.binomial(np.ones(len(x), dtype=np.int64), p)
     assert res["replicated_mean"][0] == pytest.approx(y_rep.mean(), rel=1e-12)
     assert res["ppp"][0] == np.mean(y_rep.mean(axis=1) >= classes["y"].mean())
+    # the built-in mean replicates each cell's successes, Binomial(rows, p)
+    res = model.ppc(stat="mean", re="new", random_seed=11)
+    rng = np.random.default_rng(11)
+    u = new_effects(rng)
+    x = (spec.cells["sex"] == "m").to_numpy().astype(float)
+    p = special.expit(b[:, [0]] + b[:, [1]] * x + u[:, g.index])
+    successes = rng.binomial(spec.rows.astype(np.int64), p).sum(axis=1)
+    assert res["replicated_mean"][0] == pytest.approx(successes.mean() / len(classes), rel=1e-12)
+    assert res["ppp"][0] == np.mean(successes / len(classes) >= classes["y"].mean())
 
 
 def test_new_groups_replicate_a_wider_spread_of_group_means():
@@ -154,17 +155,19 @@ def test_ppc_new_groups_checks_the_spread_of_group_means(classes):
     b = fixed(model.posterior)
     rng = np.random.default_rng(11)
     u = group_sd(model.posterior, g)[:, None] * rng.standard_normal((b.shape[0], len(g.levels)))
-    x = (classes["sex"] == "m").to_numpy().astype(float)
-    level = np.array([g.levels.index(c) for c in classes["cls"]])
-    y_rep = rng.binomial(1, special.expit(b[:, [0]] + b[:, [1]] * x + u[:, level]))
-    members = np.zeros((len(x), len(g.levels)))
-    members[np.arange(len(x)), level] = 1.0
-    members /= members.sum(axis=0)
+    # each cell's successes are Binomial(rows, p); a class's mean is its cells' successes
+    # over its rows
+    x = (spec.cells["sex"] == "m").to_numpy().astype(float)
+    p = special.expit(b[:, [0]] + b[:, [1]] * x + u[:, g.index])
+    successes = rng.binomial(spec.rows.astype(np.int64), p)
+    members = np.zeros((spec.cells.height, len(g.levels)))
+    members[np.arange(spec.cells.height), g.index] = 1.0
+    class_means = (successes @ members) / (spec.rows @ members)
     row = res.filter(statistic="sd[cls means]").row(0, named=True)
     observed = classes.group_by("cls").agg(pl.col("y").mean())["y"].to_numpy()
     assert row["observed"] == pytest.approx(np.std(observed, ddof=1), rel=1e-12)
     assert row["replicated_mean"] == pytest.approx(
-        np.mean((y_rep @ members).std(axis=1, ddof=1)), rel=1e-12
+        np.mean(class_means.std(axis=1, ddof=1)), rel=1e-12
     )
     # Fitted-group replication keeps one mean per class.
     assert "mean[cls=c0]" in model.ppc(random_seed=1)["statistic"].to_list()

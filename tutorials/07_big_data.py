@@ -169,12 +169,21 @@ print(f"{len(res.observations):,} distinct observations stand for {res.n_obs:,} 
 
 # %% [markdown]
 # Everything the model estimates (fixed effects, group effects, `emmeans`, `predict` on new
-# data) is about cells, so it stays small. A few answers are per row by their nature:
-# `loo().pointwise` (one LOO value per data row), `predict()` and `simulate()` for the fitted
-# rows, `ppc()` with per-row statistics. They pull the used columns out of the engine when you
-# ask for them, so ask only when you need rows: `res.observations` carries the same LOO values
-# as `res.pointwise`, once per distinct observation.
-#
+# data) is about cells, so it stays small. So is `ppc()` with its built-in statistics: the
+# mean, the variance, the share of zeros, the mean of each level are sums over the rows, and
+# the replicated sums are drawn per cell (a cell of 0/1 rows replicates its successes as one
+# Binomial(rows, p)), without reading the rows again. A few answers are per row by their
+# nature: `loo().pointwise` (one LOO value per data row), `predict()` and `simulate()` for the
+# fitted rows, `ppc()` with a statistic of your own (a function of every replicated row). They
+# pull the used columns out of the engine when you ask for them, so ask only when you need
+# rows: `res.observations` carries the same LOO values as `res.pointwise`, once per distinct
+# observation. The posterior predictive check of the mean, the variance and the level means of
+# `a` and `b` (the default would add one mean per group) reads nothing from DuckDB:
+
+# %%
+model.ppc(stat=["mean", "var", "a", "b"], random_seed=SEED)
+
+# %% [markdown]
 # How far does this go? `benchmarks/README.md` times the same model on 10^7 and 10^8 Parquet
 # rows through polars, DuckDB and Dask: the collapse runs at tens of millions of rows per
 # second, sampling costs the same for 10^8 rows as for 10^6 (the cells do not grow), and the
