@@ -1,4 +1,4 @@
-"""bayesmer against plain Bambi, side by side, on the models of issues 4, 11 and 12.
+"""bayesmer against plain Bambi, side by side, on the models of issues 4, 11, 12 and 13.
 
 Run it with ``make bench`` (or ``.venv/bin/python benchmarks/bench.py --help``). One command
 fits every case with both libraries, with the same draws, tuning steps, chains and seed, and
@@ -71,7 +71,8 @@ class Case:
     in_quick : bool
         Part of a ``--quick`` smoke run.
     dataset : str
-        A bundled data set (``load_dataset`` name), or ``'synthetic'`` (:func:`synthetic`).
+        A bundled data set (``load_dataset`` name), ``'synthetic'`` (:func:`synthetic`) or
+        one of the simulated data sets of issue 13 (:data:`SIMULATED`).
     bambi_formula : str or None
         The formula in Bambi's spelling where it differs (``I(age**2)``; a nested factor
         written out as ``(1|a) + (1|a:b)``): the same model.
@@ -179,6 +180,37 @@ CASES: dict[str, Case] = {
             True,
             False,
         ),
+        Case(
+            "many_groups",
+            "y ~ a + x + (1|g)",
+            "binomial",
+            100_000,
+            10_000,
+            True,
+            False,
+            dataset="many_groups",
+        ),
+        Case(
+            "poisson_many",
+            "y ~ a + x + offset(log(t)) + (1|g)",
+            "poisson",
+            1_000_000,
+            100_000,
+            True,
+            False,
+            dataset="poisson_many",
+            bambi_formula="y ~ a + x + offset(np.log(t)) + (1|g)",
+        ),
+        Case(
+            "crossed",
+            "y ~ age + (1|subject) + (1|item)",
+            "binomial",
+            7_488,
+            336,
+            True,
+            False,
+            dataset="crossed",
+        ),
     ]
 }
 
@@ -207,6 +239,8 @@ class Result:
     worst_ess_term: str = ""
     max_rhat: float = math.nan
     divergences: int = -1
+    n_steps: float = math.nan
+    step_size: float = math.nan
     ess_per_s: float = math.nan
     peak_mb: float = math.nan
     self_maxrss_mb: float = math.nan
@@ -266,6 +300,64 @@ def synthetic(
     }
 
 
+def many_groups() -> dict[str, Any]:
+    """Issue 13's case, as the issue draws it (seed 0): 10^5 Bernoulli rows in 10^4 groups,
+    a two-level factor ``a`` and a continuous ``x``, so the rows do not collapse."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    n_groups, rows = 10_000, 100_000
+    u = rng.normal(0, 0.5, n_groups)
+    g = rng.integers(0, n_groups, rows)
+    a = rng.integers(0, 2, rows)
+    x = rng.normal(size=rows)
+    y = (rng.random(rows) < 1 / (1 + np.exp(-(-0.5 + 0.8 * a + 0.3 * x + u[g])))).astype(int)
+    return {"y": y, "a": a.astype(str), "x": x, "g": g.astype(str)}
+
+
+def poisson_many() -> dict[str, Any]:
+    """Issue 13's Poisson case (seed 0): 10^6 counts in 10^5 groups with an exposure ``t``
+    (uniform on 0.5-2), ``y ~ Poisson(t exp(-0.5 + 0.8 a + 0.3 x + u_g))``, u_g sd 0.5."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    n_groups, rows = 100_000, 1_000_000
+    u = rng.normal(0, 0.5, n_groups)
+    g = rng.integers(0, n_groups, rows)
+    a = rng.integers(0, 2, rows)
+    x = rng.normal(size=rows)
+    t = rng.uniform(0.5, 2.0, rows)
+    y = rng.poisson(t * np.exp(-0.5 + 0.8 * a + 0.3 * x + u[g]))
+    return {"y": y, "a": a.astype(str), "x": x, "t": t, "g": g.astype(str)}
+
+
+def crossed() -> dict[str, Any]:
+    """Issue 13's crossed design (seed 0): 312 subjects each answering the same 24 items
+    (7,488 Bernoulli rows), a standardised subject-level covariate ``age``, subject sd 1,
+    item sd 0.7: ``y ~ age + (1|subject) + (1|item)``."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    n_subjects, n_items = 312, 24
+    age = rng.normal(size=n_subjects)
+    u = rng.normal(0, 1.0, n_subjects)
+    v = rng.normal(0, 0.7, n_items)
+    s = np.repeat(np.arange(n_subjects), n_items)
+    i = np.tile(np.arange(n_items), n_subjects)
+    eta = -0.3 + 0.5 * age[s] + u[s] + v[i]
+    y = (rng.random(s.size) < 1 / (1 + np.exp(-eta))).astype(int)
+    return {
+        "y": y,
+        "age": age[s],
+        "subject": np.array([f"s{k:03d}" for k in s]),
+        "item": np.array([f"i{k:02d}" for k in i]),
+    }
+
+
+#: Simulated data sets of issue 13, by :attr:`Case.dataset` name.
+SIMULATED = {"many_groups": many_groups, "poisson_many": poisson_many, "crossed": crossed}
+
+
 def load_pandas(case: Case):
     """The case's data as a pandas DataFrame (for Bambi), without importing bayesmer."""
     import pandas as pd
@@ -276,6 +368,8 @@ def load_pandas(case: Case):
         "sleepstudy": {"Subject": str},
         "salamanders": {"site": str},
     }
+    if case.dataset in SIMULATED:
+        return pd.DataFrame(SIMULATED[case.dataset]())
     if case.dataset != "synthetic":
         return pd.read_csv(DATA_DIR / f"{case.dataset}.csv", dtype=labels.get(case.dataset))
     return pd.DataFrame(synthetic(case.rows, case.groups, family=case.family))
@@ -287,6 +381,8 @@ def load_polars(case: Case):
 
     from bayesmer import load_dataset
 
+    if case.dataset in SIMULATED:
+        return pl.DataFrame(SIMULATED[case.dataset]())
     if case.dataset != "synthetic":
         return load_dataset(case.dataset)
     return pl.DataFrame(synthetic(case.rows, case.groups, family=case.family))
@@ -329,7 +425,8 @@ def diagnose(posterior, sample_stats, names: list[str]) -> dict[str, Any]:
     """Min bulk/tail ESS, max R-hat and divergences over the named posterior variables.
 
     Rank-normalised R-hat and ESS (Vehtari et al. 2021) from ``arviz_stats``, the same
-    estimators bayesmer's convergence gate uses, applied to both libraries alike.
+    estimators bayesmer's convergence gate uses, applied to both libraries alike; also the
+    mean number of leapfrog steps (gradient evaluations) per draw and the mean step size.
     """
     import arviz_stats as azs
     import numpy as np
@@ -358,6 +455,8 @@ def diagnose(posterior, sample_stats, names: list[str]) -> dict[str, Any]:
         "worst_ess_term": labels[worst],
         "max_rhat": float(np.nanmax(rhat)),
         "divergences": int(sample_stats["diverging"].values.sum()),
+        "n_steps": float(sample_stats["n_steps"].values.mean()),
+        "step_size": float(sample_stats["step_size"].values.mean()),
     }
 
 
@@ -592,7 +691,8 @@ def details(results: list[Result]) -> str:
     for r in results:
         out.append(
             f"- {r.case} / {r.library}: {r.note}; sampler {r.sampler or '-'}; worst bulk ESS "
-            f"{r.worst_ess_term or '-'}, min tail ESS {_fmt(r.min_ess_tail, 0)}; memory after "
+            f"{r.worst_ess_term or '-'}, min tail ESS {_fmt(r.min_ess_tail, 0)}; leapfrog steps "
+            f"per draw {_fmt(r.n_steps)}, step size {_fmt(r.step_size, 3)}; memory after "
             f"imports {_fmt(r.base_mb, 0)} MB (import {_fmt(r.import_s)} s); peak = max(tree "
             f"RSS {_fmt(r.tree_peak_mb, 0)}, ru_maxrss {_fmt(r.self_maxrss_mb, 0)})"
         )
