@@ -1,18 +1,22 @@
-"""The GLM log-likelihood and its gradient in one pass over the rows: a PyTensor Op.
+"""The GLM log-likelihood and its gradient in one kernel: a PyTensor Op.
 
 PyTensor's graph of ``sum(y * eta - n * softplus(eta))`` with ``eta = c + X @ b + m[index]``
 walks the rows several times (the linear predictor, softplus, the sigmoid of the gradient,
 ``X.T @ r``, the scatter of ``r`` into the group means), each a loop of its own with its
-temporaries. :class:`LinearLikelihood` computes the log-likelihood and every gradient in one
-loop over the rows, with one ``exp`` and one ``log1p`` per row for the binomial-logit
-likelihood (``softplus(eta) = max(eta, 0) + log1p(exp(-|eta|))``, and the sigmoid from the
-same ``exp``) and one ``exp`` for the Poisson one. Its numba implementation is registered
-with PyTensor's numba dispatch, which nutpie's numba backend compiles; ``perform`` is the
-same computation in NumPy.
+temporaries, and calls the C library's ``exp`` and ``log1p`` one row at a time.
+:class:`LinearLikelihood` computes the log-likelihood and every gradient in one kernel. For
+the binomial-logit likelihood: the linear predictor, then ``e = exp(-|eta|)`` in plain
+arithmetic that the compiler turns into SIMD instructions (:func:`_row_kernels`), the
+log-likelihood with ``softplus(eta) = max(eta, 0) + log1p(e)`` (the sum of ``log1p(e)`` as
+the log of products of ``1 + e``, one ``log`` per :data:`PRODUCT_BLOCK` rows when every row
+is one trial) and the residuals ``y - n sigmoid(eta)`` from the same ``e``, then
+``X.T @ r`` and the scatter. For the Poisson likelihood, one loop with one ``exp`` per row.
+Its numba implementation is registered with PyTensor's numba dispatch, which nutpie's numba
+backend compiles; ``perform`` is the same computation in NumPy.
 
 The log density is the same as the plain graph's up to rounding (the sums are taken in
-another order): ``tests/test_fused.py`` compares the two models' log density and gradient at
-random points to 1e-8.
+another order, ``exp`` is computed to a few units in the last place): ``tests/test_fused.py``
+compares the two models' log density and gradient at random points to 1e-8.
 
 The linear predictor is collected by :class:`Predictor` while the model is built; the
 likelihood then takes the fused path for the families it implements (:data:`FAMILIES`) when
@@ -23,12 +27,17 @@ coefficient vector, group means indexed by a data index), and the plain graph ot
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytensor.tensor as pt
+from llvmlite import ir
+from numba import types
+from numba.extending import intrinsic
 from pytensor.gradient import DisconnectedType, disconnected_type
 from pytensor.graph.basic import Apply
 from pytensor.graph.op import Op
@@ -73,6 +82,7 @@ class LinearLikelihood(Op):
         self.n_gathers = n_gathers
 
     def make_node(self, c, X, b, *rest) -> Apply:
+        register()  # the numba implementation, for any graph holding the Op
         c, X, b = pt.as_tensor_variable(c), pt.as_tensor_variable(X), pt.as_tensor_variable(b)
         rest = [pt.as_tensor_variable(v) for v in rest]
         if len(rest) != 2 * self.n_gathers + 2:
@@ -136,60 +146,162 @@ def linear_likelihood(family: str, c, X, b, gathers: list[tuple[Any, Any]], y, w
     return LinearLikelihood(family, len(gathers))(c, X, b, *args, y, w)[0]
 
 
+#: LLVM fast-math flags of the reductions: reassociation lets the sums and the product of
+#: ``1 + exp(-|eta|)`` run in SIMD lanes. No ``nnan``/``ninf``: a non-finite linear
+#: predictor must still give a non-finite log density.
+REDUCTION_FLAGS = frozenset({"reassoc", "contract", "nsz", "arcp"})
+
+# exp(a) for a <= 0 in plain arithmetic (so that a loop of it is vectorised): a = k ln2 + r,
+# |r| <= ln2 / 2, by Cody and Waite's two-part ln2 (fdlibm's); exp(r) by its Taylor
+# polynomial of degree 13 (truncation below 2e-16); 2**k built from the bits of
+# k + 1.5 * 2**52, whose low bits hold k. Written so that fast-math reassociation (which
+# numba passes from a caller to the functions it calls) cannot change the result beyond
+# rounding. Arguments below -708 give exp(-708) (about 3e-308) instead of a
+# smaller number or 0: an absolute difference below 1e-307.
+_LOG2E = 1.4426950408889634
+_SHIFT = 6755399441055744.0
+_SHIFT_BITS = int(np.array([_SHIFT]).view(np.int64)[0])
+_LN2_HI = 6.93147180369123816490e-01
+_LN2_LO = 1.90821492927058770002e-10
+_TAYLOR = tuple(1.0 / math.factorial(k) for k in range(13, -1, -1))
+
+
+@intrinsic
+def _float_as_int(typingctx, value):
+    """The bits of a float64 as an int64 (a bit cast of the value, not of memory)."""
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(64))
+
+    return types.int64(types.float64), codegen
+
+
+@intrinsic
+def _int_as_float(typingctx, value):
+    """The float64 of an int64's bits."""
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.DoubleType())
+
+    return types.float64(types.int64), codegen
+
+
+def _row_kernels() -> tuple[Callable, Callable]:
+    """The vectorised passes of the binomial-logit kernel: ``exp(-|eta|)``, and the
+    log-likelihood with the residuals ``y - n sigmoid(eta)``."""
+    import numba
+
+    c13, c12, c11, c10, c9, c8, c7, c6, c5, c4, c3, c2, c1, c0 = _TAYLOR
+    log2e, shift, shift_bits, ln2_hi, ln2_lo = _LOG2E, _SHIFT, _SHIFT_BITS, _LN2_HI, _LN2_LO
+    block = PRODUCT_BLOCK
+
+    @numba.njit(boundscheck=False)
+    def exp_neg_abs(eta, e):  # pragma: no cover - numba code
+        """``e = exp(-|eta|)``."""
+        for i in range(eta.shape[0]):
+            a = max(-abs(eta[i]), -708.0)
+            k = np.floor(a * log2e + 0.5)
+            t = k + shift  # exact: k is a whole number below 2**10 in size
+            r = (a - k * ln2_hi) - k * ln2_lo
+            p = c13 * r + c12
+            p = p * r + c11
+            p = p * r + c10
+            p = p * r + c9
+            p = p * r + c8
+            p = p * r + c7
+            p = p * r + c6
+            p = p * r + c5
+            p = p * r + c4
+            p = p * r + c3
+            p = p * r + c2
+            p = p * r + c1
+            p = p * r + c0
+            e[i] = p * _int_as_float((_float_as_int(t) - shift_bits + 1023) << 52)
+
+    @numba.njit(boundscheck=False, fastmath=set(REDUCTION_FLAGS))
+    def binomial_terms(eta, e, y, w, r):  # pragma: no cover - numba code
+        """The log-likelihood ``sum(y eta - w softplus(eta))``; ``r = y - w sigmoid(eta)``."""
+        n = eta.shape[0]
+        linear = 0.0
+        all_one = True
+        for i in range(n):
+            one_e = 1.0 + e[i]
+            top = 1.0 if eta[i] >= 0.0 else e[i]
+            r[i] = y[i] - w[i] * (top / one_e)
+            linear += y[i] * eta[i] - w[i] * max(eta[i], 0.0)
+            all_one = all_one and w[i] == 1.0
+        logs = 0.0
+        if all_one:
+            # sum of log(1 + e): the log of products of BLOCK factors in (1, 2]
+            for start in range(0, n, block):
+                prod = 1.0
+                for i in range(start, min(start + block, n)):
+                    prod *= 1.0 + e[i]
+                logs += np.log(prod)
+        else:
+            for i in range(n):
+                logs += w[i] * np.log1p(e[i])
+        return linear - logs
+
+    return exp_neg_abs, binomial_terms
+
+
 def _kernel_source(family: str, n: int) -> str:
-    """Source of the row loop for ``family`` and ``n`` gathered terms (written out per term:
-    numba takes no ``*args`` of arrays in different roles)."""
+    """Source of the kernel for ``family`` and ``n`` gathered terms (written out per term:
+    numba takes no ``*args`` of arrays in different roles).
+
+    Binomial-logit: the linear predictor of every row, then ``exp(-|eta|)``, the
+    log-likelihood and the residuals in vectorised loops (:func:`_row_kernels`), then the
+    gradient (``X.T @ r`` and the scatter of ``r`` into the group means). Poisson: one loop.
+    """
     pairs = "".join(f"m{k}, i{k}, " for k in range(n))
-    lines = [
+    head = [
         f"def fused(c, X, b, {pairs}y, w):",
         "    n_rows, p = X.shape",
         "    c_ = c.item()",
         "    logp = 0.0",
-        "    prod = 1.0",
-        "    count = 0",
+    ]
+    linear = [
+        "        v = c_",
+        "        for j in range(p):",
+        "            v += X[i, j] * b[j]",
+        *(f"        v += m{k}[int(i{k}[i])]" for k in range(n)),
+    ]
+    gradient = [
         "    dc = 0.0",
         "    db = np.zeros(p)",
         *(f"    dm{k} = np.zeros(m{k}.shape[0])" for k in range(n)),
         "    for i in range(n_rows):",
-        "        eta = c_",
+        "        ri = r[i]",
+        "        dc += ri",
         "        for j in range(p):",
-        "            eta += X[i, j] * b[j]",
-        *(f"        l{k} = int(i{k}[i])\n        eta += m{k}[l{k}]" for k in range(n)),
+        "            db[j] += ri * X[i, j]",
+        *(f"        dm{k}[int(i{k}[i])] += ri" for k in range(n)),
     ]
     if family == "binomial":
-        # sum of w * log1p(e): with w = 1 (a Bernoulli row, the common case without collapsing)
-        # as the log of a running product of 1 + e, each in (1, 2], taken every BLOCK rows
-        lines += [
-            "        e = np.exp(-abs(eta))",
-            "        one_e = 1.0 + e",
-            "        if w[i] == 1.0:",
-            "            prod *= one_e",
-            "            count += 1",
-            "            if count == BLOCK:",
-            "                logp -= np.log(prod)",
-            "                prod = 1.0",
-            "                count = 0",
-            "        else:",
-            "            logp -= w[i] * np.log1p(e)",
-            "        logp += y[i] * eta - w[i] * max(eta, 0.0)",
-            "        sig = (1.0 if eta >= 0.0 else e) / one_e",
-            "        r = y[i] - w[i] * sig",
+        body = [
+            "    eta = np.empty(n_rows)",
+            "    for i in range(n_rows):",
+            *linear,
+            "        eta[i] = v",
+            "    e = np.empty(n_rows)",
+            "    r = np.empty(n_rows)",
+            "    exp_neg_abs(eta, e)",
+            "    logp = binomial_terms(eta, e, y, w, r)",
         ]
     else:
-        lines += [
-            "        mu = np.exp(eta + w[i])",
-            "        logp += y[i] * (eta + w[i]) - mu",
-            "        r = y[i] - mu",
+        body = [
+            "    r = np.empty(n_rows)",
+            "    for i in range(n_rows):",
+            *linear,
+            "        mu = np.exp(v + w[i])",
+            "        logp += y[i] * (v + w[i]) - mu",
+            "        r[i] = y[i] - mu",
         ]
-    lines += [
-        "        dc += r",
-        "        for j in range(p):",
-        "            db[j] += r * X[i, j]",
-        *(f"        dm{k}[l{k}] += r" for k in range(n)),
-        "    logp -= np.log(prod)",
-        "    return np.asarray(logp), np.asarray(dc), db" + "".join(f", dm{k}" for k in range(n)),
+    tail = [
+        "    return np.asarray(logp), np.asarray(dc), db" + "".join(f", dm{k}" for k in range(n))
     ]
-    return "\n".join(lines) + "\n"
+    return "\n".join(head + body + gradient + tail) + "\n"
 
 
 def _numba_funcify(op: LinearLikelihood, node=None, **kwargs) -> tuple[Callable, int]:
@@ -197,12 +309,14 @@ def _numba_funcify(op: LinearLikelihood, node=None, **kwargs) -> tuple[Callable,
     the version of its source for PyTensor's cache key."""
     from pytensor.link.numba.dispatch import basic as numba_basic
 
-    scope = {"np": np, "BLOCK": PRODUCT_BLOCK}
+    exp_neg_abs, binomial_terms = _row_kernels()
+    scope = {"np": np, "exp_neg_abs": exp_neg_abs, "binomial_terms": binomial_terms}
     source = _kernel_source(op.family, op.n_gathers)
     exec(compile(source, "<bayesmer.fused>", "exec"), scope)  # noqa: S102 - generated source
     # PyTensor's numba cache knows the Op by its class and props: the source's hash is added
     # to its key, so a changed kernel is compiled anew
-    version = int(hashlib.sha256(f"{PRODUCT_BLOCK}{source}".encode()).hexdigest()[:12], 16)
+    # (and that of the module, which holds the vectorised passes)
+    version = int(hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12], 16)
     return numba_basic.numba_njit(scope["fused"], boundscheck=False), version
 
 
@@ -273,7 +387,6 @@ class Predictor:
 
     def fused(self, family: str, y, w):
         """The log-likelihood by :class:`LinearLikelihood`, ``y`` and ``w`` as it takes them."""
-        register()
         c = pt.as_tensor_variable(0.0)
         dots, gathers = [], []
         for part in self.parts:

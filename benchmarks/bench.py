@@ -216,6 +216,9 @@ CASES: dict[str, Case] = {
 
 LIBRARIES = ("bayesmer", "bambi")
 
+#: Bambi's tuning steps when ``--tune`` is not given (bayesmer then uses its own default).
+TUNE = 1000
+
 
 @dataclass
 class Result:
@@ -481,7 +484,8 @@ def run_bayesmer(case: Case, draws: int, tune: int, chains: int, seed: int, res:
     res.build = time.perf_counter() - start
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", bayesmer.ConvergenceWarning)
-        model.fit(draws=draws, tune=tune, chains=chains, random_seed=seed, progressbar=False)
+        extra = {} if tune is None else {"tune": tune}  # None: bayesmer's default
+        model.fit(draws=draws, chains=chains, random_seed=seed, progressbar=False, **extra)
     res.wall = time.perf_counter() - start
     res.compile = model.timings["compile"]
     res.sample = model.timings["sample"]
@@ -490,7 +494,7 @@ def run_bayesmer(case: Case, draws: int, tune: int, chains: int, seed: int, res:
     res.note = ("collapsed" if spec.collapsed else "not collapsed") + "".join(
         f"; {g.name}: {g.parametrization}" for g in spec.groups
     )
-    res.sampler = {k: repr(v) for k, v in model.sampler_kwargs.items()}
+    res.sampler = {"tune": repr(model.tune)} | {k: repr(v) for k, v in model.sampler_kwargs.items()}
     post = model.posterior["posterior"].to_dataset()
     names = spec.reported  # fixed effects, sds, deviations, correlations, dispersion
     stats = diagnose(post, model.posterior["sample_stats"].to_dataset(), names)
@@ -528,7 +532,12 @@ def run_bambi(
         warnings.simplefilter("always")
         extra = {} if cores is None else {"cores": cores}
         idata = model.fit(
-            draws=draws, tune=tune, chains=chains, random_seed=seed, progressbar=False, **extra
+            draws=draws,
+            tune=TUNE if tune is None else tune,
+            chains=chains,
+            random_seed=seed,
+            progressbar=False,
+            **extra,
         )
     res.wall = time.perf_counter() - start
     post = idata["posterior"].to_dataset()
@@ -719,7 +728,8 @@ def header(settings: dict[str, Any], cases: list[str]) -> str:
             f"machine: {platform.node()}, {os.cpu_count()} cores, {cpu}, "
             f"Python {platform.python_version()}, load average {os.getloadavg()[0]:.2f}",
             "versions: " + ", ".join(versions),
-            f"settings: draws {settings['draws']}, tune {settings['tune']}, chains "
+            f"settings: draws {settings['draws']}, tune "
+            f"{settings['tune'] or f'bayesmer default, Bambi {TUNE}'}, chains "
             f"{settings['chains']}, seed {settings['seed']}, Bambi cores "
             f"{settings['bambi_cores'] or 'default'}; cases {', '.join(cases)}",
         ]
@@ -738,7 +748,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--libraries", default="bayesmer,bambi", help="comma-separated subset")
     p.add_argument("--chains", type=int, default=4)
     p.add_argument("--draws", type=int, default=None, help="default 1000 (200 with --quick)")
-    p.add_argument("--tune", type=int, default=None, help="default 1000 (200 with --quick)")
+    p.add_argument(
+        "--tune",
+        type=int,
+        default=None,
+        help="default: bayesmer's own (1000, or 500 for thousands of group levels), 1000 for "
+        "Bambi (200 for both with --quick)",
+    )
     p.add_argument("--seed", type=int, default=1)
     p.add_argument(
         "--bambi-max-rows",
@@ -758,8 +774,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.draws is None:
         args.draws = 200 if args.quick else 1000
-    if args.tune is None:
-        args.tune = 200 if args.quick else 1000
+    if args.tune is None and args.quick:
+        args.tune = 200
     if args.bambi_max_rows is None:
         args.bambi_max_rows = 20_000 if args.quick else 200_000
     return args

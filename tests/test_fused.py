@@ -9,6 +9,7 @@ import pytensor.tensor as pt
 import pytest
 from pytensor.compile.mode import Mode
 from pytensor.graph import clone_replace, rewrite_graph
+from scipy import special
 
 import bayesmer
 from bayesmer.fused import LinearLikelihood
@@ -126,3 +127,28 @@ def test_second_derivatives_are_refused():
     grad = pt.grad(logp, model.value_vars[0])
     with pytest.raises(NotImplementedError, match="no second derivatives"):
         pt.grad(grad.sum(), model.value_vars[0])
+
+
+@pytest.mark.parametrize("trials", ["one", "several"])
+def test_binomial_kernel_exact_far_in_the_tails(trials):
+    """Linear predictors from -750 to 750 (exp(-|eta|) below the smallest normal float at
+    the ends): the numba kernel's log-likelihood and gradients equal NumPy's exact ones."""
+    rng = np.random.default_rng(2)
+    rows = 4001
+    X = np.linspace(-750.0, 750.0, rows)[:, None]
+    n = np.ones(rows) if trials == "one" else rng.integers(1, 30, rows).astype(float)
+    y = np.minimum(rng.poisson(n / 2), n)
+    index = rng.integers(0, 7, rows).astype(float)
+    means = np.zeros(7)
+    inputs = [pt.dscalar(), pt.dmatrix(), pt.dvector(), pt.dvector(), pt.dvector()]
+    inputs += [pt.dvector(), pt.dvector()]
+    out = LinearLikelihood("binomial", 1)(*inputs)
+    f = pytensor.function(inputs, out, mode="NUMBA")
+    logp, dc, db, dm = f(0.0, X, np.array([1.0]), means, index, y, n)
+    eta = X[:, 0]
+    r = y - n * special.expit(eta)
+    exact = np.sum(y * eta - n * np.logaddexp(0.0, eta))
+    assert abs(logp - exact) <= 1e-12 * abs(exact)
+    np.testing.assert_allclose(dc, r.sum(), rtol=1e-10)
+    np.testing.assert_allclose(db, [np.sum(r * eta)], rtol=1e-10)
+    np.testing.assert_allclose(dm, np.bincount(index.astype(int), weights=r), rtol=1e-10)
