@@ -26,6 +26,7 @@ coefficient vector, group means indexed by a data index), and the plain graph ot
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from collections.abc import Callable
@@ -186,9 +187,10 @@ def _int_as_float(typingctx, value):
     return types.float64(types.int64), codegen
 
 
+@functools.cache
 def _row_kernels() -> tuple[Callable, Callable]:
     """The vectorised passes of the binomial-logit kernel: ``exp(-|eta|)``, and the
-    log-likelihood with the residuals ``y - n sigmoid(eta)``."""
+    log-likelihood with the residuals ``y - n sigmoid(eta)`` (made once per process)."""
     import numba
 
     c13, c12, c11, c10, c9, c8, c7, c6, c5, c4, c3, c2, c1, c0 = _TAYLOR
