@@ -115,7 +115,7 @@ class Compilation:
             yield self.compiled.with_data(**{k: v for k, v in data.items() if k in names})
 
 
-def sampler(model: pm.Model, var_names: list[str] | None = None) -> Sampler:
+def sampler(model: pm.Model) -> Sampler:
     """A :class:`~bayesmer.sampling.Sampler` for ``model``, compiling it only when no model of
     its structure has been compiled in this process (and then with the callbacks from the
     disk cache when an earlier process compiled them).
@@ -124,8 +124,6 @@ def sampler(model: pm.Model, var_names: list[str] | None = None) -> Sampler:
     ----------
     model : pm.Model
         Built by :func:`bayesmer.pymc_model.build_model`.
-    var_names : list of str, optional
-        The variables kept in the draws (all by default); part of the compilation's key.
 
     Returns
     -------
@@ -140,15 +138,13 @@ def sampler(model: pm.Model, var_names: list[str] | None = None) -> Sampler:
         key = structure_key(model)
     except UnkeyedStructure:
         key = None
-    if key is not None and var_names is not None:
-        key = hashlib.sha256(repr((key, sorted(var_names))).encode()).hexdigest()
     with _MEMORY_LOCK:
         compilation = _MEMORY.get(key) if key is not None else None
         if compilation is not None:
             _MEMORY.move_to_end(key)
     source = "memory"
     if compilation is None:
-        compiled, source = _compile(model, key, var_names)
+        compiled, source = _compile(model, key)
         compilation = Compilation(key, model, compiled, inputs)
         if key is not None:
             with _MEMORY_LOCK:
@@ -215,9 +211,7 @@ def versions() -> dict[str, str]:
     }
 
 
-def _compile(
-    model: pm.Model, key: str | None, var_names: list[str] | None = None
-) -> tuple[Any, str]:
+def _compile(model: pm.Model, key: str | None) -> tuple[Any, str]:
     """nutpie's compiled model, its callbacks from the disk cache when they are there.
 
     Returns the compiled model and ``'disk'`` or ``'compiled'``. Without a key, or when the
@@ -225,18 +219,18 @@ def _compile(
     entry that fails to load is deleted and the model compiled again.
     """
     if key is None:
-        return compile_model(model, var_names=var_names), "compiled"
+        return compile_model(model), "compiled"
     try:
         source = _callbacks_source(key)
     except OSError as err:
         logger.info("bayesmer's compiled-model cache is not writable (%s): not used.", err)
-        return compile_model(model, var_names=var_names), "compiled"
+        return compile_model(model), "compiled"
     try:
-        compiled = compile_model(model, source, var_names)
+        compiled = compile_model(model, source)
     except Exception as err:  # noqa: BLE001 - whatever a damaged entry raises, rebuild it
         logger.info("bayesmer's cached compilation %s failed to load (%s): rebuilt.", key, err)
         _remove_entry(source)
-        compiled = compile_model(model, _callbacks_source(key), var_names)
+        compiled = compile_model(model, _callbacks_source(key))
     hits = compiled.compiled_logp_func.cache_hits + compiled.compiled_expand_func.cache_hits
     return compiled, "disk" if hits == 2 else "compiled"
 

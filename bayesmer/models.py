@@ -374,7 +374,7 @@ class Model:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}.")
         spec = self.spec
         if self._sampler is None:
-            self._sampler = sampler(build_model(spec), var_names=spec.reported)
+            self._sampler = sampler(build_model(spec))
         seed = secrets.randbelow(2**31) if random_seed is None else random_seed
         kwargs = {**default_sampler_kwargs(spec), **sampler_kwargs}
         try:

@@ -577,9 +577,7 @@ def _loop_callbacks(module: ModuleType) -> Iterator[None]:
             nutpie_module._make_c_logp_func, nutpie_module._make_c_expand_func = saved
 
 
-def compile_model(
-    model: pm.Model, callbacks_file: Path | None = None, var_names: list[str] | None = None
-) -> Any:
+def compile_model(model: pm.Model, callbacks_file: Path | None = None) -> Any:
     """``nutpie.compile_pymc_model(model, backend="numba")`` with faster-compiling callbacks.
 
     The callbacks (:mod:`bayesmer.callbacks`) compute the same log density and gradient as
@@ -596,11 +594,6 @@ def compile_model(
         A copy of :data:`CALLBACKS_FILE` that is this model structure's own: the callbacks are
         then compiled with numba's cache (``cache=True``), which keeps them next to it, and
         loaded from there when they were compiled before (``compiled_logp_func.cache_hits``).
-    var_names : list of str, optional
-        The variables kept in the draws (nutpie's ``var_names``); all by default. A fit keeps
-        the reported ones (:attr:`bayesmer.spec.ModelSpec.reported`), not the sampler's latent
-        variables (``z_g``, ``m_g``, ``b_z``...): with thousands of levels those would be a
-        second copy of the group effects in memory.
 
     Returns
     -------
@@ -611,13 +604,13 @@ def compile_model(
             "nutpie %s has no callback factories bayesmer knows: compiling with stock nutpie.",
             getattr(nutpie, "__version__", "?"),
         )
-        return nutpie.compile_pymc_model(model, backend="numba", var_names=var_names)
+        return nutpie.compile_pymc_model(model, backend="numba")
     module = _load_callbacks(callbacks_file)
     try:
         with _loop_callbacks(module):
             return nutpie.compile_pymc_model(
-                model, backend="numba", cache=callbacks_file is not None, var_names=var_names
+                model, backend="numba", cache=callbacks_file is not None
             )
     except UnexpectedLayout as err:
         logger.info("bayesmer's callbacks do not fit this model (%s): stock nutpie.", err)
-        return nutpie.compile_pymc_model(model, backend="numba", var_names=var_names)
+        return nutpie.compile_pymc_model(model, backend="numba")
