@@ -59,7 +59,7 @@ from pytensor.graph.basic import Constant, Variable
 from pytensor.graph.traversal import graph_inputs, io_toposort
 from pytensor.tensor.random.type import RandomType
 
-from . import __version__
+from . import __version__, fused
 from .sampling import CALLBACKS_FILE, Sampler, compile_model
 
 logger = logging.getLogger("bayesmer")
@@ -180,7 +180,7 @@ def cache_folder() -> Path:
 def versions() -> dict[str, str]:
     """What the compiled callbacks depend on besides the model's structure: the versions of
     Python and every library in the chain, the machine, PyTensor's settings that change its
-    functions, and bayesmer's callbacks' source."""
+    functions, and the source of bayesmer's callbacks and fused likelihood kernel."""
     import llvmlite
     import numba
     import nutpie
@@ -189,6 +189,7 @@ def versions() -> dict[str, str]:
     return {
         "bayesmer": __version__,
         "callbacks": hashlib.sha256(CALLBACKS_FILE.read_bytes()).hexdigest(),
+        "fused": hashlib.sha256(Path(fused.__file__).read_bytes()).hexdigest(),
         "python": sys.version,
         "machine": platform.machine(),
         "numpy": np.__version__,

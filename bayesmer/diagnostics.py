@@ -77,8 +77,10 @@ def _parameter_diagnostics(x: np.ndarray) -> tuple[np.ndarray, ...]:
     return rhat, ess_bulk, ess_tail, mcse
 
 
-def _flatten(ds: xr.Dataset, names: list[str]) -> tuple[list[str], np.ndarray]:
-    """Labels and (chain, draw, k) values of the named variables, one column per scalar."""
+def _flatten(ds: xr.Dataset, names: list[str]) -> tuple[list[str], list[np.ndarray]]:
+    """Labels and (chain, draw, k) values of the named variables, one column per scalar, one
+    array per variable (views of the draws where their layout allows: not one copy of them
+    all, which for thousands of group effects would double the memory of the draws)."""
     labels: list[str] = []
     cols: list[np.ndarray] = []
     for name in names:
@@ -94,7 +96,7 @@ def _flatten(ds: xr.Dataset, names: list[str]) -> tuple[list[str], np.ndarray]:
             coords = ", ".join(str(da[d].values[i]) for d, i in zip(extra, idx, strict=True))
             labels.append(f"{name}[{coords}]")
         cols.append(values.reshape(*values.shape[:2], -1))
-    return labels, np.concatenate(cols, axis=-1)
+    return labels, cols
 
 
 def diagnose(posterior: xr.Dataset, sample_stats: xr.Dataset, names: list[str]) -> Diagnostics:
@@ -109,13 +111,15 @@ def diagnose(posterior: xr.Dataset, sample_stats: xr.Dataset, names: list[str]) 
     names : list of str
         Variables to check (the reported ones).
     """
-    labels, values = _flatten(posterior, names)
-    arr = np.moveaxis(values, -1, 0)  # (k, chain, draw)
+    labels, parts = _flatten(posterior, names)
     # In blocks of parameters, so the FFT and rank buffers stay small for many groups.
-    blocks = [
-        _parameter_diagnostics(arr[i : i + DIAGNOSE_BLOCK])
-        for i in range(0, len(arr), DIAGNOSE_BLOCK)
-    ]
+    blocks = []
+    for values in parts:
+        arr = np.moveaxis(values, -1, 0)  # (k, chain, draw)
+        blocks += [
+            _parameter_diagnostics(arr[i : i + DIAGNOSE_BLOCK])
+            for i in range(0, len(arr), DIAGNOSE_BLOCK)
+        ]
     columns = ("rhat", "ess_bulk", "ess_tail", "mcse")
     table = pl.DataFrame(
         {"term": labels}

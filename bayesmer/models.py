@@ -266,7 +266,7 @@ class Model:
         summary: bool = False,
         *,
         draws: int | None = None,
-        tune: int = 1000,
+        tune: int | None = None,
         chains: int = 4,
         random_seed: int | None = None,
         progressbar: bool = True,
@@ -299,8 +299,12 @@ class Model:
             Draws kept per chain: by default 1000, or 2000 when many levels of a nested
             factor hold a single nested level, whose two sds trade off (see
             :func:`bayesmer.sampling.default_draws`; :meth:`summary` says so).
-        tune, chains : int
-            Tuning steps per chain, number of chains.
+        tune : int, optional
+            Tuning steps per chain: by default 1000, or 500 for a model with thousands of
+            group levels (see :func:`bayesmer.sampling.default_tune`; :meth:`summary` says
+            so).
+        chains : int, default 4
+            Number of chains.
         random_seed : int, optional
             Seed; the same seed reproduces the same draws. Drawn at random when None (and
             stored as ``random_seed``).
@@ -342,6 +346,7 @@ class Model:
             check_sampler_kwargs,
             default_draws,
             default_sampler_kwargs,
+            default_tune,
         )
 
         rejected = {k: v for k, v in sampler_kwargs.items() if k in compat.FIT}
@@ -357,6 +362,8 @@ class Model:
             raise ValueError(f"ci must be between 0 and 1, got {ci}.")
         if draws is None:
             draws = default_draws(self.spec)
+        if tune is None:
+            tune = default_tune(self.spec)
         for name, value in (("draws", draws), ("tune", tune), ("chains", chains)):
             if not isinstance(value, int) or value < (0 if name == "tune" else 1):
                 raise ValueError(f"{name} must be a positive integer, got {value!r}.")
@@ -532,7 +539,16 @@ class Model:
             f"Sampler: nutpie NUTS, {self.chains} chains x {self.draws} draws "
             f"(tune {self.tune}), seed {self.random_seed}"
         )
-        from .sampling import DRAWS, SINGLE_NESTED_SHARE, default_draws, single_nested
+        from .sampling import (
+            DRAWS,
+            LARGE_TARGET_ACCEPT,
+            LARGE_TUNE,
+            SINGLE_NESTED_SHARE,
+            default_draws,
+            is_large,
+            n_levels,
+            single_nested,
+        )
 
         if self.draws == default_draws(spec) != DRAWS:
             pairs = "; ".join(
@@ -541,6 +557,16 @@ class Model:
                 if k / n >= SINGLE_NESTED_SHARE
             )
             sampler += f" ({self.draws} draws by default: {pairs}, so the sds trade off)"
+        if is_large(spec):
+            settings = []
+            if self.tune == LARGE_TUNE:
+                settings.append(f"tune {LARGE_TUNE}")
+            if self.sampler_kwargs.get("target_accept") == LARGE_TARGET_ACCEPT:
+                settings.append(f"target acceptance {LARGE_TARGET_ACCEPT}")
+            if settings:
+                sampler += (
+                    f" ({' and '.join(settings)} by default: {n_levels(spec):,} group levels)"
+                )
         header.append(sampler)
         header.append(f"Credible intervals: {self.ci:.0%} highest density")
         header.append("---------------------")

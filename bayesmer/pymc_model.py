@@ -68,6 +68,7 @@ import pymc as pm
 import pytensor.tensor as pt
 
 from .collapse import CELL, SS, WEIGHT, Y
+from .fused import FAMILIES, Predictor
 from .spec import GroupSpec, ModelSpec
 
 #: Name of the likelihood term (a Potential: the log-likelihood of the collapsed cells).
@@ -216,7 +217,7 @@ def _model_inputs() -> Iterator[Inputs]:
     inputs.close()
 
 
-def build_model(spec: ModelSpec, prior_only: bool = False) -> pm.Model:
+def build_model(spec: ModelSpec, prior_only: bool = False, fused: bool = True) -> pm.Model:
     """Build the PyMC model of a specification.
 
     Parameters
@@ -224,6 +225,10 @@ def build_model(spec: ModelSpec, prior_only: bool = False) -> pm.Model:
     spec : ModelSpec
     prior_only : bool, default False
         Leave out the likelihood (to draw from the prior).
+    fused : bool, default True
+        Compute the likelihood with :class:`bayesmer.fused.LinearLikelihood` where it applies
+        (binomial-logit and Poisson likelihoods whose linear predictor has no random slopes),
+        else with the plain PyTensor graph. The two give the same log density up to rounding.
 
     Returns
     -------
@@ -251,7 +256,7 @@ def build_model(spec: ModelSpec, prior_only: bool = False) -> pm.Model:
     }
 
     with pm.Model(coords=coords(spec)) as model, _model_inputs():
-        eta = pt.zeros(X.shape[0])
+        eta = Predictor(X.shape[0], data_input)
         beta = _slope_vector(spec, slopes) if slopes else None
         alpha = spec.priors["(Intercept)"].make("Intercept_c") if spec.has_intercept else None
         innermost_carrier = next((n for n in layout if n.carries and n.innermost), None)
@@ -262,16 +267,18 @@ def build_model(spec: ModelSpec, prior_only: bool = False) -> pm.Model:
             in_terms = np.array([t in g.terms for t in slopes], dtype=bool)
             if slopes and (~in_terms).any():
                 rest = np.flatnonzero(~in_terms)
-                eta = eta + pt.dot(data_input("X_rest", Xc[:, rest]), beta[rest])
+                eta.add_dot("X_rest", Xc[:, rest], beta[rest])
             slope_centre = _slope_centre(g, slopes, alpha, beta, data_input("xbar", xbar))
         elif innermost_carrier is None:
             if alpha is not None:
-                eta = eta + alpha
+                eta.add_scalar(alpha)
             if slopes:
-                eta = eta + pt.dot(data_input("X", Xc), beta)
+                eta.add_dot("X", Xc, beta)
         elif slopes:
             within = Xc - xbar_g[innermost_carrier.group.name][innermost_carrier.group.index]
-            eta = eta + _dot_nonzero("within", within, beta, x_scale)
+            keep = _nonzero_columns(within, x_scale)
+            if len(keep):
+                eta.add_dot("within", within[:, keep], beta[keep])
         chain: list[_Link] = []
         for n in layout:
             g = n.group
@@ -280,7 +287,7 @@ def build_model(spec: ModelSpec, prior_only: bool = False) -> pm.Model:
                 u = _slope_effects(spec, g, centre)
                 coef = u if centre is None else u + centre[None, :]
                 index = data_input(f"index_{g.name}", g.index)
-                eta = eta + pt.sum(data_input(f"Z_{g.name}", g.Z) * coef[index], axis=1)
+                eta.add_graph(pt.sum(data_input(f"Z_{g.name}", g.Z) * coef[index], axis=1))
                 continue
             sd = spec.priors[g.sd_key("(Intercept)")].make(g.sd_name)
             centre = pt.zeros(len(g.levels))
@@ -303,7 +310,7 @@ def build_model(spec: ModelSpec, prior_only: bool = False) -> pm.Model:
                     pm.Deterministic(
                         link.group.effect_name, link.mean - link.run_centre, dims=link.group.dim
                     )
-                eta = eta + chain[-1].mean[data_input(f"index_{g.name}", g.index)]
+                eta.add_gather(f"index_{g.name}", g.index, chain[-1].mean)
                 chain = []
         b = pt.zeros(len(spec.terms))
         if slopes:
@@ -316,7 +323,7 @@ def build_model(spec: ModelSpec, prior_only: bool = False) -> pm.Model:
         key = spec.family.dispersion
         dispersion = spec.priors[key].make(key) if key else None
         if not prior_only:
-            pm.Potential(OBSERVED, _log_likelihood(spec, eta, dispersion))
+            pm.Potential(OBSERVED, _log_likelihood(spec, eta, dispersion, fused))
     return model
 
 
@@ -332,8 +339,8 @@ def data_input(name: str, values: np.ndarray):
     return _INPUTS.get().add(name, values)
 
 
-def _dot_nonzero(name: str, values: np.ndarray, beta, scale: np.ndarray):
-    """``values @ beta``, leaving out the columns of ``values`` that are zero up to rounding.
+def _nonzero_columns(values: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """The columns of ``values`` that are not zero up to rounding.
 
     A predictor constant within groups is zero once centred within them, up to rounding of
     the group means: a few 1e-16 of the centred predictor's largest value ``scale`` (per
@@ -342,7 +349,13 @@ def _dot_nonzero(name: str, values: np.ndarray, beta, scale: np.ndarray):
     (concentrations of 1e-12) is kept, and so is one that varies little within groups
     compared to its magnitude (timestamps in seconds).
     """
-    keep = np.flatnonzero(np.abs(values).max(axis=0, initial=0.0) > ZERO_WITHIN * scale)
+    return np.flatnonzero(np.abs(values).max(axis=0, initial=0.0) > ZERO_WITHIN * scale)
+
+
+def _dot_nonzero(name: str, values: np.ndarray, beta, scale: np.ndarray):
+    """``values @ beta``, leaving out the columns of ``values`` that are zero up to rounding
+    (:func:`_nonzero_columns`)."""
+    keep = _nonzero_columns(values, scale)
     if len(keep) == 0:
         return pt.zeros(values.shape[0])
     return pt.dot(data_input(name, values[:, keep]), beta[keep])
@@ -719,11 +732,14 @@ def _slope_effects(spec: ModelSpec, g: GroupSpec, centre=None):
     return u
 
 
-def _log_likelihood(spec: ModelSpec, eta, dispersion=None):
-    """Log-likelihood of the collapsed cells, up to a constant, as one fused expression.
+def _log_likelihood(spec: ModelSpec, predictor: Predictor, dispersion=None, fused: bool = True):
+    """Log-likelihood of the collapsed cells, up to a constant.
 
-    ``eta`` is the linear predictor of each cell, without offset; ``dispersion`` the family's
-    dispersion parameter (``sigma``, ``size`` or ``phi``), if any.
+    ``predictor`` is the linear predictor of each cell, without offset; ``dispersion`` the
+    family's dispersion parameter (``sigma``, ``size`` or ``phi``), if any. With ``fused``,
+    the binomial-logit and Poisson likelihoods of a linear predictor without random slopes
+    are one :class:`bayesmer.fused.LinearLikelihood` (one loop over the cells for the log
+    density and its gradient); the rest are PyTensor graphs:
 
     - Binomial: ``s * log(p) + (n - s) * log(1 - p)``, with the exact ``log(p)`` and
       ``log(1 - p)`` of :meth:`bayesmer.families.Family.log_probs_pt`.
@@ -740,6 +756,13 @@ def _log_likelihood(spec: ModelSpec, eta, dispersion=None):
     constants included.
     """
     family = spec.family
+    kind = FAMILIES.get((family.name, family.link))
+    if fused and kind is not None and not family.per_observation and predictor.fusable():
+        y = data_input("y", spec.y.astype(float))
+        if kind == "poisson":
+            return predictor.fused(kind, y, data_input("log_offset", spec.log_offset))
+        return predictor.fused(kind, y, data_input("n", spec.size.astype(float)))
+    eta = predictor.total()
     if family.per_observation:
         return _observation_log_likelihood(spec, eta, dispersion)
     y_values = spec.y.astype(float)

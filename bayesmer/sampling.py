@@ -75,6 +75,18 @@ class SamplingInterrupted(KeyboardInterrupt):
 #: Draws kept per chain when ``fit()`` is not told otherwise.
 DRAWS = 1000
 
+#: Tuning steps per chain when ``fit()`` is not told otherwise, and for large models.
+TUNE = 1000
+LARGE_TUNE = 500
+
+#: A model with at least this many group levels (all factors together) is *large*: it gets
+#: :data:`LARGE_TUNE` tuning steps (:func:`default_tune`) and :data:`LARGE_TARGET_ACCEPT`
+#: (:func:`default_sampler_kwargs`).
+MANY_LEVELS = 2000
+
+#: Target acceptance of a large model (see :func:`default_sampler_kwargs`).
+LARGE_TARGET_ACCEPT = 0.65
+
 #: Draws kept per chain by default when many levels of a nested factor hold a single nested
 #: level (see :func:`default_draws`).
 TRADE_OFF_DRAWS = 2000
@@ -121,6 +133,30 @@ def default_draws(spec: ModelSpec) -> int:
     return TRADE_OFF_DRAWS if any(s >= SINGLE_NESTED_SHARE for s in shares) else DRAWS
 
 
+def n_levels(spec: ModelSpec) -> int:
+    """Group levels of the model, all grouping factors together."""
+    return sum(len(g.levels) for g in spec.groups)
+
+
+def is_large(spec: ModelSpec) -> bool:
+    """Whether the model has :data:`MANY_LEVELS` group levels or more and no factor of fewer
+    than :data:`FEW_GROUPS` levels (whose sd needs the higher target acceptance)."""
+    few = any(len(g.levels) < FEW_GROUPS for g in spec.groups)
+    return n_levels(spec) >= MANY_LEVELS and not few
+
+
+def default_tune(spec: ModelSpec) -> int:
+    """Tuning steps per chain when ``fit()`` is not told: :data:`TUNE`, or :data:`LARGE_TUNE`
+    for a large model (:func:`is_large`).
+
+    With thousands of levels each tuning step costs as much as a draw, and nutpie's step size
+    and diagonal mass matrix have settled well before 500 steps. Measured on issue 13's
+    case (10^4 groups, 10^5 Bernoulli rows, 4 chains x 1000 draws): see
+    benchmarks/README.md.
+    """
+    return LARGE_TUNE if is_large(spec) else TUNE
+
+
 def default_sampler_kwargs(spec: ModelSpec) -> dict[str, Any]:
     """nutpie settings chosen from the specification.
 
@@ -133,6 +169,14 @@ def default_sampler_kwargs(spec: ModelSpec) -> dict[str, Any]:
       where the non-centred informative levels do. Measured on 400 Bernoulli rows in 6
       unequal groups without group variance, 12 data sets: 5 divergences in 48,000 draws at
       0.95, none at 0.98, for about 1.5 times the gradient evaluations of a sub-second fit.
+    - ``target_accept`` :data:`LARGE_TARGET_ACCEPT` (0.65) for a large model
+      (:func:`is_large`: thousands of levels, none of them in a factor of few levels). In
+      thousands of dimensions the step size NUTS needs for a given acceptance shrinks (as
+      the dimension to the -1/4), and the number of leapfrog steps per draw doubles each
+      time a trajectory no longer reaches its U-turn within one tree depth; 0.65 is near the
+      optimal acceptance of HMC in high dimension (Beskos et al. 2013). Issue 13's case
+      (10^4 groups): step size 0.16 and 31 steps per draw at 0.8, see benchmarks/README.md
+      for 0.65.
     - ``adaptation='low_rank'`` with two or more crossed (not nested) grouping factors: only
       one chain of nested factors can carry the intercept, so the mean of the others'
       effects trades off against it along one direction, which nutpie's low-rank mass
@@ -141,7 +185,7 @@ def default_sampler_kwargs(spec: ModelSpec) -> dict[str, Any]:
       (:mod:`bayesmer.pymc_model`) and keep the diagonal one, which costs far less per step
       with hundreds of levels (grouseticks, broods in locations: 6 s instead of 50 s).
     """
-    out: dict[str, Any] = {"target_accept": 0.8}
+    out: dict[str, Any] = {"target_accept": LARGE_TARGET_ACCEPT if is_large(spec) else 0.8}
     few = [g for g in spec.groups if len(g.levels) < FEW_GROUPS]
     if few:
         both_funnels = any(

@@ -1,4 +1,4 @@
-"""bayesmer against plain Bambi, side by side, on the models of issues 4, 11 and 12.
+"""bayesmer against plain Bambi, side by side, on the models of issues 4, 11, 12 and 13.
 
 Run it with ``make bench`` (or ``.venv/bin/python benchmarks/bench.py --help``). One command
 fits every case with both libraries, with the same draws, tuning steps, chains and seed, and
@@ -71,7 +71,8 @@ class Case:
     in_quick : bool
         Part of a ``--quick`` smoke run.
     dataset : str
-        A bundled data set (``load_dataset`` name), or ``'synthetic'`` (:func:`synthetic`).
+        A bundled data set (``load_dataset`` name), ``'synthetic'`` (:func:`synthetic`) or
+        one of the simulated data sets of issue 13 (:data:`SIMULATED`).
     bambi_formula : str or None
         The formula in Bambi's spelling where it differs (``I(age**2)``; a nested factor
         written out as ``(1|a) + (1|a:b)``): the same model.
@@ -179,10 +180,44 @@ CASES: dict[str, Case] = {
             True,
             False,
         ),
+        Case(
+            "many_groups",
+            "y ~ a + x + (1|g)",
+            "binomial",
+            100_000,
+            10_000,
+            True,
+            False,
+            dataset="many_groups",
+        ),
+        Case(
+            "poisson_many",
+            "y ~ a + x + offset(log(t)) + (1|g)",
+            "poisson",
+            1_000_000,
+            100_000,
+            True,
+            False,
+            dataset="poisson_many",
+            bambi_formula="y ~ a + x + offset(np.log(t)) + (1|g)",
+        ),
+        Case(
+            "crossed",
+            "y ~ age + (1|subject) + (1|item)",
+            "binomial",
+            7_488,
+            336,
+            True,
+            False,
+            dataset="crossed",
+        ),
     ]
 }
 
 LIBRARIES = ("bayesmer", "bambi")
+
+#: Bambi's tuning steps when ``--tune`` is not given (bayesmer then uses its own default).
+TUNE = 1000
 
 
 @dataclass
@@ -207,6 +242,8 @@ class Result:
     worst_ess_term: str = ""
     max_rhat: float = math.nan
     divergences: int = -1
+    n_steps: float = math.nan
+    step_size: float = math.nan
     ess_per_s: float = math.nan
     peak_mb: float = math.nan
     self_maxrss_mb: float = math.nan
@@ -266,6 +303,64 @@ def synthetic(
     }
 
 
+def many_groups() -> dict[str, Any]:
+    """Issue 13's case, as the issue draws it (seed 0): 10^5 Bernoulli rows in 10^4 groups,
+    a two-level factor ``a`` and a continuous ``x``, so the rows do not collapse."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    n_groups, rows = 10_000, 100_000
+    u = rng.normal(0, 0.5, n_groups)
+    g = rng.integers(0, n_groups, rows)
+    a = rng.integers(0, 2, rows)
+    x = rng.normal(size=rows)
+    y = (rng.random(rows) < 1 / (1 + np.exp(-(-0.5 + 0.8 * a + 0.3 * x + u[g])))).astype(int)
+    return {"y": y, "a": a.astype(str), "x": x, "g": g.astype(str)}
+
+
+def poisson_many() -> dict[str, Any]:
+    """Issue 13's Poisson case (seed 0): 10^6 counts in 10^5 groups with an exposure ``t``
+    (uniform on 0.5-2), ``y ~ Poisson(t exp(-0.5 + 0.8 a + 0.3 x + u_g))``, u_g sd 0.5."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    n_groups, rows = 100_000, 1_000_000
+    u = rng.normal(0, 0.5, n_groups)
+    g = rng.integers(0, n_groups, rows)
+    a = rng.integers(0, 2, rows)
+    x = rng.normal(size=rows)
+    t = rng.uniform(0.5, 2.0, rows)
+    y = rng.poisson(t * np.exp(-0.5 + 0.8 * a + 0.3 * x + u[g]))
+    return {"y": y, "a": a.astype(str), "x": x, "t": t, "g": g.astype(str)}
+
+
+def crossed() -> dict[str, Any]:
+    """Issue 13's crossed design (seed 0): 312 subjects each answering the same 24 items
+    (7,488 Bernoulli rows), a standardised subject-level covariate ``age``, subject sd 1,
+    item sd 0.7: ``y ~ age + (1|subject) + (1|item)``."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    n_subjects, n_items = 312, 24
+    age = rng.normal(size=n_subjects)
+    u = rng.normal(0, 1.0, n_subjects)
+    v = rng.normal(0, 0.7, n_items)
+    s = np.repeat(np.arange(n_subjects), n_items)
+    i = np.tile(np.arange(n_items), n_subjects)
+    eta = -0.3 + 0.5 * age[s] + u[s] + v[i]
+    y = (rng.random(s.size) < 1 / (1 + np.exp(-eta))).astype(int)
+    return {
+        "y": y,
+        "age": age[s],
+        "subject": np.array([f"s{k:03d}" for k in s]),
+        "item": np.array([f"i{k:02d}" for k in i]),
+    }
+
+
+#: Simulated data sets of issue 13, by :attr:`Case.dataset` name.
+SIMULATED = {"many_groups": many_groups, "poisson_many": poisson_many, "crossed": crossed}
+
+
 def load_pandas(case: Case):
     """The case's data as a pandas DataFrame (for Bambi), without importing bayesmer."""
     import pandas as pd
@@ -276,6 +371,8 @@ def load_pandas(case: Case):
         "sleepstudy": {"Subject": str},
         "salamanders": {"site": str},
     }
+    if case.dataset in SIMULATED:
+        return pd.DataFrame(SIMULATED[case.dataset]())
     if case.dataset != "synthetic":
         return pd.read_csv(DATA_DIR / f"{case.dataset}.csv", dtype=labels.get(case.dataset))
     return pd.DataFrame(synthetic(case.rows, case.groups, family=case.family))
@@ -287,6 +384,8 @@ def load_polars(case: Case):
 
     from bayesmer import load_dataset
 
+    if case.dataset in SIMULATED:
+        return pl.DataFrame(SIMULATED[case.dataset]())
     if case.dataset != "synthetic":
         return load_dataset(case.dataset)
     return pl.DataFrame(synthetic(case.rows, case.groups, family=case.family))
@@ -329,7 +428,8 @@ def diagnose(posterior, sample_stats, names: list[str]) -> dict[str, Any]:
     """Min bulk/tail ESS, max R-hat and divergences over the named posterior variables.
 
     Rank-normalised R-hat and ESS (Vehtari et al. 2021) from ``arviz_stats``, the same
-    estimators bayesmer's convergence gate uses, applied to both libraries alike.
+    estimators bayesmer's convergence gate uses, applied to both libraries alike; also the
+    mean number of leapfrog steps (gradient evaluations) per draw and the mean step size.
     """
     import arviz_stats as azs
     import numpy as np
@@ -358,6 +458,8 @@ def diagnose(posterior, sample_stats, names: list[str]) -> dict[str, Any]:
         "worst_ess_term": labels[worst],
         "max_rhat": float(np.nanmax(rhat)),
         "divergences": int(sample_stats["diverging"].values.sum()),
+        "n_steps": float(sample_stats["n_steps"].values.mean()),
+        "step_size": float(sample_stats["step_size"].values.mean()),
     }
 
 
@@ -382,7 +484,8 @@ def run_bayesmer(case: Case, draws: int, tune: int, chains: int, seed: int, res:
     res.build = time.perf_counter() - start
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", bayesmer.ConvergenceWarning)
-        model.fit(draws=draws, tune=tune, chains=chains, random_seed=seed, progressbar=False)
+        extra = {} if tune is None else {"tune": tune}  # None: bayesmer's default
+        model.fit(draws=draws, chains=chains, random_seed=seed, progressbar=False, **extra)
     res.wall = time.perf_counter() - start
     res.compile = model.timings["compile"]
     res.sample = model.timings["sample"]
@@ -391,7 +494,7 @@ def run_bayesmer(case: Case, draws: int, tune: int, chains: int, seed: int, res:
     res.note = ("collapsed" if spec.collapsed else "not collapsed") + "".join(
         f"; {g.name}: {g.parametrization}" for g in spec.groups
     )
-    res.sampler = {k: repr(v) for k, v in model.sampler_kwargs.items()}
+    res.sampler = {"tune": repr(model.tune)} | {k: repr(v) for k, v in model.sampler_kwargs.items()}
     post = model.posterior["posterior"].to_dataset()
     names = spec.reported  # fixed effects, sds, deviations, correlations, dispersion
     stats = diagnose(post, model.posterior["sample_stats"].to_dataset(), names)
@@ -429,7 +532,12 @@ def run_bambi(
         warnings.simplefilter("always")
         extra = {} if cores is None else {"cores": cores}
         idata = model.fit(
-            draws=draws, tune=tune, chains=chains, random_seed=seed, progressbar=False, **extra
+            draws=draws,
+            tune=TUNE if tune is None else tune,
+            chains=chains,
+            random_seed=seed,
+            progressbar=False,
+            **extra,
         )
     res.wall = time.perf_counter() - start
     post = idata["posterior"].to_dataset()
@@ -592,7 +700,8 @@ def details(results: list[Result]) -> str:
     for r in results:
         out.append(
             f"- {r.case} / {r.library}: {r.note}; sampler {r.sampler or '-'}; worst bulk ESS "
-            f"{r.worst_ess_term or '-'}, min tail ESS {_fmt(r.min_ess_tail, 0)}; memory after "
+            f"{r.worst_ess_term or '-'}, min tail ESS {_fmt(r.min_ess_tail, 0)}; leapfrog steps "
+            f"per draw {_fmt(r.n_steps)}, step size {_fmt(r.step_size, 3)}; memory after "
             f"imports {_fmt(r.base_mb, 0)} MB (import {_fmt(r.import_s)} s); peak = max(tree "
             f"RSS {_fmt(r.tree_peak_mb, 0)}, ru_maxrss {_fmt(r.self_maxrss_mb, 0)})"
         )
@@ -619,7 +728,8 @@ def header(settings: dict[str, Any], cases: list[str]) -> str:
             f"machine: {platform.node()}, {os.cpu_count()} cores, {cpu}, "
             f"Python {platform.python_version()}, load average {os.getloadavg()[0]:.2f}",
             "versions: " + ", ".join(versions),
-            f"settings: draws {settings['draws']}, tune {settings['tune']}, chains "
+            f"settings: draws {settings['draws']}, tune "
+            f"{settings['tune'] or f'bayesmer default, Bambi {TUNE}'}, chains "
             f"{settings['chains']}, seed {settings['seed']}, Bambi cores "
             f"{settings['bambi_cores'] or 'default'}; cases {', '.join(cases)}",
         ]
@@ -638,7 +748,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--libraries", default="bayesmer,bambi", help="comma-separated subset")
     p.add_argument("--chains", type=int, default=4)
     p.add_argument("--draws", type=int, default=None, help="default 1000 (200 with --quick)")
-    p.add_argument("--tune", type=int, default=None, help="default 1000 (200 with --quick)")
+    p.add_argument(
+        "--tune",
+        type=int,
+        default=None,
+        help="default: bayesmer's own (1000, or 500 for thousands of group levels), 1000 for "
+        "Bambi (200 for both with --quick)",
+    )
     p.add_argument("--seed", type=int, default=1)
     p.add_argument(
         "--bambi-max-rows",
@@ -658,8 +774,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.draws is None:
         args.draws = 200 if args.quick else 1000
-    if args.tune is None:
-        args.tune = 200 if args.quick else 1000
+    if args.tune is None and args.quick:
+        args.tune = 200
     if args.bambi_max_rows is None:
         args.bambi_max_rows = 20_000 if args.quick else 200_000
     return args

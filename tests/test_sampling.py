@@ -219,3 +219,28 @@ def test_compile_falls_back_to_stock_nutpie_without_its_private_factories(
     ours = nutpie.sample(compiled, **settings)
     again = nutpie.sample(stock, **settings)
     np.testing.assert_array_equal(ours["posterior"]["b"].values, again["posterior"]["b"].values)
+
+
+def _groups_data(sizes: dict[str, int], rows: int, seed: int) -> pl.DataFrame:
+    """Bernoulli rows with a continuous x and grouping factors of the given sizes."""
+    rng = np.random.default_rng(seed)
+    columns = {name: rng.permutation(np.arange(rows) % k).astype(str) for name, k in sizes.items()}
+    return pl.DataFrame({"y": rng.integers(0, 2, rows), "x": rng.normal(size=rows), **columns})
+
+
+def test_large_models_get_shorter_tuning_and_lower_target_acceptance():
+    """Thousands of group levels: tune 500 and target acceptance 0.65 by default; fewer
+    levels, or a factor of few levels (whose sd needs small steps), keep 1000 and 0.8/0.98."""
+    from bayesmer.sampling import default_sampler_kwargs, default_tune
+
+    cases = [
+        ({"g": 2500}, "y ~ x + (1|g)", 500, 0.65),
+        ({"g": 1200, "h": 900}, "y ~ x + (1|g) + (1|h)", 500, 0.65),
+        ({"g": 300}, "y ~ x + (1|g)", 1000, 0.8),
+        ({"g": 2500, "k": 4}, "y ~ x + (1|g) + (1|k)", 1000, 0.98),
+    ]
+    for sizes, formula, tune, target in cases:
+        spec = glmer(formula, data=_groups_data(sizes, 20_000, 1), family="binomial").spec
+        assert sum(len(g.levels) for g in spec.groups) == sum(sizes.values())
+        assert default_tune(spec) == tune, formula
+        assert default_sampler_kwargs(spec)["target_accept"] == target, formula
