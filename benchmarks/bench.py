@@ -303,19 +303,30 @@ def synthetic(
     }
 
 
+def _grouped_predictor(n_groups: int, rows: int) -> tuple[Any, dict[str, Any]]:
+    """Issue 13's design (seed 0): group effects of sd 0.5, a two-level factor ``a`` and a
+    continuous ``x``; the generator (for the outcome) and the linear predictor with the
+    columns."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    u = rng.normal(0, 0.5, n_groups)
+    g = rng.integers(0, n_groups, rows)
+    a = rng.integers(0, 2, rows)
+    x = rng.normal(size=rows)
+    eta = -0.5 + 0.8 * a + 0.3 * x + u[g]
+    return rng, {"eta": eta, "a": a.astype(str), "x": x, "g": g.astype(str)}
+
+
 def many_groups() -> dict[str, Any]:
     """Issue 13's case, as the issue draws it (seed 0): 10^5 Bernoulli rows in 10^4 groups,
     a two-level factor ``a`` and a continuous ``x``, so the rows do not collapse."""
     import numpy as np
 
-    rng = np.random.default_rng(0)
-    n_groups, rows = 10_000, 100_000
-    u = rng.normal(0, 0.5, n_groups)
-    g = rng.integers(0, n_groups, rows)
-    a = rng.integers(0, 2, rows)
-    x = rng.normal(size=rows)
-    y = (rng.random(rows) < 1 / (1 + np.exp(-(-0.5 + 0.8 * a + 0.3 * x + u[g])))).astype(int)
-    return {"y": y, "a": a.astype(str), "x": x, "g": g.astype(str)}
+    rng, cols = _grouped_predictor(10_000, 100_000)
+    eta = cols.pop("eta")
+    y = (rng.random(eta.size) < 1 / (1 + np.exp(-eta))).astype(int)
+    return {"y": y, **cols}
 
 
 def poisson_many() -> dict[str, Any]:
@@ -323,15 +334,11 @@ def poisson_many() -> dict[str, Any]:
     (uniform on 0.5-2), ``y ~ Poisson(t exp(-0.5 + 0.8 a + 0.3 x + u_g))``, u_g sd 0.5."""
     import numpy as np
 
-    rng = np.random.default_rng(0)
-    n_groups, rows = 100_000, 1_000_000
-    u = rng.normal(0, 0.5, n_groups)
-    g = rng.integers(0, n_groups, rows)
-    a = rng.integers(0, 2, rows)
-    x = rng.normal(size=rows)
-    t = rng.uniform(0.5, 2.0, rows)
-    y = rng.poisson(t * np.exp(-0.5 + 0.8 * a + 0.3 * x + u[g]))
-    return {"y": y, "a": a.astype(str), "x": x, "t": t, "g": g.astype(str)}
+    rng, cols = _grouped_predictor(100_000, 1_000_000)
+    eta = cols.pop("eta")
+    t = rng.uniform(0.5, 2.0, eta.size)
+    y = rng.poisson(t * np.exp(eta))
+    return {"y": y, "a": cols["a"], "x": cols["x"], "t": t, "g": cols["g"]}
 
 
 def crossed() -> dict[str, Any]:
