@@ -535,39 +535,13 @@ class Model:
                 kind = "correlated" if g.cor_pairs else "uncorrelated"
                 terms = f"; {kind} {', '.join(g.terms)}"
             header.append(f"Groups: {g.name} {len(g.levels)}{within} ({g.parametrization}{terms})")
-        sampler = (
-            f"Sampler: nutpie NUTS, {self.chains} chains x {self.draws} draws "
-            f"(tune {self.tune}), seed {self.random_seed}"
-        )
-        from .sampling import (
-            DRAWS,
-            LARGE_TARGET_ACCEPT,
-            LARGE_TUNE,
-            SINGLE_NESTED_SHARE,
-            default_draws,
-            is_large,
-            n_levels,
-            single_nested,
-        )
+        from .sampling import sampler_line
 
-        if self.draws == default_draws(spec) != DRAWS:
-            pairs = "; ".join(
-                f"{k} of {n} {parent} levels hold a single {nested} level"
-                for parent, nested, k, n in single_nested(spec)
-                if k / n >= SINGLE_NESTED_SHARE
+        header.append(
+            sampler_line(
+                spec, self.chains, self.draws, self.tune, self.random_seed, self.sampler_kwargs
             )
-            sampler += f" ({self.draws} draws by default: {pairs}, so the sds trade off)"
-        if is_large(spec):
-            settings = []
-            if self.tune == LARGE_TUNE:
-                settings.append(f"tune {LARGE_TUNE}")
-            if self.sampler_kwargs.get("target_accept") == LARGE_TARGET_ACCEPT:
-                settings.append(f"target acceptance {LARGE_TARGET_ACCEPT}")
-            if settings:
-                sampler += (
-                    f" ({' and '.join(settings)} by default: {n_levels(spec):,} group levels)"
-                )
-        header.append(sampler)
+        )
         header.append(f"Credible intervals: {self.ci:.0%} highest density")
         header.append("---------------------")
         res = loo(self)

@@ -157,6 +157,37 @@ def default_tune(spec: ModelSpec) -> int:
     return LARGE_TUNE if is_large(spec) else TUNE
 
 
+def sampler_line(
+    spec: ModelSpec,
+    chains: int,
+    draws: int,
+    tune: int,
+    seed: int,
+    sampler_kwargs: dict[str, Any],
+) -> str:
+    """The ``Sampler:`` line of :meth:`bayesmer.Model.summary`: chains, draws, tuning steps and
+    seed, and which of them are defaults chosen for this model and why (more draws for nested
+    factors whose sds trade off, :func:`default_draws`; shorter tuning and a lower target
+    acceptance for a large model, :func:`default_tune`, :func:`default_sampler_kwargs`)."""
+    line = f"Sampler: nutpie NUTS, {chains} chains x {draws} draws (tune {tune}), seed {seed}"
+    if draws == default_draws(spec) != DRAWS:
+        pairs = "; ".join(
+            f"{k} of {n} {parent} levels hold a single {nested} level"
+            for parent, nested, k, n in single_nested(spec)
+            if k / n >= SINGLE_NESTED_SHARE
+        )
+        line += f" ({draws} draws by default: {pairs}, so the sds trade off)"
+    if is_large(spec):
+        settings = []
+        if tune == LARGE_TUNE:
+            settings.append(f"tune {LARGE_TUNE}")
+        if sampler_kwargs.get("target_accept") == LARGE_TARGET_ACCEPT:
+            settings.append(f"target acceptance {LARGE_TARGET_ACCEPT}")
+        if settings:
+            line += f" ({' and '.join(settings)} by default: {n_levels(spec):,} group levels)"
+    return line
+
+
 def default_sampler_kwargs(spec: ModelSpec) -> dict[str, Any]:
     """nutpie settings chosen from the specification.
 

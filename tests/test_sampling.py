@@ -244,3 +244,20 @@ def test_large_models_get_shorter_tuning_and_lower_target_acceptance():
         assert sum(len(g.levels) for g in spec.groups) == sum(sizes.values())
         assert default_tune(spec) == tune, formula
         assert default_sampler_kwargs(spec)["target_accept"] == target, formula
+
+
+def test_summary_sampler_line_says_which_settings_are_large_model_defaults():
+    """The summary's Sampler line names the large-model defaults in use and why, and says
+    nothing of them when the user chose other settings or the model is small."""
+    from bayesmer.sampling import sampler_line
+
+    large = glmer("y ~ x + (1|g)", _groups_data({"g": 2500}, 20_000, 1), family="binomial").spec
+    line = sampler_line(large, 4, 1000, 500, 7, {"target_accept": 0.65})
+    assert line == (
+        "Sampler: nutpie NUTS, 4 chains x 1000 draws (tune 500), seed 7 (tune 500 and target "
+        "acceptance 0.65 by default: 2,500 group levels)"
+    )
+    chosen = sampler_line(large, 4, 1000, 1000, 7, {"target_accept": 0.9})
+    assert chosen == "Sampler: nutpie NUTS, 4 chains x 1000 draws (tune 1000), seed 7"
+    small = glmer("y ~ x + (1|g)", _groups_data({"g": 300}, 2_000, 1), family="binomial").spec
+    assert sampler_line(small, 2, 500, 500, 1, {"target_accept": 0.65}).endswith("seed 1")
