@@ -230,14 +230,14 @@ def _groups_data(sizes: dict[str, int], rows: int, seed: int) -> pl.DataFrame:
 
 def test_large_models_get_shorter_tuning_and_lower_target_acceptance():
     """Thousands of group levels: tune 500 and target acceptance 0.65 by default; fewer
-    levels, or a factor of few levels (whose sd needs small steps), keep 1000 and 0.8/0.98."""
+    levels, or a factor of few levels (whose sd needs small steps), keep 1000 and 0.8/0.99."""
     from bayesmer.sampling import default_sampler_kwargs, default_tune
 
     cases = [
         ({"g": 2500}, "y ~ x + (1|g)", 500, 0.65),
         ({"g": 1200, "h": 900}, "y ~ x + (1|g) + (1|h)", 500, 0.65),
         ({"g": 300}, "y ~ x + (1|g)", 1000, 0.8),
-        ({"g": 2500, "k": 4}, "y ~ x + (1|g) + (1|k)", 1000, 0.98),
+        ({"g": 2500, "k": 4}, "y ~ x + (1|g) + (1|k)", 1000, 0.99),
     ]
     for sizes, formula, tune, target in cases:
         spec = glmer(formula, data=_groups_data(sizes, 20_000, 1), family="binomial").spec

@@ -233,7 +233,7 @@ def _with_factor(family, seed, n_groups, n_per):
 @pytest.fixture(scope="module")
 def binomial_slopes():
     model = glmer("y ~ x + f + (x|g)", _with_factor("binomial", 7, 20, 60), family="binomial")
-    model.fit(draws=500, random_seed=1, progressbar=False)
+    model.fit(draws=1000, random_seed=1, progressbar=False)
     return model
 
 

@@ -431,7 +431,7 @@ model.plot_trace()
 # effects are squeezed together in a narrow funnel, and a sampler taking large steps misses
 # it. bayesmer therefore raises nutpie's `target_accept` (the step size is tuned to reach this
 # acceptance rate: higher means smaller, more careful steps) above the usual 0.8 for models
-# with fewer than ten groups: 0.95, or 0.98 when some of the few groups are informative enough
+# with fewer than ten groups: 0.95, or 0.99 when some of the few groups are informative enough
 # to be sampled non-centred. The setting it chose is kept with the fit:
 
 # %%
