@@ -211,7 +211,7 @@ def test_gaussian_ppc_loo_simulate_predict_and_save(small_lmer, tmp_path):
 def test_overdispersed_families_through_every_verb(formula, family, label, key, tmp_path):
     data = _overdispersed()
     model = glmer(formula, data, family=family)
-    model.fit(chains=4, draws=500, tune=500, random_seed=5)
+    model.fit(chains=4, draws=1000, tune=1000, random_seed=5)
     fit = model.result_fit
     assert fit["term"].to_list()[-1] == key
     # simulated with size 2 / phi 4: the posterior median is within a factor 2 of it

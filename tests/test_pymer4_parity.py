@@ -434,7 +434,7 @@ def test_lmer_random_slopes_as_pymer4_writes_it(sleep):
     2 chains x 1000 draws for the convergence gate's bulk ESS (about 0.2 per draw)."""
     model = lmer("Reaction ~ Days + (Days|Subject)", data=sleep)
     assert (model.family, model.link) == ("gaussian", "identity")
-    model.fit(random_seed=2, chains=2, draws=1000, tune=1000, progressbar=False)
+    model.fit(random_seed=2, chains=4, draws=1000, tune=1000, progressbar=False)
     var = model.ranef_var
     assert var.columns == ["group", "term", "estimate", "conf_low", "conf_high"]
     assert var["group"].to_list() == ["Subject", "Subject", "Subject", "Residual"]
