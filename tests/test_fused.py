@@ -72,6 +72,7 @@ CASES = {
     "binomial, crossed factors": ("y ~ a + x + (1|g) + (1|h)", "binomial", (40, 2000)),
     "binomial glm": ("y ~ a + x", "binomial", (5, 1000)),
     "binomial, no intercept": ("y ~ 0 + a + x + (1|g)", "binomial", (30, 1000)),
+    "binomial, intercept only (no columns)": ("y ~ 1 + (1|g)", "binomial", (30, 1000)),
     "poisson with offset, crossed": (
         "count ~ a + x + offset(log(t)) + (1|g) + (1|h)",
         "poisson",
@@ -142,7 +143,7 @@ def test_binomial_kernel_exact_far_in_the_tails(trials):
     means = np.zeros(7)
     inputs = [pt.dscalar(), pt.dmatrix(), pt.dvector(), pt.dvector(), pt.dvector()]
     inputs += [pt.dvector(), pt.dvector()]
-    out = LinearLikelihood("binomial", 1)(*inputs)
+    out = LinearLikelihood("binomial", 1, 1)(*inputs)
     f = pytensor.function(inputs, out, mode="NUMBA")
     logp, dc, db, dm = f(0.0, X, np.array([1.0]), means, index, y, n)
     eta = X[:, 0]
