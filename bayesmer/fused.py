@@ -5,8 +5,9 @@ walks the rows several times (the linear predictor, softplus, the sigmoid of the
 ``X.T @ r``, the scatter of ``r`` into the group means), each a loop of its own with its
 temporaries, and calls the C library's ``exp`` and ``log1p`` one row at a time.
 :class:`LinearLikelihood` computes the log-likelihood and every gradient in one kernel, a
-block of rows at a time while it is in the processor's cache. For the binomial-logit likelihood: the linear predictor, then ``e = exp(-|eta|)`` in plain
-arithmetic that the compiler turns into SIMD instructions (:func:`_row_kernels`), the
+block of rows at a time while it is in the processor's cache. For the binomial-logit
+likelihood: the linear predictor, then ``e = exp(-|eta|)`` in plain arithmetic that the
+compiler turns into SIMD instructions (:func:`_row_kernels`), the
 log-likelihood with ``softplus(eta) = max(eta, 0) + log1p(e)`` (the sum of ``log1p(e)`` as
 the log of products of ``1 + e``, one ``log`` per :data:`PRODUCT_BLOCK` rows when every row
 is one trial) and the residuals ``y - n sigmoid(eta)`` from the same ``e``, then
