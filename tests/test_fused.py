@@ -153,3 +153,49 @@ def test_binomial_kernel_exact_far_in_the_tails(trials):
     np.testing.assert_allclose(dc, r.sum(), rtol=1e-10)
     np.testing.assert_allclose(db, [np.sum(r * eta)], rtol=1e-10)
     np.testing.assert_allclose(dm, np.bincount(index.astype(int), weights=r), rtol=1e-10)
+
+
+def test_exp_kernel_matches_numpy_over_the_whole_range():
+    """The vectorised exp equals NumPy's to a few units in the last place from -708 to the
+    largest finite result, overflows to inf beyond it, and clips below -708."""
+    from bayesmer.fused import _row_kernels
+
+    exp_neg_abs, _, exp_all = _row_kernels()
+    a = np.concatenate([np.linspace(-708.0, 709.78, 200_001), [709.782712893384]])
+    out = np.empty_like(a)
+    exp_all(a, out)
+    np.testing.assert_allclose(out, np.exp(a), rtol=1e-15, atol=0)
+    beyond = np.array([709.7828, 710.0, 800.0, np.inf])
+    exp_all(beyond, out[:4])
+    assert np.all(np.isposinf(out[:4]))
+    tiny = np.array([-708.0, -750.0, -np.inf])
+    exp_all(tiny, out[:3])
+    np.testing.assert_allclose(out[:3], np.exp(-708.0), rtol=1e-15)
+    inside = a[np.abs(a) <= 708.0]
+    exp_neg_abs(inside, out[: len(inside)])
+    np.testing.assert_allclose(out[: len(inside)], np.exp(-np.abs(inside)), rtol=1e-15)
+
+
+def test_poisson_kernel_exact_far_in_the_tails():
+    """Linear predictors from -700 to 700 with a log offset: the numba kernel's
+    log-likelihood and gradients equal NumPy's."""
+    rng = np.random.default_rng(3)
+    rows = 4001
+    X = np.linspace(-700.0, 700.0, rows)[:, None]
+    offset = rng.uniform(-1.0, 0.0, rows)
+    y = rng.poisson(3.0, rows).astype(float)
+    index = rng.integers(0, 7, rows).astype(float)
+    means = rng.normal(0.0, 0.1, 7)
+    inputs = [pt.dscalar(), pt.dmatrix(), pt.dvector(), pt.dvector(), pt.dvector()]
+    inputs += [pt.dvector(), pt.dvector()]
+    out = LinearLikelihood("poisson", 1, 1)(*inputs)
+    f = pytensor.function(inputs, out, mode="NUMBA")
+    logp, dc, db, dm = f(0.25, X, np.array([1.0]), means, index, y, offset)
+    eta = 0.25 + X[:, 0] + means[index.astype(int)]
+    mu = np.exp(eta + offset)
+    r = y - mu
+    exact = np.sum(y * (eta + offset) - mu)
+    assert abs(logp - exact) <= 1e-12 * abs(exact)
+    np.testing.assert_allclose(dc, r.sum(), rtol=1e-10)
+    np.testing.assert_allclose(db, [np.sum(r * X[:, 0])], rtol=1e-10)
+    np.testing.assert_allclose(dm, np.bincount(index.astype(int), weights=r), rtol=1e-10)
