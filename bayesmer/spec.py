@@ -1156,15 +1156,15 @@ def heterogeneity(
     mean = np.bincount(parent, weights=w * estimates)[present] / sum_w[present]
     mean_of = np.zeros(len(sum_w))
     mean_of[present] = mean
-    from scipy import stats
+    from scipy import special  # chi2.sf and .ppf of scipy.stats, whose import costs 0.4 s
 
     q = float(np.sum(w * (estimates - mean_of[parent]) ** 2))
-    p_value = float(stats.chi2.sf(q, df))
+    p_value = float(special.chdtrc(df, q))
     if q <= df:
         return 0.0, 0.0, p_value
     scale = float(np.sum(w) - np.sum(np.bincount(parent, weights=w**2)[present] / sum_w[present]))
     tau2 = (q - df) / scale
-    return tau2, tau2 * float(stats.chi2.ppf(0.1, df)) / df, p_value
+    return tau2, tau2 * float(2 * special.gammaincinv(df / 2, 0.1)) / df, p_value
 
 
 def parent_levels(child: np.ndarray, parent: np.ndarray, n_child: int) -> np.ndarray | None:
