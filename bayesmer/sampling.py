@@ -339,8 +339,8 @@ class Sampler:
         The model's coordinates (term names, levels): the draws are labelled with them.
     compile_seconds : float
         Time spent compiling, or finding the compilation in the cache.
-    source : {'compiled', 'memory', 'disk'}
-        Where the compilation came from.
+    source : {'compiled', 'callbacks', 'disk', 'memory'}
+        Where the compilation came from (see :func:`bayesmer.compiled.sampler`).
     sample_seconds : float
         Wall time of the last :meth:`sample` call.
     """
