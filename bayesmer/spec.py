@@ -1054,6 +1054,7 @@ def _random_design(
     """
     import formulae
 
+    frame["bayesmerresponse"] = 0.0  # formulae needs a response; the design ignores it
     dm = formulae.design_matrices(f"bayesmerresponse ~ {part.rhs}", frame, na_action="pass").common
     Z = np.asarray(dm.design_matrix, dtype=float)
     terms = tuple(_r_term_names(dm, parsed))

@@ -14,6 +14,7 @@ FORMULAS = [
     ("survived ~ pclass + sex + (1|embarked)", {"pclass": ["3", "1", "2"]}),
     ("survived ~ alone + fare + sex", {}),
     ("survived ~ 1 + (1|pclass)", {}),
+    ("survived ~ sex + fare + (sex|pclass)", {}),  # the random slopes' design is formulae's
 ]
 
 
