@@ -20,15 +20,18 @@ model; :meth:`Compilation.bound` hands out the compiled model with a fit's data
 model, whose initial-point function nutpie calls when the chains start. Compilations are kept
 in memory, the :data:`MEMORY_ENTRIES` most recently used.
 
-Across processes, the part of compiling that numba caches is kept on disk: the two C
-callbacks (:mod:`bayesmer.callbacks`), most of the compile time. Each structure gets its own
-copy of the callbacks' source in the cache folder (:func:`cache_folder`: ``$BAYESMER_CACHE_DIR``
-or the user cache folder, one subfolder per set of library versions), compiled with numba's
-cache, which keeps the machine code next to it and loads it in a later process. PyTensor's
-rewrites of the graph are redone in each process (and its own numba functions come from
-PyTensor's cache). Files are written to a temporary name and renamed, so processes filling
-the cache at once do not see each other's half-written files; a damaged entry is deleted and
-rebuilt.
+Across processes, the compiled model is kept on disk. Each structure gets its own copy of the
+callbacks' source (:mod:`bayesmer.callbacks`) in the cache folder (:func:`cache_folder`:
+``$BAYESMER_CACHE_DIR`` or the user cache folder, one subfolder per set of library versions),
+compiled with numba's cache, which keeps the machine code (with the PyTensor functions the
+callbacks call compiled into it) next to it and loads it in a later process; beside it a
+small JSON entry holds the rest of nutpie's compiled model that does not depend on the data
+(:mod:`bayesmer.warm`). A later process rebuilds the compiled model from the two without
+building PyTensor's functions (no graph rewrites, no code generation): ``'disk'``. When the
+entry is missing or damaged the PyTensor functions are compiled and the callbacks still come
+from numba's cache (``'callbacks'``), and the entry is written again. Files are written to a
+temporary name and renamed, so processes filling the cache at once do not see each other's
+half-written files; a damaged entry is deleted and rebuilt.
 """
 
 from __future__ import annotations

@@ -33,6 +33,9 @@ class DeferredModule(types.ModuleType):
     def __getattr__(self, attribute: str) -> Any:
         return getattr(load(self), attribute)
 
+    def __dir__(self) -> list[str]:
+        return dir(load(self))
+
 
 def defer(name: str) -> bool:
     """Put a :class:`DeferredModule` for the top-level module ``name`` in :data:`sys.modules`.
