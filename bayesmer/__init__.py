@@ -5,6 +5,9 @@ from .diagnostics import ConvergenceWarning
 from .io import load_model, save_model
 from .loo import compare
 from .models import FitInterruptedWarning, Model, NotFittedError, glm, glmer, lm, lmer
+from .shutdown import register as _register_quick_exit
+
+_register_quick_exit()  # see bayesmer.shutdown: a fitted process exits in 0.1 s, not 1 s
 
 __all__ = [
     "ConvergenceWarning",

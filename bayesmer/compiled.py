@@ -20,15 +20,18 @@ model; :meth:`Compilation.bound` hands out the compiled model with a fit's data
 model, whose initial-point function nutpie calls when the chains start. Compilations are kept
 in memory, the :data:`MEMORY_ENTRIES` most recently used.
 
-Across processes, the part of compiling that numba caches is kept on disk: the two C
-callbacks (:mod:`bayesmer.callbacks`), most of the compile time. Each structure gets its own
-copy of the callbacks' source in the cache folder (:func:`cache_folder`: ``$BAYESMER_CACHE_DIR``
-or the user cache folder, one subfolder per set of library versions), compiled with numba's
-cache, which keeps the machine code next to it and loads it in a later process. PyTensor's
-rewrites of the graph are redone in each process (and its own numba functions come from
-PyTensor's cache). Files are written to a temporary name and renamed, so processes filling
-the cache at once do not see each other's half-written files; a damaged entry is deleted and
-rebuilt.
+Across processes, the compiled model is kept on disk. Each structure gets its own copy of the
+callbacks' source (:mod:`bayesmer.callbacks`) in the cache folder (:func:`cache_folder`:
+``$BAYESMER_CACHE_DIR`` or the user cache folder, one subfolder per set of library versions),
+compiled with numba's cache, which keeps the machine code (with the PyTensor functions the
+callbacks call compiled into it) next to it and loads it in a later process; beside it a
+small JSON entry holds the rest of nutpie's compiled model that does not depend on the data
+(:mod:`bayesmer.warm`). A later process rebuilds the compiled model from the two without
+building PyTensor's functions (no graph rewrites, no code generation): ``'disk'``. When the
+entry is missing or damaged the PyTensor functions are compiled and the callbacks still come
+from numba's cache (``'callbacks'``), and the entry is written again. Files are written to a
+temporary name and renamed, so processes filling the cache at once do not see each other's
+half-written files; a damaged entry is deleted and rebuilt.
 """
 
 from __future__ import annotations
@@ -59,8 +62,15 @@ from pytensor.graph.basic import Constant, Variable
 from pytensor.graph.traversal import graph_inputs, io_toposort
 from pytensor.tensor.random.type import RandomType
 
-from . import __version__, fused
-from .sampling import CALLBACKS_FILE, Sampler, compile_model
+from . import __version__, fused, warm
+from .sampling import (
+    CALLBACKS_FILE,
+    Sampler,
+    UnexpectedLayout,
+    compile_model,
+    loop_callbacks_supported,
+    single_input,
+)
 
 logger = logging.getLogger("bayesmer")
 
@@ -129,8 +139,9 @@ def sampler(model: pm.Model) -> Sampler:
     -------
     Sampler
         ``compile_seconds`` is the time spent finding or compiling the compilation;
-        ``source`` says which: ``'memory'``, ``'disk'`` (the callbacks loaded from the disk
-        cache) or ``'compiled'``.
+        ``source`` says which: ``'memory'``, ``'disk'`` (rebuilt from the disk cache,
+        nothing compiled), ``'callbacks'`` (the C callbacks loaded from the disk cache,
+        PyTensor's functions compiled) or ``'compiled'``.
     """
     start = time.perf_counter()
     inputs = data_inputs(model)
@@ -144,7 +155,7 @@ def sampler(model: pm.Model) -> Sampler:
             _MEMORY.move_to_end(key)
     source = "memory"
     if compilation is None:
-        compiled, source = _compile(model, key)
+        compiled, source = _compile(model, key, inputs)
         compilation = Compilation(key, model, compiled, inputs)
         if key is not None:
             with _MEMORY_LOCK:
@@ -211,12 +222,17 @@ def versions() -> dict[str, str]:
     }
 
 
-def _compile(model: pm.Model, key: str | None) -> tuple[Any, str]:
-    """nutpie's compiled model, its callbacks from the disk cache when they are there.
+def _compile(
+    model: pm.Model, key: str | None, inputs: dict[str, SharedVariable]
+) -> tuple[Any, str]:
+    """nutpie's compiled model, from the disk cache when it is there.
 
-    Returns the compiled model and ``'disk'`` or ``'compiled'``. Without a key, or when the
-    cache folder cannot be written, the model is compiled without the disk cache. A cache
-    entry that fails to load is deleted and the model compiled again.
+    Returns the compiled model and where it came from: ``'disk'`` (rebuilt from the cache
+    with nothing compiled, :func:`bayesmer.warm.rebuild`), ``'callbacks'`` (PyTensor's
+    functions compiled, the C callbacks loaded from the cache) or ``'compiled'``. Without a
+    key, or when the cache folder cannot be written, the model is compiled without the disk
+    cache. A cache entry that fails to load is deleted and the model compiled again; after a
+    compile the structure's entry is written (:func:`bayesmer.warm.write_entry`).
     """
     if key is None:
         return compile_model(model), "compiled"
@@ -225,14 +241,38 @@ def _compile(model: pm.Model, key: str | None) -> tuple[Any, str]:
     except OSError as err:
         logger.info("bayesmer's compiled-model cache is not writable (%s): not used.", err)
         return compile_model(model), "compiled"
+    rebuilt = warm.rebuild(model, source, inputs)
+    if rebuilt is not None:
+        return rebuilt, "disk"
     try:
         compiled = compile_model(model, source)
     except Exception as err:  # noqa: BLE001 - whatever a damaged entry raises, rebuild it
         logger.info("bayesmer's cached compilation %s failed to load (%s): rebuilt.", key, err)
         _remove_entry(source)
-        compiled = compile_model(model, _callbacks_source(key))
+        source = _callbacks_source(key)
+        compiled = compile_model(model, source)
+    if _own_callbacks(compiled):
+        try:
+            warm.write_entry(warm.entry_path(source), compiled, model)
+        except (OSError, TypeError, ValueError, AttributeError) as err:
+            # a cache that cannot be written, or a compiled model of another layout: the
+            # next process compiles again, as without the entry
+            logger.info("bayesmer's compiled-model entry %s not written (%s).", key, err)
     hits = compiled.compiled_logp_func.cache_hits + compiled.compiled_expand_func.cache_hits
-    return compiled, "disk" if hits == 2 else "compiled"
+    return compiled, "callbacks" if hits == 2 else "compiled"
+
+
+def _own_callbacks(compiled: Any) -> bool:
+    """Whether ``compiled`` has bayesmer's callbacks (one float64 data vector), which the
+    disk cache keeps, rather than stock nutpie's."""
+    if not loop_callbacks_supported():
+        return False
+    try:
+        keys = list(compiled.shared_var_keys.values())
+        single_input(compiled.user_data, keys, compiled.shared_data)
+    except UnexpectedLayout:
+        return False
+    return True
 
 
 def _callbacks_source(key: str) -> Path:
@@ -257,8 +297,9 @@ def _callbacks_source(key: str) -> Path:
 
 
 def _remove_entry(source: Path) -> None:
-    """Delete a structure's source copy and numba's files for it."""
+    """Delete a structure's source copy, its entry and numba's files for it."""
     source.unlink(missing_ok=True)
+    warm.entry_path(source).unlink(missing_ok=True)
     for cached in (source.parent / "__pycache__").glob(f"{source.stem}.*"):
         cached.unlink(missing_ok=True)
 

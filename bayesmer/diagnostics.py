@@ -195,13 +195,34 @@ def _split_chains(x: np.ndarray) -> np.ndarray:
 
 def _z_scale(x: np.ndarray) -> np.ndarray:
     """Rank-normalise each parameter over all its draws."""
-    from scipy import special, stats
+    from scipy import special
 
     k = x.shape[0]
     flat = x.reshape(k, -1)
-    ranks = stats.rankdata(flat, method="average", axis=1)
+    ranks = average_ranks(flat)
     c = 3.0 / 8.0
     return special.ndtri((ranks - c) / (flat.shape[1] - 2 * c + 1)).reshape(x.shape)
+
+
+def average_ranks(x: np.ndarray) -> np.ndarray:
+    """Ranks (1..n) of each row's values, ties given their mean rank, a row holding NaN all NaN:
+    ``scipy.stats.rankdata(x, method="average", axis=1)``, without importing scipy.stats
+    (0.4 s)."""
+    rows, n = x.shape
+    order = np.argsort(x, axis=1, kind="stable")
+    ordered = np.take_along_axis(x, order, axis=1)
+    starts = np.ones((rows, n), dtype=bool)
+    starts[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
+    # tie groups numbered across rows, so that bincount counts each row's groups apart
+    groups = np.cumsum(starts.ravel()) - 1
+    counts = np.bincount(groups)
+    first = np.cumsum(counts) - counts  # flat position of each group's first value
+    mean_rank = first + (counts + 1) / 2.0
+    within = mean_rank[groups].reshape(rows, n) - (np.arange(rows) * n)[:, None]
+    ranks = np.empty((rows, n))
+    np.put_along_axis(ranks, order, within, axis=1)
+    ranks[np.isnan(x).any(axis=1)] = np.nan
+    return ranks
 
 
 def _rhat_basic(x: np.ndarray) -> np.ndarray:

@@ -136,10 +136,23 @@ def new_effects(
 
 
 def hdi(values: np.ndarray, prob: float) -> np.ndarray:
-    """Highest-density interval over the first axis: shape (..., 2)."""
-    from arviz_stats.base import array_stats
+    """Highest-density interval over the first axis: shape (..., 2).
 
-    return np.asarray(array_stats.hdi(np.moveaxis(values, 0, -1), prob, axis=-1))
+    The narrowest interval between two draws holding ``floor(prob * n)`` draws past its lower
+    end: arviz_stats' ``hdi`` (method ``"nearest"``), vectorised over the other axes (the same
+    intervals, ``tests/test_draws.py``; importing arviz_stats costs over a second).
+    """
+    if not 0 < prob <= 1:
+        raise ValueError(f"The probability of an interval must be in (0, 1], got {prob}.")
+    ordered = np.sort(np.asarray(values), axis=0)
+    n = ordered.shape[0]
+    if n < 2:
+        raise ValueError("An interval needs at least 2 draws.")
+    k = min(int(np.floor(prob * n)), n - 1)
+    widths = np.subtract(ordered[k:], ordered[: n - k], dtype=np.float64)
+    low = np.argmin(widths, axis=0)[None]
+    bounds = [np.take_along_axis(ordered, i, axis=0)[0] for i in (low, low + k)]
+    return np.stack(bounds, axis=-1)
 
 
 def prob_direction(values: np.ndarray, null: float = 0.0) -> np.ndarray:

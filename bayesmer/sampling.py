@@ -20,7 +20,6 @@ import sys
 import threading
 import time
 import uuid
-import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -30,12 +29,16 @@ from typing import Any
 
 import numba
 import numpy as np
-import nutpie
-import nutpie.compile_pymc
 import pymc as pm
 import xarray as xr
 
+from . import trace as traces
+from .deferred import import_deferring
 from .spec import CENTRED_MIN_INFORMATION, ModelSpec
+
+#: nutpie, imported with ArviZ deferred (bayesmer converts the draws itself, see
+#: :mod:`bayesmer.trace`; ArviZ loads when something else uses it).
+nutpie = import_deferring("nutpie", "arviz")
 
 logger = logging.getLogger("bayesmer")
 
@@ -336,8 +339,8 @@ class Sampler:
         The model's coordinates (term names, levels): the draws are labelled with them.
     compile_seconds : float
         Time spent compiling, or finding the compilation in the cache.
-    source : {'compiled', 'memory', 'disk'}
-        Where the compilation came from.
+    source : {'compiled', 'callbacks', 'disk', 'memory'}
+        Where the compilation came from (see :func:`bayesmer.compiled.sampler`).
     sample_seconds : float
         Wall time of the last :meth:`sample` call.
     """
@@ -401,27 +404,26 @@ class Sampler:
     ) -> xr.DataTree:
         cores = max(1, min(chains, os.cpu_count() or 1))
         start = time.perf_counter()
-        running = nutpie.sample(
-            compiled,
-            draws=draws,
-            tune=tune,
-            chains=chains,
-            cores=cores,
-            seed=random_seed,
-            progress_bar=progressbar,
-            save_warmup=False,
-            blocking=False,
+        settings = {
+            "draws": draws,
+            "tune": tune,
+            "chains": chains,
+            "cores": cores,
+            "seed": random_seed,
+            "progress_bar": progressbar,
+            "save_warmup": False,
             **kwargs,
-        )
+        }
+        running = nutpie.sample(compiled, blocking=False, return_raw_trace=True, **settings)
         try:
-            trace = running.wait()
+            trace = self._converted(running.wait(), compiled, settings)
         except KeyboardInterrupt:
             # nutpie's blocking sample() would return the aborted trace as if it were complete,
             # its unfinished draws NaN
-            with warnings.catch_warnings():
-                # arviz's complaint about a trace with fewer draws than chains (none finished)
-                warnings.filterwarnings("ignore", "Found chain dimension", UserWarning)
-                aborted = running.abort()
+            raw = running.abort()
+            if not callable(getattr(raw, "get_arrow_trace", None)):
+                raise  # no draws to keep: the model stays as it was
+            aborted = self._converted(raw, compiled, settings)
             kept, n_chains, n_draws = finished_draws(aborted)
             raise SamplingInterrupted(
                 self._labelled(kept), n_chains, n_draws, time.perf_counter() - start
@@ -431,6 +433,34 @@ class Sampler:
             raise
         self.sample_seconds = time.perf_counter() - start
         return self._labelled(trace)
+
+    @staticmethod
+    def _converted(raw: Any, compiled: Any, settings: dict[str, Any]) -> xr.DataTree:
+        """nutpie's raw trace (``return_raw_trace=True``) as the DataTree nutpie would return
+        (:func:`bayesmer.trace.to_datatree`).
+
+        A raw trace without the Arrow batches nutpie 0.16 gives (``get_arrow_trace``) is
+        sampled again, with the same settings and seed, by nutpie's own conversion (the same
+        draws, ArviZ imported), with a one-line note on the ``bayesmer`` logger.
+        """
+        if not callable(getattr(raw, "get_arrow_trace", None)):
+            logger.info(
+                "nutpie %s's raw trace has no Arrow batches: sampled again with its conversion.",
+                getattr(nutpie, "__version__", "?"),
+            )
+            return nutpie.sample(compiled, **settings)
+        draw_batches, stat_batches = raw.get_arrow_trace()
+        return traces.to_datatree(
+            draw_batches,
+            stat_batches,
+            compiled.coords,
+            skip_draws=compiled.reparameterized_names or (),
+            skip_stats=traces.skipped_stats(settings),
+            attrs={
+                "inference_library": "nutpie",
+                "inference_library_version": getattr(nutpie, "__version__", "?"),
+            },
+        )
 
 
 def finished_draws(trace: xr.DataTree) -> tuple[xr.DataTree, int, int]:

@@ -2,7 +2,10 @@
 
 Run it with ``make bench`` (after ``bench.py``) or ``.venv/bin/python benchmarks/startup.py``.
 Every measurement runs in fresh Python processes (``subprocess``), timed with
-``time.perf_counter``; the median of ``--repeats`` (5) processes is reported, with the range.
+``time.perf_counter``; the median of ``--repeats`` (5) processes is reported, with the range,
+and for whole processes the median of their CPU time (user + system, all threads, from
+``resource.getrusage(RUSAGE_CHILDREN)``), which another process competing for the cores
+disturbs less than the wall time.
 
 - **import**: ``import bayesmer``, timed inside the process.
 - **script, cold cache**: the seed's glmer script end to end (interpreter start-up, import,
@@ -23,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -68,56 +72,92 @@ print(json.dumps({{"seconds": time.perf_counter() - start, **model.timings}}))
 """
 
 
-def run(code: str, cache: Path, *args: str) -> tuple[float, str]:
-    """Run ``code`` in a fresh interpreter with its caches under ``cache``: wall s, stdout."""
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def run(code: str, cache: Path, *args: str, root: Path = ROOT) -> tuple[float, str, float]:
+    """Run ``code`` in a fresh interpreter with its caches under ``cache`` and the bayesmer
+    of the checkout ``root``: wall s, stdout, CPU s (user + system)."""
     env = {
         **os.environ,
-        "PYTHONPATH": str(ROOT),
+        "PYTHONPATH": str(root),
         "BAYESMER_CACHE_DIR": str(cache / "bayesmer"),
         "PYTENSOR_FLAGS": f"base_compiledir={cache / 'pytensor'}",
     }
+    cpu = _children_cpu()
     start = time.perf_counter()
     out = subprocess.run(
-        [sys.executable, "-c", code, *args], env=env, cwd=ROOT, capture_output=True, text=True
+        [sys.executable, "-c", code, *args], env=env, cwd=root, capture_output=True, text=True
     )
     seconds = time.perf_counter() - start
     if out.returncode != 0:
         raise RuntimeError(f"benchmark process failed:\n{out.stderr}")
-    return seconds, out.stdout
+    return seconds, out.stdout, _children_cpu() - cpu
 
 
-def summary(values: list[float]) -> str:
-    return f"{statistics.median(values):6.2f} s  ({min(values):.2f}-{max(values):.2f})"
+def summary(values: list[float], cpu: list[float] | None = None) -> str:
+    out = f"{statistics.median(values):6.2f} s  ({min(values):.2f}-{max(values):.2f})"
+    if cpu:
+        out += f"  cpu {statistics.median(cpu):.2f} s"
+    return out
+
+
+def _wall_cpu(runs: list[tuple[float, str, float]]) -> tuple[list[float], list[float]]:
+    return [r[0] for r in runs], [r[2] for r in runs]
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--repeats", type=int, default=5, help="fresh processes per measurement")
+    p.add_argument(
+        "--only",
+        default="import,cold,warm,refit",
+        help="comma-separated measurements to run (default: all of import,cold,warm,refit)",
+    )
+    p.add_argument(
+        "--root",
+        type=Path,
+        default=ROOT,
+        help="checkout whose bayesmer is measured (default: this script's), e.g. another "
+        "worktree for a before/after comparison",
+    )
     args = p.parse_args(argv)
     n = args.repeats
+    root = args.root.resolve()
+    only = set(args.only.split(","))
+    unknown = only - {"import", "cold", "warm", "refit"}
+    if unknown:
+        p.error(f"unknown measurement(s) {sorted(unknown)}: use import, cold, warm, refit")
     load = os.getloadavg()[0]
-    print(f"bayesmer start-up, median of {n} fresh processes (load 1m before: {load:.2f})")
+    print(f"bayesmer start-up of {root}, median of {n} fresh processes (load 1m: {load:.2f})")
 
     with tempfile.TemporaryDirectory(prefix="bayesmer-startup-") as tmp:
         tmp = Path(tmp)
-        imports = [float(run(IMPORT, tmp / "import")[1]) for _ in range(n)]
-        print(f"import bayesmer              {summary(imports)}")
+        if "import" in only:
+            imports = [float(run(IMPORT, tmp / "import", root=root)[1]) for _ in range(n)]
+            print(f"import bayesmer              {summary(imports)}")
 
-        run(WARMUP, tmp / "template")  # caches that have seen another model
-        cold = []
-        for i in range(n):
-            shutil.copytree(tmp / "template", tmp / f"cold{i}")
-            cold.append(run(SCRIPT, tmp / f"cold{i}")[0])
-        print(f"script, cold cache           {summary(cold)}")
+        if "cold" in only:
+            run(WARMUP, tmp / "template", root=root)  # caches that have seen another model
+            cold = []
+            for i in range(n):
+                shutil.copytree(tmp / "template", tmp / f"cold{i}")
+                cold.append(run(SCRIPT, tmp / f"cold{i}", root=root))
+            print(f"script, cold cache           {summary(*_wall_cpu(cold))}")
 
-        run(SCRIPT, tmp / "warm")  # fills the caches
-        warm = [run(SCRIPT, tmp / "warm")[0] for _ in range(n)]
-        print(f"script, warm cache           {summary(warm)}")
+        if only & {"warm", "refit"}:
+            run(SCRIPT, tmp / "warm", root=root)  # fills the caches
+        if "warm" in only:
+            warm = [run(SCRIPT, tmp / "warm", root=root) for _ in range(n)]
+            print(f"script, warm cache           {summary(*_wall_cpu(warm))}")
 
-        refits = [json.loads(run(REFIT, tmp / "warm", str(i))[1]) for i in range(n)]
-        seconds = [r["seconds"] for r in refits]
-        compile_s = [r["compile"] for r in refits]
-        print(f"same-shape refit, in process {summary(seconds)}  compile {summary(compile_s)}")
+        if "refit" in only:
+            refits = [json.loads(run(REFIT, tmp / "warm", str(i), root=root)[1]) for i in range(n)]
+            seconds = [r["seconds"] for r in refits]
+            compile_s = [r["compile"] for r in refits]
+            print(f"same-shape refit, in process {summary(seconds)}  compile {summary(compile_s)}")
     print(f"load 1m after: {os.getloadavg()[0]:.2f} (2 cores: above 2 the cores were shared)")
 
 

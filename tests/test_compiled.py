@@ -19,7 +19,7 @@ import nutpie
 import polars as pl
 import pytest
 
-from bayesmer import compiled, glm, glmer
+from bayesmer import compiled, glm, glmer, warm
 from bayesmer.draws import fixed
 from bayesmer.pymc_model import build_model
 from bayesmer.sampling import CALLBACKS_FILE, compile_model
@@ -171,6 +171,106 @@ def test_disk_cache_serves_a_later_compile_and_a_damaged_entry_is_rebuilt(titani
     assert fit.posterior is not None
 
 
+def _assert_same_density_and_draws(sampler, fresh):
+    """The sampler's compiled model (bound to its data) has ``fresh``'s log density, bit for
+    bit, initial points and seeded draws."""
+    settings = dict(draws=100, tune=150, chains=2, cores=1, seed=3, progress_bar=False)
+    with sampler.compilation.bound(sampler.data) as bound:
+        rng = np.random.default_rng(0)
+        for _ in range(5):
+            x = rng.normal(0, 0.5, fresh.n_dim)
+            code, logp, grad = _logp(bound, x)
+            want = _logp(fresh, x)
+            assert code == want[0] == 0
+            assert logp == want[1]
+            np.testing.assert_array_equal(grad, want[2])
+        for seed in (0, 7):
+            np.testing.assert_array_equal(
+                bound.initial_point_func(seed), fresh.initial_point_func(seed)
+            )
+        draws = nutpie.sample(bound, **settings)
+    want_draws = nutpie.sample(fresh, **settings)
+    for name in ("b", "sd_pclass", "u_pclass"):
+        np.testing.assert_array_equal(
+            draws["posterior"][name].values, want_draws["posterior"][name].values
+        )
+
+
+def test_a_later_process_rebuilds_the_model_from_disk_without_compiling(
+    titanic, cache, monkeypatch
+):
+    """What a new process finds (the memory cache cleared): the compiled model rebuilt from
+    the structure's entry and numba's cache, nothing compiled, with a fresh compile's log
+    density, initial points and draws on new data of the same shape."""
+    assert compiled.sampler(_model(titanic)).source == "compiled"
+    (entry,) = cache.glob("compiled-*/callbacks_*.json")
+    compiled.clear_memory()
+
+    def no_compiling(*args, **kwargs):
+        raise AssertionError("compiled again")
+
+    other = _model(_resample(titanic, 6))
+    with monkeypatch.context() as patch:
+        patch.setattr(compiled, "compile_model", no_compiling)
+        rebuilt = compiled.sampler(other)
+    assert rebuilt.source == "disk"
+    assert rebuilt.compilation.compiled.logp_func is None  # no PyTensor function was made
+    _assert_same_density_and_draws(rebuilt, compile_model(_model(_resample(titanic, 6))))
+    # a fit from it has the coordinates of its own data
+    fit = glmer(FORMULA, _resample(titanic, 6), family="binomial")
+    fit.fit(random_seed=1, **FIT)
+    assert fit._sampler.source == "memory"
+    assert fit.posterior["posterior"]["b"].coords["term"].values.tolist() == [
+        "(Intercept)",
+        "sexmale",
+    ]
+
+
+@pytest.mark.parametrize(
+    "damage", [b"", b"{not json", b'{"version": 0}', b'{"version": 1, "n_dim": 6}']
+)
+def test_a_damaged_entry_is_compiled_again_and_rewritten(titanic, cache, damage):
+    model = _model(titanic)
+    assert compiled.sampler(model).source == "compiled"
+    (entry,) = cache.glob("compiled-*/callbacks_*.json")
+    written = entry.read_bytes()
+    entry.write_bytes(damage)
+    compiled.clear_memory()
+    again = compiled.sampler(model)
+    # the callbacks still come from numba's cache; PyTensor's functions are compiled
+    assert again.source == "callbacks"
+    assert entry.read_bytes() == written
+    compiled.clear_memory()
+    assert compiled.sampler(model).source == "disk"
+
+
+def test_an_entry_without_numbas_files_is_compiled_again(titanic, cache):
+    model = _model(titanic)
+    assert compiled.sampler(model).source == "compiled"
+    (folder,) = cache.glob("compiled-*")
+    for numba_file in (folder / "__pycache__").iterdir():
+        numba_file.unlink()
+    compiled.clear_memory()
+    assert compiled.sampler(model).source == "compiled"
+    compiled.clear_memory()
+    assert compiled.sampler(model).source == "disk"
+
+
+def test_rebuilding_falls_back_to_compiling_when_nutpies_model_changes(
+    titanic, cache, monkeypatch, caplog
+):
+    """nutpie's compiled-model class has private fields; a nutpie whose fields differ is
+    compiled as before (the callbacks still from the cache), with the same draws."""
+    model = _model(titanic)
+    assert compiled.sampler(model).source == "compiled"
+    compiled.clear_memory()
+    monkeypatch.setattr(warm, "NUTPIE_FIELDS", warm.NUTPIE_FIELDS | {"_a_new_field"})
+    assert not warm.supported()
+    fallback = compiled.sampler(_model(_resample(titanic, 8)))
+    assert fallback.source == "callbacks"
+    _assert_same_density_and_draws(fallback, compile_model(_model(_resample(titanic, 8))))
+
+
 def test_a_library_version_change_misses_the_disk_cache(titanic, cache, monkeypatch):
     model = _model(titanic)
     assert compiled.sampler(model).source == "compiled"
@@ -185,7 +285,7 @@ SCRIPT = f"""
 import bayesmer
 model = bayesmer.glmer({FORMULA!r}, bayesmer.load_dataset("titanic"), family="binomial")
 model.fit(random_seed=1, progressbar=False)
-print(model._sampler.source)
+print(model._sampler.source, model.posterior["posterior"]["b"].values.sum().hex())
 """
 
 
@@ -199,10 +299,14 @@ def test_two_processes_filling_the_cache_at_once_both_succeed(tmp_path):
         )
 
     first, second = start(), start()
-    outputs = [p.communicate(timeout=600)[0].strip() for p in (first, second)]
+    outputs = [p.communicate(timeout=600)[0].split() for p in (first, second)]
     assert [first.returncode, second.returncode] == [0, 0]
-    assert set(outputs) <= {"compiled", "disk"}
+    assert {source for source, _ in outputs} <= {"compiled", "callbacks", "disk"}
     later = subprocess.run(
         [sys.executable, "-c", SCRIPT], env=env, cwd=ROOT, capture_output=True, text=True
     )
-    assert later.returncode == 0 and later.stdout.strip() == "disk"
+    assert later.returncode == 0
+    source, draws = later.stdout.split()
+    # rebuilt from the cache the two filled, with the seeded draws of the compiled fits
+    assert source == "disk"
+    assert {d for _, d in outputs} == {draws}

@@ -36,3 +36,33 @@ def test_equal_to_arviz_stats(chains, draws):
         np.testing.assert_allclose(rhat, expected, rtol=1e-10)
     else:
         assert np.isnan(rhat).all()
+
+
+def test_average_ranks_equal_scipys_rankdata():
+    from scipy import stats
+
+    from bayesmer.diagnostics import average_ranks
+
+    rng = np.random.default_rng(0)
+    for shape in [(3, 1000), (1, 7), (5, 4000)]:
+        x = rng.normal(size=shape)
+        x[:, ::3] = np.round(x[:, ::3], 1)  # ties
+        np.testing.assert_array_equal(average_ranks(x), stats.rankdata(x, axis=1))
+    x = rng.integers(0, 3, size=(4, 50)).astype(float)
+    x[2, 5] = np.nan  # its row is all NaN, as scipy's
+    np.testing.assert_array_equal(average_ranks(x), stats.rankdata(x, axis=1))
+
+
+def test_heterogeneity_uses_scipys_chi_square():
+    from scipy import stats
+
+    from bayesmer.spec import heterogeneity
+
+    rng = np.random.default_rng(1)
+    for levels in (2, 3, 6, 40):
+        estimates, variances = rng.normal(0, 2, levels), rng.uniform(0.05, 0.5, levels)
+        tau2, low, p = heterogeneity(estimates, variances)
+        w = 1 / variances
+        q = np.sum(w * (estimates - np.sum(w * estimates) / w.sum()) ** 2)
+        assert p == stats.chi2.sf(q, levels - 1)
+        assert tau2 == 0 or low == tau2 * stats.chi2.ppf(0.1, levels - 1) / (levels - 1)

@@ -24,6 +24,7 @@ from bayesmer import FitInterruptedWarning, glm, glmer
 from bayesmer.diagnostics import rank_diagnostics
 from bayesmer.pymc_model import build_model
 from bayesmer.sampling import MIN_KEPT_DRAWS, compile_model
+from bayesmer.trace import to_datatree
 
 
 @pytest.fixture(scope="module")
@@ -98,9 +99,7 @@ def _interrupt_after(draws: int, chains: int = 1):
     def wait(self, *, timeout=None):
         while True:
             time.sleep(0.02)
-            with warnings.catch_warnings():  # arviz: no draw yet, fewer draws than chains
-                warnings.simplefilter("ignore", UserWarning)
-                stats = self.inspect()["sample_stats"]
+            stats = to_datatree(*self.inspect().get_arrow_trace(), {})["sample_stats"]
             done = np.isfinite(stats["step_size"].values).sum(axis=1) if stats.sizes["draw"] else 0
             if np.sum(done >= draws) >= chains:
                 raise KeyboardInterrupt

@@ -1,0 +1,106 @@
+"""nutpie's raw draws converted by bayesmer (bayesmer.trace) equal nutpie's own conversion."""
+
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import nutpie
+import pytest
+import xarray as xr
+
+from bayesmer import glmer
+from bayesmer.pymc_model import build_model
+from bayesmer.sampling import Sampler, compile_model
+from bayesmer.trace import skipped_stats, to_datatree
+
+ROOT = Path(__file__).resolve().parents[1]
+
+SETTINGS = dict(draws=60, tune=80, chains=2, cores=1, seed=3, progress_bar=False, save_warmup=False)
+
+
+@pytest.fixture(scope="module")
+def compiled(titanic):
+    model = glmer("survived ~ sex + (1|pclass)", titanic, family="binomial")
+    return compile_model(build_model(model.spec))
+
+
+def _ours(compiled, **settings):
+    raw = nutpie.sample(compiled, return_raw_trace=True, **settings)
+    return to_datatree(
+        *raw.get_arrow_trace(),
+        compiled.coords,
+        skip_draws=compiled.reparameterized_names,
+        skip_stats=skipped_stats(settings),
+    )
+
+
+def _assert_same(ours, theirs):
+    assert set(ours.children) == set(theirs.children) == {"posterior", "sample_stats"}
+    for group in ("posterior", "sample_stats"):
+        a, b = ours[group].to_dataset(), theirs[group].to_dataset()
+        xr.testing.assert_equal(a, b)
+        assert {k: a[k].dtype for k in a.variables} == {k: b[k].dtype for k in b.variables}
+
+
+@pytest.mark.parametrize("store", [{}, {"store_gradient": True, "store_divergences": True}])
+def test_conversion_equals_nutpies(compiled, store):
+    settings = {**SETTINGS, **store}
+    ours = _ours(compiled, **settings)
+    theirs = nutpie.sample(compiled, **settings)
+    _assert_same(ours, theirs)
+    assert ("gradient" in ours["sample_stats"]) == bool(store)
+    assert "sd_pclass_log__" not in ours["posterior"]  # the unconstrained value is left out
+
+
+def test_a_shorter_chain_is_padded(compiled):
+    """An interrupted sampling: the chains' draws differ in number; the missing ones are NaN
+    (zero for integer statistics, None for text) as in nutpie's conversion."""
+    raw = nutpie.sample(compiled, return_raw_trace=True, **SETTINGS)
+    draws, stats = raw.get_arrow_trace()
+    cut = SETTINGS["tune"] + 25
+    draws = [draws[0], draws[1].slice(0, cut)]
+    stats = [stats[0], stats[1].slice(0, cut)]
+    trace = to_datatree(draws, stats, compiled.coords, compiled.reparameterized_names)
+    b = trace["posterior"]["b"].values
+    assert b.shape[:2] == (2, SETTINGS["draws"])
+    assert np.isfinite(b[0]).all() and np.isfinite(b[1, :25]).all() and np.isnan(b[1, 25:]).all()
+    depth = trace["sample_stats"]["depth"].values
+    assert (depth[1, 25:] == 0).all() and (depth[1, :25] > 0).all()
+    assert (trace["sample_stats"]["divergence_message"].values[1, 25:] == None).all()  # noqa: E711
+
+
+def test_a_raw_trace_without_arrow_batches_is_sampled_again_by_nutpie(compiled, caplog):
+    """The fallback for a nutpie whose raw trace changed: the same draws, with a note."""
+
+    class Opaque:
+        pass
+
+    sampler = Sampler(compilation=None, data={}, coords={}, compile_seconds=0.0, source="memory")
+    with caplog.at_level(logging.INFO, logger="bayesmer"):
+        trace = sampler._converted(Opaque(), compiled, dict(SETTINGS))
+    assert "no Arrow batches: sampled again" in caplog.text
+    _assert_same(_ours(compiled, **SETTINGS), trace)
+
+
+def test_a_fit_imports_no_arviz_and_arviz_still_works_after():
+    code = (
+        "import sys, bayesmer\n"
+        "data = bayesmer.load_dataset('titanic')\n"
+        "m = bayesmer.glmer('survived ~ sex + (1|pclass)', data, family='binomial')\n"
+        "m.fit(draws=200, tune=200, chains=2, random_seed=1, progressbar=False)\n"
+        "m.emmeans('sex')\n"
+        "loaded = [n for n in ('arviz_stats', 'arviz_plots', 'matplotlib', 'scipy.signal')\n"
+        "          if n in sys.modules]\n"
+        "print(' '.join(loaded) or 'none')\n"
+        "import arviz\n"
+        "print(arviz.ess(m.posterior['posterior'].to_dataset()[['b']])['b'].shape)\n"
+        "print(type(sys.modules['arviz']).__name__)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    lines = out.stdout.split("\n")
+    assert lines[0] == "none", lines[0]
+    assert lines[1] == "(2,)" and lines[2] == "module"
