@@ -46,5 +46,9 @@ def map_blocks[T, R](
         return [fn(block) for block in blocks]
     from concurrent.futures import ThreadPoolExecutor
 
-    with ThreadPoolExecutor(threads) as pool:
+    from threadpoolctl import threadpool_limits
+
+    # the cores are taken by the blocks: a BLAS call inside one runs on one thread (BLAS
+    # threads on top of these contend for the same cores, twice as slow)
+    with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(threads) as pool:
         return list(pool.map(fn, blocks))

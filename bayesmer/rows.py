@@ -280,3 +280,31 @@ def blocks(n: int, width: int) -> Iterator[slice]:
     step = max(1, BLOCK_VALUES // max(1, width))
     for start in range(0, n, step):
         yield slice(start, min(n, start + step))
+
+
+def cell_blocks(spec: ModelSpec, width: int, cells: np.ndarray | None = None) -> list[np.ndarray]:
+    """Items in :func:`blocks`, each block an array of item indices, ordered by the level of
+    their cell in the grouping factor with the most levels.
+
+    A block's group effects then lie in a few nearby columns of the (draws, levels) draws,
+    so gathering them reads nearby memory rather than all of it (for 10,000 levels that
+    makes the gather several times faster). Results written back at the blocks' indices
+    come out in the items' own order.
+
+    Parameters
+    ----------
+    spec : ModelSpec
+    width : int
+        Values per item (draws), as for :func:`blocks`.
+    cells : np.ndarray, optional
+        The fitted cell of each item (e.g. of each distinct observation); by default the
+        items are the fitted cells themselves.
+    """
+    if cells is None:
+        cells = np.arange(spec.X.shape[0])
+    n = len(cells)
+    if not spec.groups:
+        return [np.arange(n)[block] for block in blocks(n, width)]
+    largest = max(spec.groups, key=lambda g: len(g.levels))
+    order = np.argsort(largest.index[cells], kind="stable")
+    return [order[block] for block in blocks(n, width)]
