@@ -354,13 +354,17 @@ def ess(x: np.ndarray) -> np.ndarray:
     from scipy import fft
 
     size = fft.next_fast_len(2 * n)
-    padded = np.zeros((k, m, size))  # centred chains, zero-padded (no wrap-around)
+    padded = np.empty((k, m, size))  # centred chains, zero-padded (no wrap-around)
     np.subtract(x, x.mean(axis=2, keepdims=True), out=padded[:, :, :n])
+    padded[:, :, n:] = 0.0
     spec = fft.rfft(padded, axis=2, overwrite_x=True)
     del padded
     # The chains' autocovariances are only used averaged over chains, and the inverse
     # transform is linear: one inverse FFT of the chains' mean power spectrum.
-    power = (np.square(spec.real) + np.square(spec.imag)).mean(axis=1)
+    parts = spec.view(np.float64)  # real and imaginary parts side by side
+    np.square(parts, out=parts)
+    power = np.add(parts[:, :, 0::2], parts[:, :, 1::2]).mean(axis=1)
+    del spec, parts
     acov = fft.irfft(power, n=size, axis=1)[:, :n] / n  # (k, lags): mean over chains
     mean_var = acov[:, 0] * n / (n - 1.0)
     var_plus = mean_var * (n - 1.0) / n
@@ -393,6 +397,24 @@ def ess(x: np.ndarray) -> np.ndarray:
     constant = (x.max(axis=(1, 2)) - x.min(axis=(1, 2))) < np.finfo(float).resolution
     out = np.where(constant, float(total), out)
     return np.where(np.isnan(rho).any(axis=1) & ~constant, np.nan, out)
+
+
+def mean_ess(draws: np.ndarray) -> np.ndarray:
+    """ESS of the mean of each parameter (arviz_stats' ``ess(method="mean")``), in blocks of
+    :data:`DIAGNOSE_BLOCK` parameters over the cores.
+
+    Parameters
+    ----------
+    draws : np.ndarray
+        Shape (chains, draws, parameters).
+    """
+    arr = np.moveaxis(draws, -1, 0)  # (k, chain, draw) view
+
+    def block(i: int) -> np.ndarray:
+        return ess(_split_chains(np.ascontiguousarray(arr[i : i + DIAGNOSE_BLOCK], dtype=float)))
+
+    parts = map_blocks(block, range(0, len(arr), DIAGNOSE_BLOCK))
+    return np.concatenate(parts) if parts else np.empty(0)
 
 
 def ess_tail_quantiles(x: np.ndarray, prob: float, ordered: np.ndarray | None = None) -> np.ndarray:
