@@ -125,6 +125,7 @@ def diagnose(posterior: xr.Dataset, sample_stats: xr.Dataset, names: list[str]) 
     blocks = map_blocks(
         _parameter_diagnostics,
         (arr[i : i + DIAGNOSE_BLOCK] for arr in arrays for i in range(0, len(arr), DIAGNOSE_BLOCK)),
+        values=sum(arr.size for arr in arrays),
     )
     columns = ("rhat", "ess_bulk", "ess_tail", "mcse")
     table = pl.DataFrame(
@@ -413,7 +414,7 @@ def mean_ess(draws: np.ndarray) -> np.ndarray:
     def block(i: int) -> np.ndarray:
         return ess(_split_chains(np.ascontiguousarray(arr[i : i + DIAGNOSE_BLOCK], dtype=float)))
 
-    parts = map_blocks(block, range(0, len(arr), DIAGNOSE_BLOCK))
+    parts = map_blocks(block, range(0, len(arr), DIAGNOSE_BLOCK), values=arr.size)
     return np.concatenate(parts) if parts else np.empty(0)
 
 

@@ -251,7 +251,7 @@ def _compute_loo(model: Model) -> LooResult:
 
     # blocks of observations with nearby levels, over the cores
     chunks = cell_blocks(spec, S, cells)
-    for block, (e, k, p) in zip(chunks, map_blocks(block_loo, chunks), strict=True):
+    for block, (e, k, p) in zip(chunks, map_blocks(block_loo, chunks, values=m * S), strict=True):
         elpd_i[block], k_i[block], p_i[block] = e, k, p
 
     elpd, se, p_loo = _weighted_summary(elpd_i, p_i, weight)

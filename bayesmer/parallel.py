@@ -15,6 +15,10 @@ from collections.abc import Callable, Iterable
 #: Most threads used, however many cores (each holds one block's buffers).
 MAX_THREADS = 8
 
+#: Work (values held by all the blocks) below which the blocks run in the calling thread:
+#: starting threads and limiting BLAS to one thread cost milliseconds, more than they save.
+MIN_THREADED_VALUES = 4_000_000
+
 
 def n_threads() -> int:
     """Threads to use: the cores this process may run on, at most :data:`MAX_THREADS`."""
@@ -23,7 +27,10 @@ def n_threads() -> int:
 
 
 def map_blocks[T, R](
-    fn: Callable[[T], R], blocks: Iterable[T], threads: int | None = None
+    fn: Callable[[T], R],
+    blocks: Iterable[T],
+    values: int | None = None,
+    threads: int | None = None,
 ) -> list[R]:
     """``[fn(block) for block in blocks]``, computed in threads.
 
@@ -32,6 +39,9 @@ def map_blocks[T, R](
     fn : callable
         Computes one block; it must not depend on the others.
     blocks : iterable
+    values : int, optional
+        How many values the blocks hold in all; below :data:`MIN_THREADED_VALUES` they are
+        computed in this thread. None: as many as needed to use threads.
     threads : int, optional
         Threads to use (default :func:`n_threads`); 1 computes in this thread.
 
@@ -42,7 +52,7 @@ def map_blocks[T, R](
     """
     blocks = list(blocks)
     threads = min(n_threads() if threads is None else threads, len(blocks))
-    if threads <= 1:
+    if threads <= 1 or (values is not None and values < MIN_THREADED_VALUES):
         return [fn(block) for block in blocks]
     from concurrent.futures import ThreadPoolExecutor
 

@@ -410,7 +410,9 @@ def fitted_values(model: Model, type_predict: str = "response") -> tuple[np.ndar
     mean_link = np.empty(n_cells)
     mean_response = np.empty(n_cells)
     chunks = cell_blocks(spec, draws.n)
-    for cells, (link, response) in zip(chunks, map_blocks(means, chunks), strict=True):
+    for cells, (link, response) in zip(
+        chunks, map_blocks(means, chunks, values=n_cells * draws.n), strict=True
+    ):
         mean_link[cells] = link
         mean_response[cells] = response
     cells = rows[CELL].to_numpy().astype(np.int64)

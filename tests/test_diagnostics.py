@@ -145,6 +145,7 @@ def test_diagnose_in_threads_equals_one_thread(monkeypatch):
     )
     names = ["b", "sd_g", "u_g", "v"]
     monkeypatch.setattr("bayesmer.diagnostics.DIAGNOSE_BLOCK", 64)
+    monkeypatch.setattr("bayesmer.parallel.MIN_THREADED_VALUES", 0)
     monkeypatch.setattr(bayesmer.parallel, "n_threads", lambda: 3)
     threaded = diagnose(ds, stats_, names).table
     monkeypatch.setattr(bayesmer.parallel, "n_threads", lambda: 1)

@@ -341,6 +341,7 @@ def test_relative_eff_equals_arviz_stats(monkeypatch):
     )
     trace = xr.DataTree.from_dict({"posterior": posterior})
     monkeypatch.setattr("bayesmer.diagnostics.DIAGNOSE_BLOCK", 100)
+    monkeypatch.setattr("bayesmer.parallel.MIN_THREADED_VALUES", 0)
     ess = posterior.azstats.ess(method="mean")
     expected = np.mean(np.hstack([ess[v].values.ravel() for v in ess.data_vars])) / 1200
     assert _relative_eff(trace, 1200) == pytest.approx(expected, rel=1e-12)

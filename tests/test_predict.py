@@ -182,6 +182,7 @@ def test_fitted_values_equal_the_plain_computation(monkeypatch, threads, type_pr
     model = fake_posterior(glmer("y ~ x + a + (1|g) + (1|h)", data=data, family="binomial"))
     monkeypatch.setattr("bayesmer.rows.BLOCK_VALUES", 400 * 70)
     monkeypatch.setattr("bayesmer.parallel.n_threads", lambda: threads)
+    monkeypatch.setattr("bayesmer.parallel.MIN_THREADED_VALUES", 0)
     fitted, residuals = fitted_values(model, type_predict)
     # the plain route, per row: b x + u_g[g] + u_h[h], expit, posterior mean
     spec = model.spec
