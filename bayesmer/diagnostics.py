@@ -237,8 +237,9 @@ def _scatter(values: np.ndarray, order: np.ndarray, ordered: np.ndarray) -> np.n
     """Values given per sorted position, put back at the rows' own positions; NaN for a
     row holding a NaN (as scipy's rankdata propagates it)."""
     out = np.empty(order.shape)
-    np.put_along_axis(out, order, np.broadcast_to(values, order.shape), axis=1)
-    out[np.isnan(ordered[:, -1])] = np.nan
+    if out.size:  # (a chain of 1 draw splits into empty halves)
+        np.put_along_axis(out, order, np.broadcast_to(values, order.shape), axis=1)
+        out[np.isnan(ordered[:, -1])] = np.nan
     return out
 
 

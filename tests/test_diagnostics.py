@@ -11,6 +11,7 @@ from bayesmer.diagnostics import (
     _flatten,
     _folded_sort,
     _median,
+    _parameter_diagnostics,
     _sort_rows,
     _split_chains,
     _z_scale,
@@ -158,3 +159,12 @@ def test_diagnose_in_threads_equals_one_thread(monkeypatch):
     row = threaded.filter(pl.col("term") == "v[s7, x]").row(0, named=True)
     assert row["rhat"] == pytest.approx(float(azs.rhat(v, **kw)), rel=1e-10)
     assert row["ess_bulk"] == pytest.approx(float(azs.ess(v, method="bulk", **kw)), rel=1e-10)
+
+
+@pytest.mark.parametrize("draws", [1, 2, 3])
+def test_too_few_draws_give_nan(draws):
+    """As before: chains of 1-3 draws (split into halves of 0-1) have no R-hat or ESS."""
+    x = np.random.default_rng(draws).normal(size=(3, 4, draws))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for values in _parameter_diagnostics(x):
+            assert np.isnan(values).all()
