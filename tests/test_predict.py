@@ -160,7 +160,7 @@ def test_cell_blocks_cover_every_cell_once_by_level(monkeypatch):
     from bayesmer import glmer
     from bayesmer.rows import cell_blocks
 
-    monkeypatch.setattr("bayesmer.rows.BLOCK_VALUES", 400 * 70)
+    monkeypatch.setattr("bayesmer.rows.CELL_BLOCK_VALUES", 400 * 70)
     spec = glmer("y ~ x + a + (1|g) + (1|h)", data=_many_levels(), family="binomial").spec
     chunks = cell_blocks(spec, 400)
     assert max(len(c) for c in chunks) == 70
@@ -180,7 +180,7 @@ def test_fitted_values_equal_the_plain_computation(monkeypatch, threads, type_pr
 
     data = _many_levels()
     model = fake_posterior(glmer("y ~ x + a + (1|g) + (1|h)", data=data, family="binomial"))
-    monkeypatch.setattr("bayesmer.rows.BLOCK_VALUES", 400 * 70)
+    monkeypatch.setattr("bayesmer.rows.CELL_BLOCK_VALUES", 400 * 70)
     monkeypatch.setattr("bayesmer.parallel.n_threads", lambda: threads)
     monkeypatch.setattr("bayesmer.parallel.MIN_THREADED_VALUES", 0)
     fitted, residuals = fitted_values(model, type_predict)
