@@ -32,6 +32,7 @@ from .rows import (
     ROW_NUMBER,
     Draws,
     cell_blocks,
+    cell_eta,
     cell_keys,
     free_name,
     public_names,
@@ -244,10 +245,12 @@ def _compute_loo(model: Model) -> LooResult:
     k_i = np.empty(m)
 
     def block_loo(block: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        c = cells[block]
-        eta = draws.eta(spec.X[c], spec.group_rows(c))
-        ll = spec.family.log_likelihood(eta, y[block], size[block], draws.dispersion)
-        return psis.loo(ll.T, r_eff)
+        out = np.empty((3, len(block)))
+        for part, eta in cell_eta(spec, draws, cells[block]):
+            obs = block[part]
+            ll = spec.family.log_likelihood(eta, y[obs], size[obs], draws.dispersion)
+            out[:, part] = psis.loo(ll.T, r_eff)
+        return out[0], out[1], out[2]
 
     # blocks of observations with nearby levels, over the cores
     chunks = cell_blocks(spec, S, cells)

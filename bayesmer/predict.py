@@ -25,6 +25,7 @@ from .rows import (
     Draws,
     blocks,
     cell_blocks,
+    cell_eta,
     free_name,
     not_missing,
     predictor_exprs,
@@ -403,9 +404,11 @@ def fitted_values(model: Model, type_predict: str = "response") -> tuple[np.ndar
     n_cells = spec.X.shape[0]
 
     def means(cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        eta = draws.eta(spec.X[cells], spec.group_rows(cells))
-        link = eta.mean(axis=0)
-        return link, spec.family.inverse_link(eta, out=eta).mean(axis=0)
+        link, response = np.empty(len(cells)), np.empty(len(cells))
+        for block, eta in cell_eta(spec, draws, cells):
+            link[block] = eta.mean(axis=0)
+            response[block] = spec.family.inverse_link(eta, out=eta).mean(axis=0)
+        return link, response
 
     mean_link = np.empty(n_cells)
     mean_response = np.empty(n_cells)

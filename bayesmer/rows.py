@@ -42,10 +42,14 @@ if TYPE_CHECKING:
 #: Largest number of floats held at once in a (draws x observations) block.
 BLOCK_VALUES = 2_000_000
 
-#: Values per block of :func:`cell_blocks` (1 MB of floats): a block and its temporaries stay
+#: Values per block of :func:`cell_eta` (1 MB of floats): a block and its temporaries stay
 #: in a core's cache and are reused from the heap; blocks of 16 MB took twice as long (cache
 #: misses, and fresh pages faulted in for every temporary).
 CELL_BLOCK_VALUES = 2**17
+
+#: Blocks of :func:`cell_eta` per block of :func:`cell_blocks` (one copy of their levels'
+#: effects serves them all).
+OUTER_BLOCKS = 8
 
 #: Columns :func:`row_table` adds: the 0-based row number in the data and the index into
 #: ``spec.obs`` of the row's distinct observation.
@@ -289,13 +293,13 @@ def blocks(n: int, width: int, limit: int | None = None) -> Iterator[slice]:
 
 
 def cell_blocks(spec: ModelSpec, width: int, cells: np.ndarray | None = None) -> list[np.ndarray]:
-    """Items in blocks of :data:`CELL_BLOCK_VALUES` values, each block an array of item
-    indices, ordered by the level of their cell in the grouping factor with the most levels.
+    """Items in blocks of ``OUTER_BLOCKS * CELL_BLOCK_VALUES`` values, each block an array
+    of item indices, ordered by the level of their cell in the grouping factor with the most
+    levels.
 
-    A block's group effects then lie in a few nearby columns of the (draws, levels) draws,
-    so gathering them reads nearby memory rather than all of it (for 10,000 levels that
-    makes the gather several times faster). Results written back at the blocks' indices
-    come out in the items' own order.
+    A block's group effects then lie in a few nearby columns of the (draws, levels) draws:
+    :func:`cell_eta` copies those columns once and reads them from the cache. Results
+    written back at the blocks' indices come out in the items' own order.
 
     Parameters
     ----------
@@ -309,8 +313,37 @@ def cell_blocks(spec: ModelSpec, width: int, cells: np.ndarray | None = None) ->
     if cells is None:
         cells = np.arange(spec.X.shape[0])
     n = len(cells)
+    limit = OUTER_BLOCKS * CELL_BLOCK_VALUES
     if not spec.groups:
-        return [np.arange(n)[block] for block in blocks(n, width, CELL_BLOCK_VALUES)]
+        return [np.arange(n)[block] for block in blocks(n, width, limit)]
     largest = max(spec.groups, key=lambda g: len(g.levels))
     order = np.argsort(largest.index[cells], kind="stable")
-    return [order[block] for block in blocks(n, width, CELL_BLOCK_VALUES)]
+    return [order[block] for block in blocks(n, width, limit)]
+
+
+def cell_eta(
+    spec: ModelSpec, draws: Draws, cells: np.ndarray
+) -> Iterator[tuple[slice, np.ndarray]]:
+    """Linear predictor of some fitted cells (a block of :func:`cell_blocks`), in blocks of
+    :data:`CELL_BLOCK_VALUES` values: ``(slice of cells, eta of shape (draws, block))``.
+
+    A factor whose levels in ``cells`` span under half of its levels has those levels'
+    effects copied once, contiguous, and the blocks gather from that copy (the full draws'
+    rows are far apart: gathering a few columns from each costs a cache miss per draw).
+    The numbers are those of :meth:`Draws.eta` (:func:`bayesmer.draws.linear_predictor`).
+    """
+    groups = spec.group_rows(cells)
+    u = {}
+    for name, (index, Z) in groups.items():
+        effects = draws.u[name]
+        lo, hi = (int(index.min()), int(index.max()) + 1) if len(index) else (0, 0)
+        if hi - lo < effects.shape[1] // 2:
+            effects = np.ascontiguousarray(effects[:, lo:hi])
+            groups[name] = (index - lo, Z)
+        u[name] = effects
+    for block in blocks(len(cells), draws.n, CELL_BLOCK_VALUES):
+        rows = {
+            name: (index[block], None if Z is None else Z[block])
+            for name, (index, Z) in groups.items()
+        }
+        yield block, linear_predictor(draws.b, spec.X[cells[block]], u, rows)

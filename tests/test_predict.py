@@ -163,11 +163,33 @@ def test_cell_blocks_cover_every_cell_once_by_level(monkeypatch):
     monkeypatch.setattr("bayesmer.rows.CELL_BLOCK_VALUES", 400 * 70)
     spec = glmer("y ~ x + a + (1|g) + (1|h)", data=_many_levels(), family="binomial").spec
     chunks = cell_blocks(spec, 400)
-    assert max(len(c) for c in chunks) == 70
+    assert max(len(c) for c in chunks) == 8 * 70  # OUTER_BLOCKS of cell_eta's blocks
     cells = np.concatenate(chunks)
     np.testing.assert_array_equal(np.sort(cells), np.arange(spec.X.shape[0]))
     g = next(grp for grp in spec.groups if grp.name == "g")
     assert (np.diff(g.index[cells]) >= 0).all()  # the 400-level factor's levels in order
+
+
+def test_cell_eta_equals_the_draws_linear_predictor(monkeypatch):
+    """From a compact copy of a block's levels, the same numbers, block by block."""
+    from fakes import fake_posterior
+
+    from bayesmer import glmer
+    from bayesmer.rows import Draws, cell_blocks, cell_eta
+
+    model = fake_posterior(
+        glmer("y ~ x + a + (1|g) + (1|h)", data=_many_levels(), family="binomial")
+    )
+    monkeypatch.setattr("bayesmer.rows.CELL_BLOCK_VALUES", 400 * 30)
+    spec = model.spec
+    draws = Draws.read(spec, model.posterior)
+    n_parts = 0
+    for cells in cell_blocks(spec, draws.n):
+        for part, eta in cell_eta(spec, draws, cells):
+            c = cells[part]
+            np.testing.assert_array_equal(eta, draws.eta(spec.X[c], spec.group_rows(c)))
+            n_parts += 1
+    assert n_parts > 8
 
 
 @pytest.mark.parametrize("threads", [1, 3])
