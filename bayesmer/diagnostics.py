@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import warnings
 from dataclasses import dataclass
@@ -9,6 +10,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
+
+from .parallel import map_blocks
 
 if TYPE_CHECKING:
     import xarray as xr
@@ -21,8 +24,10 @@ RHAT_MAX = 1.01
 ESS_PER_CHAIN_MIN = 100
 EBFMI_MIN = 0.3
 
-#: Parameters diagnosed at once (bounds the memory of the vectorised estimators).
-DIAGNOSE_BLOCK = 128
+#: Parameters diagnosed at once (bounds the memory of the vectorised estimators: a block
+#: of 32 parameters x 4,000 draws needs ~21 MB, per thread; blocks of 128 took 1.7 times as
+#: long, their 4 MB arrays missing the cache and faulting fresh pages in).
+DIAGNOSE_BLOCK = 32
 
 
 class ConvergenceWarning(UserWarning):
@@ -71,9 +76,12 @@ class Diagnostics:
 def _parameter_diagnostics(x: np.ndarray) -> tuple[np.ndarray, ...]:
     """R-hat, bulk ESS, tail ESS and MCSE of the mean for draws of shape (k, chain, draw)."""
     x = np.ascontiguousarray(x, dtype=float)
-    rhat, ess_bulk = rank_diagnostics(x)
-    ess_tail = ess_tail_quantiles(x, 0.05)
-    mcse = x.reshape(len(x), -1).std(axis=1, ddof=1) / np.sqrt(ess(_split_chains(x)))
+    split = _split_chains(x)
+    z, order, ordered = _rank_normalised(split)
+    rhat, ess_bulk = _rhat(split, z, order, ordered), ess(z)
+    # split chains hold every draw when the chains' length is even: sorted, they are x's
+    ess_tail = ess_tail_quantiles(x, 0.05, ordered if x.shape[2] % 2 == 0 else None)
+    mcse = x.reshape(len(x), -1).std(axis=1, ddof=1) / np.sqrt(ess(split))
     return rhat, ess_bulk, ess_tail, mcse
 
 
@@ -91,10 +99,10 @@ def _flatten(ds: xr.Dataset, names: list[str]) -> tuple[list[str], list[np.ndarr
             cols.append(da.transpose("chain", "draw").values[..., None])
             continue
         values = da.transpose("chain", "draw", *extra).values
-        # one label per scalar, in C order: u_g[level] or u_g[level, term]
-        for idx in np.ndindex(*values.shape[2:]):
-            coords = ", ".join(str(da[d].values[i]) for d, i in zip(extra, idx, strict=True))
-            labels.append(f"{name}[{coords}]")
+        # one label per scalar, in C order: u_g[level] or u_g[level, term]; each coordinate
+        # read once (reading one converts the whole of it, Arrow-backed, to NumPy)
+        coords = [[str(v) for v in da[d].values] for d in extra]
+        labels += [f"{name}[{', '.join(c)}]" for c in itertools.product(*coords)]
         cols.append(values.reshape(*values.shape[:2], -1))
     return labels, cols
 
@@ -112,21 +120,22 @@ def diagnose(posterior: xr.Dataset, sample_stats: xr.Dataset, names: list[str]) 
         Variables to check (the reported ones).
     """
     labels, parts = _flatten(posterior, names)
-    # In blocks of parameters, so the FFT and rank buffers stay small for many groups.
-    blocks = []
-    for values in parts:
-        arr = np.moveaxis(values, -1, 0)  # (k, chain, draw)
-        blocks += [
-            _parameter_diagnostics(arr[i : i + DIAGNOSE_BLOCK])
-            for i in range(0, len(arr), DIAGNOSE_BLOCK)
-        ]
+    # In blocks of parameters, so the FFT and rank buffers stay small for many groups;
+    # the blocks are computed in threads (the same numbers as one by one).
+    arrays = [np.moveaxis(values, -1, 0) for values in parts]  # (k, chain, draw)
+    blocks = map_blocks(
+        _parameter_diagnostics,
+        (arr[i : i + DIAGNOSE_BLOCK] for arr in arrays for i in range(0, len(arr), DIAGNOSE_BLOCK)),
+        values=sum(arr.size for arr in arrays),
+    )
     columns = ("rhat", "ess_bulk", "ess_tail", "mcse")
     table = pl.DataFrame(
         {"term": labels}
         | {c: np.concatenate([b[j] for b in blocks]) for j, c in enumerate(columns)}
     )
     n_chains = posterior.sizes["chain"]
-    div = sample_stats["diverging"].sum("draw").values.astype(int)
+    # NumPy sums: xarray's reductions import its optional array libraries on first use
+    div = sample_stats["diverging"].transpose("chain", "draw").values.sum(axis=1).astype(int)
     energy = sample_stats["energy"].transpose("chain", "draw").values
     ebfmi = np.square(np.diff(energy, axis=1)).mean(axis=1) / np.var(energy, axis=1)
     chains = pl.DataFrame({"chain": np.arange(n_chains), "divergences": div, "ebfmi": ebfmi})
@@ -185,6 +194,10 @@ def warn_if_bad(diag: Diagnostics) -> None:
 # Geyer's initial positive and monotone sequences), computed for every parameter at once:
 # arviz_stats loops over parameters in Python, which took 5.5 s for the 1,006 parameters of a
 # 1,000-group model. tests/test_diagnostics.py checks the results equal arviz_stats'.
+# Each parameter's draws are sorted once: the sort gives the ranks (ties averaged), the
+# median, the tail quantiles and, merged, the sort of the folded draws; the normal scores
+# of the ranks are looked up. For 10,000 parameters of 4,000 draws the whole takes a few
+# seconds, over the cores (:func:`bayesmer.parallel.map_blocks`).
 
 
 def _split_chains(x: np.ndarray) -> np.ndarray:
@@ -193,36 +206,79 @@ def _split_chains(x: np.ndarray) -> np.ndarray:
     return np.concatenate([x[:, :, :half], x[:, :, x.shape[2] - half :]], axis=1)
 
 
-def _z_scale(x: np.ndarray) -> np.ndarray:
-    """Rank-normalise each parameter over all its draws."""
+def _tie_codes(ordered: np.ndarray) -> np.ndarray:
+    """``first + last``: for each position of rows sorted ascending, the sum of the 0-based
+    first and last positions of its run of equal values (so its average rank, 1-based, is
+    ``code / 2 + 1``); ``2 * position`` in a row without ties. NaNs (sorted last) each count
+    as their own run."""
+    k, n = ordered.shape
+    position = np.arange(n)
+    starts = np.ones((k, n), dtype=bool)
+    np.not_equal(ordered[:, 1:], ordered[:, :-1], out=starts[:, 1:])
+    codes = np.broadcast_to(2 * position, (k, n))
+    tied = ~starts.all(axis=1)
+    if tied.any():
+        codes = codes.copy()
+        new = starts[tied]
+        first = np.maximum.accumulate(np.where(new, position, 0), axis=1)
+        ends = np.ones_like(new)
+        ends[:, :-1] = new[:, 1:]
+        last = np.minimum.accumulate(np.where(ends, position, n)[:, ::-1], axis=1)[:, ::-1]
+        codes[tied] = first + last
+    return codes
+
+
+def _sort_rows(flat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each row's sorting order and sorted values (NaNs last)."""
+    order = np.argsort(flat, axis=1)
+    return order, np.take_along_axis(flat, order, axis=1)
+
+
+def _scatter(values: np.ndarray, order: np.ndarray, ordered: np.ndarray) -> np.ndarray:
+    """Values given per sorted position, put back at the rows' own positions; NaN for a
+    row holding a NaN (as scipy's rankdata propagates it)."""
+    out = np.empty(order.shape)
+    if out.size:  # (a chain of 1 draw splits into empty halves)
+        np.put_along_axis(out, order, np.broadcast_to(values, order.shape), axis=1)
+        out[np.isnan(ordered[:, -1])] = np.nan
+    return out
+
+
+def average_ranks(flat: np.ndarray) -> np.ndarray:
+    """Ranks of each row's values, ties given their average rank: exactly
+    ``scipy.stats.rankdata(flat, method="average", axis=1)`` (a row holding a NaN is all NaN),
+    from one unstable sort per row (rankdata sorts stably, which takes twice as long).
+
+    Parameters
+    ----------
+    flat : np.ndarray
+        Shape (rows, values).
+    """
+    order, ordered = _sort_rows(flat)
+    return _scatter(_tie_codes(ordered) / 2 + 1, order, ordered)
+
+
+def _z_scale(order: np.ndarray, ordered: np.ndarray) -> np.ndarray:
+    """Rank-normalise each row (Blom's offsets): ``ndtri((rank - 3/8) / (n + 1/4))``.
+
+    A rank is one of the ``2n - 1`` half-integers ``1, 1.5, ..., n``, so the normal
+    quantiles are computed once for those and looked up: the same numbers as computing
+    them for every value.
+    """
     from scipy import special
 
-    k = x.shape[0]
-    flat = x.reshape(k, -1)
-    ranks = average_ranks(flat)
+    n = order.shape[1]
     c = 3.0 / 8.0
-    return special.ndtri((ranks - c) / (flat.shape[1] - 2 * c + 1)).reshape(x.shape)
+    ranks = np.arange(2 * n - 1) / 2 + 1
+    table = special.ndtri((ranks - c) / (n - 2 * c + 1))
+    return _scatter(table[_tie_codes(ordered)], order, ordered)
 
 
-def average_ranks(x: np.ndarray) -> np.ndarray:
-    """Ranks (1..n) of each row's values, ties given their mean rank, a row holding NaN all NaN:
-    ``scipy.stats.rankdata(x, method="average", axis=1)``, without importing scipy.stats
-    (0.4 s)."""
-    rows, n = x.shape
-    order = np.argsort(x, axis=1, kind="stable")
-    ordered = np.take_along_axis(x, order, axis=1)
-    starts = np.ones((rows, n), dtype=bool)
-    starts[:, 1:] = ordered[:, 1:] != ordered[:, :-1]
-    # tie groups numbered across rows, so that bincount counts each row's groups apart
-    groups = np.cumsum(starts.ravel()) - 1
-    counts = np.bincount(groups)
-    first = np.cumsum(counts) - counts  # flat position of each group's first value
-    mean_rank = first + (counts + 1) / 2.0
-    within = mean_rank[groups].reshape(rows, n) - (np.arange(rows) * n)[:, None]
-    ranks = np.empty((rows, n))
-    np.put_along_axis(ranks, order, within, axis=1)
-    ranks[np.isnan(x).any(axis=1)] = np.nan
-    return ranks
+def _median(ordered: np.ndarray) -> np.ndarray:
+    """``np.median`` of each row, from the sorted rows (NaN for a row holding a NaN)."""
+    n = ordered.shape[1]
+    mid = ordered[:, n // 2] if n % 2 else (ordered[:, n // 2 - 1] + ordered[:, n // 2]) / 2
+    return np.where(np.isnan(ordered[:, -1]), np.nan, mid)
 
 
 def _rhat_basic(x: np.ndarray) -> np.ndarray:
@@ -231,6 +287,37 @@ def _rhat_basic(x: np.ndarray) -> np.ndarray:
     within = x.var(axis=2, ddof=1).mean(axis=1)
     with np.errstate(divide="ignore", invalid="ignore"):  # constant parameter: NaN
         return np.sqrt((between / within + n - 1) / n)
+
+
+def _rank_normalised(split: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Rank-normalised split chains (same shape), with each parameter's sorting order and
+    sorted draws."""
+    order, ordered = _sort_rows(split.reshape(len(split), -1))
+    return _z_scale(order, ordered).reshape(split.shape), order, ordered
+
+
+def _folded_sort(order: np.ndarray, ordered: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sorting order and sorted values of each row's ``|x - median(x)|``, from x's own.
+
+    The distances of the sorted values below the median, read backwards, and of those above
+    are each sorted already, so a stable sort (timsort) only merges two runs: several
+    times faster than sorting the distances afresh, and the same values in the same order.
+    """
+    half = ordered.shape[1] // 2
+    arranged = np.concatenate([ordered[:, :half][:, ::-1], ordered[:, half:]], axis=1)
+    positions = np.concatenate([order[:, :half][:, ::-1], order[:, half:]], axis=1)
+    distance = np.abs(arranged - _median(ordered)[:, None])
+    merge = np.argsort(distance, axis=1, kind="stable")
+    return np.take_along_axis(positions, merge, axis=1), np.take_along_axis(distance, merge, axis=1)
+
+
+def _rhat(split: np.ndarray, z: np.ndarray, order: np.ndarray, ordered: np.ndarray) -> np.ndarray:
+    """The larger of the bulk and the folded (tail) rank-normalised split R-hat, from the
+    rank-normalised split chains ``z`` and the sorting of the split chains."""
+    if split.shape[1] < 4 or split.shape[2] < 2:
+        return np.full(split.shape[0], np.nan)
+    tail = _rhat_basic(_z_scale(*_folded_sort(order, ordered)).reshape(split.shape))
+    return np.maximum(_rhat_basic(z), tail)
 
 
 def rank_diagnostics(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -250,13 +337,8 @@ def rank_diagnostics(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         R-hat is NaN with fewer than 2 chains or 4 draws, as in arviz_stats.
     """
     split = _split_chains(x)
-    z = _z_scale(split)
-    ess_bulk = ess(z)
-    if x.shape[1] < 2 or x.shape[2] < 4:
-        return np.full(x.shape[0], np.nan), ess_bulk
-    median = np.median(split.reshape(len(split), -1), axis=1)[:, None, None]
-    tail = _rhat_basic(_z_scale(np.abs(split - median)))
-    return np.maximum(_rhat_basic(z), tail), ess_bulk
+    z, order, ordered = _rank_normalised(split)
+    return _rhat(split, z, order, ordered), ess(z)
 
 
 def ess(x: np.ndarray) -> np.ndarray:
@@ -274,16 +356,25 @@ def ess(x: np.ndarray) -> np.ndarray:
         return np.full(k, np.nan)
     from scipy import fft
 
-    centred = x - x.mean(axis=2, keepdims=True)
     size = fft.next_fast_len(2 * n)
-    spec = fft.rfft(centred, n=size, axis=2)
-    acov = fft.irfft(spec * np.conjugate(spec), n=size, axis=2)[:, :, :n] / n
-    mean_var = acov[:, :, 0].mean(axis=1) * n / (n - 1.0)
+    padded = np.empty((k, m, size))  # centred chains, zero-padded (no wrap-around)
+    np.subtract(x, x.mean(axis=2, keepdims=True), out=padded[:, :, :n])
+    padded[:, :, n:] = 0.0
+    spec = fft.rfft(padded, axis=2, overwrite_x=True)
+    del padded
+    # The chains' autocovariances are only used averaged over chains, and the inverse
+    # transform is linear: one inverse FFT of the chains' mean power spectrum.
+    parts = spec.view(np.float64)  # real and imaginary parts side by side
+    np.square(parts, out=parts)
+    power = np.add(parts[:, :, 0::2], parts[:, :, 1::2]).mean(axis=1)
+    del spec, parts
+    acov = fft.irfft(power, n=size, axis=1)[:, :n] / n  # (k, lags): mean over chains
+    mean_var = acov[:, 0] * n / (n - 1.0)
     var_plus = mean_var * (n - 1.0) / n
     if m > 1:
         var_plus = var_plus + x.mean(axis=2).var(axis=1, ddof=1)
     with np.errstate(divide="ignore", invalid="ignore"):
-        rho = 1.0 - (mean_var[:, None] - acov.mean(axis=1)) / var_plus[:, None]
+        rho = 1.0 - (mean_var[:, None] - acov) / var_plus[:, None]
     rho[:, 0] = 1.0
 
     # Pairs P_j = rho[2j] + rho[2j+1]; pair j >= 1 is looked at while the previous one is
@@ -311,10 +402,31 @@ def ess(x: np.ndarray) -> np.ndarray:
     return np.where(np.isnan(rho).any(axis=1) & ~constant, np.nan, out)
 
 
-def ess_tail_quantiles(x: np.ndarray, prob: float) -> np.ndarray:
-    """Tail ESS: the smaller ESS of the indicators x <= q(prob) and x <= q(1 - prob)."""
-    k = x.shape[0]
-    flat = x.reshape(k, -1)
+def mean_ess(draws: np.ndarray) -> np.ndarray:
+    """ESS of the mean of each parameter (arviz_stats' ``ess(method="mean")``), in blocks of
+    :data:`DIAGNOSE_BLOCK` parameters over the cores.
+
+    Parameters
+    ----------
+    draws : np.ndarray
+        Shape (chains, draws, parameters).
+    """
+    arr = np.moveaxis(draws, -1, 0)  # (k, chain, draw) view
+
+    def block(i: int) -> np.ndarray:
+        return ess(_split_chains(np.ascontiguousarray(arr[i : i + DIAGNOSE_BLOCK], dtype=float)))
+
+    parts = map_blocks(block, range(0, len(arr), DIAGNOSE_BLOCK), values=arr.size)
+    return np.concatenate(parts) if parts else np.empty(0)
+
+
+def ess_tail_quantiles(x: np.ndarray, prob: float, ordered: np.ndarray | None = None) -> np.ndarray:
+    """Tail ESS: the smaller ESS of the indicators x <= q(prob) and x <= q(1 - prob).
+
+    ``ordered``, each parameter's draws sorted (any order of the same draws), makes the
+    quantiles cheaper (the same numbers).
+    """
+    flat = x.reshape(x.shape[0], -1) if ordered is None else ordered
     out = []
     for p in (prob, 1.0 - prob):
         q = np.quantile(flat, p, axis=1)[:, None, None]

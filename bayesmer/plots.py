@@ -32,9 +32,9 @@ from matplotlib import ticker
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.transforms import blended_transform_factory
-from scipy.stats import rankdata
 
 from .arguments import require_groups, resolve_ci
+from .diagnostics import average_ranks
 from .draws import group_effects, group_sd, hdi, stacked
 from .ppc import PPC_COLUMNS
 
@@ -697,7 +697,7 @@ def plot_trace(model: Model, var_names: Sequence[str] | None = None, bins: int =
         stats = f"   R-hat {info['rhat']:.3f}, bulk ESS {info['ess_bulk']:.0f}" if info else ""
         ax_trace.set_title(f"{label}{stats}", fontsize=10, loc="left")
         ax_trace.set_xlim(0, n_draws - 1)
-        ranks = rankdata(values.ravel()).reshape(values.shape)
+        ranks = average_ranks(values.reshape(1, -1)).reshape(values.shape)
         edges = np.linspace(0.5, values.size + 0.5, bins + 1)
         centres = 0.5 * (edges[1:] + edges[:-1])
         for c in range(n_chains):

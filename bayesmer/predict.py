@@ -19,10 +19,13 @@ from .collapse import CELL, EXPOSURE, TRIALS, Y
 from .compat import PREDICT, reject, resolve_re
 from .draws import GroupRows, hdi
 from .emmeans import QUADRATURE_NODES, marginal_link
+from .parallel import map_blocks
 from .rows import (
     ROW_NUMBER,
     Draws,
     blocks,
+    cell_blocks,
+    cell_eta,
     free_name,
     not_missing,
     predictor_exprs,
@@ -399,12 +402,22 @@ def fitted_values(model: Model, type_predict: str = "response") -> tuple[np.ndar
     rows = row_table(model)
     draws = Draws.read(spec, model.posterior)
     n_cells = spec.X.shape[0]
+
+    def means(cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        link, response = np.empty(len(cells)), np.empty(len(cells))
+        for block, eta in cell_eta(spec, draws, cells):
+            link[block] = eta.mean(axis=0)
+            response[block] = spec.family.inverse_link(eta, out=eta).mean(axis=0)
+        return link, response
+
     mean_link = np.empty(n_cells)
     mean_response = np.empty(n_cells)
-    for block in blocks(n_cells, draws.n):
-        eta = draws.eta(spec.X[block], spec.group_rows(np.arange(n_cells)[block]))
-        mean_link[block] = eta.mean(axis=0)
-        mean_response[block] = spec.family.inverse_link(eta).mean(axis=0)
+    chunks = cell_blocks(spec, draws.n)
+    for cells, (link, response) in zip(
+        chunks, map_blocks(means, chunks, values=n_cells * draws.n), strict=True
+    ):
+        mean_link[cells] = link
+        mean_response[cells] = response
     cells = rows[CELL].to_numpy().astype(np.int64)
     y = rows[Y].to_numpy().astype(float)
     if spec.family.size_kind == "exposure":

@@ -42,6 +42,15 @@ if TYPE_CHECKING:
 #: Largest number of floats held at once in a (draws x observations) block.
 BLOCK_VALUES = 2_000_000
 
+#: Values per block of :func:`cell_eta` (1 MB of floats): a block and its temporaries stay
+#: in a core's cache and are reused from the heap; blocks of 16 MB took twice as long (cache
+#: misses, and fresh pages faulted in for every temporary).
+CELL_BLOCK_VALUES = 2**17
+
+#: Blocks of :func:`cell_eta` per block of :func:`cell_blocks` (one copy of their levels'
+#: effects serves them all).
+OUTER_BLOCKS = 8
+
 #: Columns :func:`row_table` adds: the 0-based row number in the data and the index into
 #: ``spec.obs`` of the row's distinct observation.
 ROW_NUMBER, OBS_INDEX = "_row", "_obs"
@@ -275,8 +284,66 @@ class Draws:
         }
 
 
-def blocks(n: int, width: int) -> Iterator[slice]:
-    """Slices of ``range(n)`` such that a block times ``width`` stays under BLOCK_VALUES."""
-    step = max(1, BLOCK_VALUES // max(1, width))
+def blocks(n: int, width: int, limit: int | None = None) -> Iterator[slice]:
+    """Slices of ``range(n)`` such that a block times ``width`` stays under ``limit`` values
+    (default :data:`BLOCK_VALUES`)."""
+    step = max(1, (BLOCK_VALUES if limit is None else limit) // max(1, width))
     for start in range(0, n, step):
         yield slice(start, min(n, start + step))
+
+
+def cell_blocks(spec: ModelSpec, width: int, cells: np.ndarray | None = None) -> list[np.ndarray]:
+    """Items in blocks of ``OUTER_BLOCKS * CELL_BLOCK_VALUES`` values, each block an array
+    of item indices, ordered by the level of their cell in the grouping factor with the most
+    levels.
+
+    A block's group effects then lie in a few nearby columns of the (draws, levels) draws:
+    :func:`cell_eta` copies those columns once and reads them from the cache. Results
+    written back at the blocks' indices come out in the items' own order.
+
+    Parameters
+    ----------
+    spec : ModelSpec
+    width : int
+        Values per item (draws), as for :func:`blocks`.
+    cells : np.ndarray, optional
+        The fitted cell of each item (e.g. of each distinct observation); by default the
+        items are the fitted cells themselves.
+    """
+    if cells is None:
+        cells = np.arange(spec.X.shape[0])
+    n = len(cells)
+    limit = OUTER_BLOCKS * CELL_BLOCK_VALUES
+    if not spec.groups:
+        return [np.arange(n)[block] for block in blocks(n, width, limit)]
+    largest = max(spec.groups, key=lambda g: len(g.levels))
+    order = np.argsort(largest.index[cells], kind="stable")
+    return [order[block] for block in blocks(n, width, limit)]
+
+
+def cell_eta(
+    spec: ModelSpec, draws: Draws, cells: np.ndarray
+) -> Iterator[tuple[slice, np.ndarray]]:
+    """Linear predictor of some fitted cells (a block of :func:`cell_blocks`), in blocks of
+    :data:`CELL_BLOCK_VALUES` values: ``(slice of cells, eta of shape (draws, block))``.
+
+    A factor whose levels in ``cells`` span under half of its levels has those levels'
+    effects copied once, contiguous, and the blocks gather from that copy (the full draws'
+    rows are far apart: gathering a few columns from each costs a cache miss per draw).
+    The numbers are those of :meth:`Draws.eta` (:func:`bayesmer.draws.linear_predictor`).
+    """
+    groups = spec.group_rows(cells)
+    u = {}
+    for name, (index, Z) in groups.items():
+        effects = draws.u[name]
+        lo, hi = (int(index.min()), int(index.max()) + 1) if len(index) else (0, 0)
+        if hi - lo < effects.shape[1] // 2:
+            effects = np.ascontiguousarray(effects[:, lo:hi])
+            groups[name] = (index - lo, Z)
+        u[name] = effects
+    for block in blocks(len(cells), draws.n, CELL_BLOCK_VALUES):
+        rows = {
+            name: (index[block], None if Z is None else Z[block])
+            for name, (index, Z) in groups.items()
+        }
+        yield block, linear_predictor(draws.b, spec.X[cells[block]], u, rows)

@@ -321,3 +321,27 @@ def test_rows_of_some_observations_are_read_alone(titanic_glmer):
     some = row_table(titanic_glmer, observations=[0, 3])
     assert some.equals(every.filter(pl.col(OBS_INDEX).is_in([0, 3])))
     assert len(some) == titanic_glmer.spec.obs["_weight"].gather([0, 3]).sum()
+
+
+def test_relative_eff_equals_arviz_stats(monkeypatch):
+    """The mean-ESS of every posterior scalar, vectorised in blocks over threads, averaged:
+    what arviz_stats' accessor gives, looping over the parameters."""
+    from bayesmer.loo import _relative_eff
+
+    rng = np.random.default_rng(3)
+    draws = np.cumsum(rng.normal(size=(4, 300, 700)), axis=1) * 0.05 + rng.normal(
+        size=(4, 300, 700)
+    )
+    posterior = xr.Dataset(
+        {
+            "b": (("chain", "draw", "term"), draws[:, :, :3]),
+            "sd_g": (("chain", "draw"), np.abs(draws[:, :, 3])),
+            "u_g": (("chain", "draw", "g"), draws[:, :, 4:]),
+        }
+    )
+    trace = xr.DataTree.from_dict({"posterior": posterior})
+    monkeypatch.setattr("bayesmer.diagnostics.DIAGNOSE_BLOCK", 100)
+    monkeypatch.setattr("bayesmer.parallel.MIN_THREADED_VALUES", 0)
+    ess = posterior.azstats.ess(method="mean")
+    expected = np.mean(np.hstack([ess[v].values.ravel() for v in ess.data_vars])) / 1200
+    assert _relative_eff(trace, 1200) == pytest.approx(expected, rel=1e-12)

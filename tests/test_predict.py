@@ -136,3 +136,108 @@ def test_fitted_rows_marginal_per_cell(titanic_glmer, titanic):
         new = predict(titanic_glmer, data=titanic, re=re, output="table")
         for col in ("estimate", "sd", "conf_low", "conf_high"):
             np.testing.assert_allclose(fitted[col], new[col], rtol=1e-12, atol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------
+# fitted_values in blocks of cells ordered by level, over threads: the same as the plain route
+
+
+def _many_levels(n_rows=3000, seed=0):
+    """Non-collapsing binomial rows with a 400-level and a crossed 9-level factor."""
+    rng = np.random.default_rng(seed)
+    return pl.DataFrame(
+        {
+            "y": rng.integers(0, 2, n_rows),
+            "x": rng.normal(size=n_rows),
+            "a": rng.choice(["p", "q"], n_rows),
+            "g": rng.integers(0, 400, n_rows).astype(str),
+            "h": rng.integers(0, 9, n_rows).astype(str),
+        }
+    )
+
+
+def test_cell_blocks_cover_every_cell_once_by_level(monkeypatch):
+    from bayesmer import glmer
+    from bayesmer.rows import cell_blocks
+
+    monkeypatch.setattr("bayesmer.rows.CELL_BLOCK_VALUES", 400 * 70)
+    spec = glmer("y ~ x + a + (1|g) + (1|h)", data=_many_levels(), family="binomial").spec
+    chunks = cell_blocks(spec, 400)
+    assert max(len(c) for c in chunks) == 8 * 70  # OUTER_BLOCKS of cell_eta's blocks
+    cells = np.concatenate(chunks)
+    np.testing.assert_array_equal(np.sort(cells), np.arange(spec.X.shape[0]))
+    g = next(grp for grp in spec.groups if grp.name == "g")
+    assert (np.diff(g.index[cells]) >= 0).all()  # the 400-level factor's levels in order
+
+
+def test_cell_eta_equals_the_draws_linear_predictor(monkeypatch):
+    """From a compact copy of a block's levels, the same numbers, block by block."""
+    from fakes import fake_posterior
+
+    from bayesmer import glmer
+    from bayesmer.rows import Draws, cell_blocks, cell_eta
+
+    model = fake_posterior(
+        glmer("y ~ x + a + (1|g) + (1|h)", data=_many_levels(), family="binomial")
+    )
+    monkeypatch.setattr("bayesmer.rows.CELL_BLOCK_VALUES", 400 * 30)
+    spec = model.spec
+    draws = Draws.read(spec, model.posterior)
+    n_parts = 0
+    for cells in cell_blocks(spec, draws.n):
+        for part, eta in cell_eta(spec, draws, cells):
+            c = cells[part]
+            np.testing.assert_array_equal(eta, draws.eta(spec.X[c], spec.group_rows(c)))
+            n_parts += 1
+    assert n_parts > 8
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+@pytest.mark.parametrize("type_predict", ["response", "link"])
+def test_fitted_values_equal_the_plain_computation(monkeypatch, threads, type_predict):
+    from fakes import fake_posterior
+
+    from bayesmer import glmer
+    from bayesmer.predict import fitted_values
+
+    data = _many_levels()
+    model = fake_posterior(glmer("y ~ x + a + (1|g) + (1|h)", data=data, family="binomial"))
+    monkeypatch.setattr("bayesmer.rows.CELL_BLOCK_VALUES", 400 * 70)
+    monkeypatch.setattr("bayesmer.parallel.n_threads", lambda: threads)
+    monkeypatch.setattr("bayesmer.parallel.MIN_THREADED_VALUES", 0)
+    fitted, residuals = fitted_values(model, type_predict)
+    # the plain route, per row: b x + u_g[g] + u_h[h], expit, posterior mean
+    spec = model.spec
+    post = model.posterior
+    eta = fixed(post) @ spec.design_matrix(data.select("x", "a")).T
+    for grp in spec.groups:
+        lookup = {level: i for i, level in enumerate(grp.levels)}
+        eta = eta + group_effects(post, grp)[:, [lookup[v] for v in data[grp.name]]]
+    response = special.expit(eta).mean(axis=0)
+    expected = response if type_predict == "response" else eta.mean(axis=0)
+    np.testing.assert_allclose(fitted, expected, rtol=1e-13, atol=1e-15)
+    np.testing.assert_allclose(residuals, data["y"].to_numpy() - response, rtol=1e-12, atol=1e-14)
+
+
+INVERSE_LINKS = {
+    "logit": special.expit,
+    "probit": special.ndtr,
+    "cloglog": lambda e: -np.expm1(-np.exp(e)),
+}
+
+
+@pytest.mark.parametrize("link", list(INVERSE_LINKS))
+def test_inverse_link_in_place_equals_scipy(link):
+    from bayesmer.families import get_family
+
+    eta = np.random.default_rng(1).normal(0.0, 4.0, (30, 50))
+    if link == "logit":
+        eta[0, :2] = [-800.0, 800.0]  # exp(-eta) overflows: probability 0, and no warning
+    family = get_family("binomial", link)
+    np.testing.assert_allclose(family.inverse_link(eta), INVERSE_LINKS[link](eta), rtol=4e-16)
+    buffer = eta.copy()
+    assert family.inverse_link(buffer, out=buffer) is buffer
+    np.testing.assert_array_equal(buffer, family.inverse_link(eta))
+    scalar = family.inverse_link(0.5)
+    assert isinstance(scalar, float)
+    assert scalar == pytest.approx(INVERSE_LINKS[link](0.5), rel=4e-16)
