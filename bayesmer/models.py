@@ -373,7 +373,9 @@ class Model:
         seed = secrets.randbelow(2**31) if random_seed is None else random_seed
         kwargs = {**default_sampler_kwargs(spec), **sampler_kwargs}
         try:
-            posterior = self._sampler.sample(draws, tune, chains, seed, progressbar, **kwargs)
+            posterior = self._sampler.sample(
+                draws, tune, chains, seed, progressbar, keep=spec.reported, **kwargs
+            )
         except SamplingInterrupted as stop:
             posterior, draws, chains = self._interrupted(stop, draws, chains)
         names = spec.reported

@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -359,6 +359,7 @@ class Sampler:
         chains: int,
         random_seed: int,
         progressbar: bool,
+        keep: Sequence[str] | None = None,
         **kwargs: Any,
     ) -> xr.DataTree:
         """Draw from the posterior.
@@ -369,6 +370,11 @@ class Sampler:
             Draws kept per chain, tuning steps per chain, number of chains.
         random_seed : int
         progressbar : bool
+        keep : sequence of str, optional
+            The variables whose draws are kept (a fit keeps the ones it reports,
+            :attr:`bayesmer.spec.ModelSpec.reported`); all when None. The latent variables of
+            the parametrization (the standardised effects of thousands of levels) are then
+            never converted: a fit with many groups holds one copy of their draws, not two.
         **kwargs
             Passed to :func:`nutpie.sample` (``target_accept``, ``adaptation``, ``maxdepth``...).
 
@@ -383,7 +389,9 @@ class Sampler:
             On a keyboard interrupt (Ctrl-C), with the draws every chain finished.
         """
         with self.compilation.bound(self.data) as compiled:
-            return self._sample(compiled, draws, tune, chains, random_seed, progressbar, kwargs)
+            return self._sample(
+                compiled, draws, tune, chains, random_seed, progressbar, keep, kwargs
+            )
 
     def _labelled(self, trace: xr.DataTree) -> xr.DataTree:
         """The draws labelled with this model's coordinates (the compiled model may have been
@@ -400,6 +408,7 @@ class Sampler:
         chains: int,
         random_seed: int,
         progressbar: bool,
+        keep: Sequence[str] | None,
         kwargs: dict[str, Any],
     ) -> xr.DataTree:
         cores = max(1, min(chains, os.cpu_count() or 1))
@@ -416,14 +425,14 @@ class Sampler:
         }
         running = nutpie.sample(compiled, blocking=False, return_raw_trace=True, **settings)
         try:
-            trace = self._converted(running.wait(), compiled, settings)
+            trace = self._converted(running.wait(), compiled, settings, keep)
         except KeyboardInterrupt:
             # nutpie's blocking sample() would return the aborted trace as if it were complete,
             # its unfinished draws NaN
             raw = running.abort()
             if not callable(getattr(raw, "get_arrow_trace", None)):
                 raise  # no draws to keep: the model stays as it was
-            aborted = self._converted(raw, compiled, settings)
+            aborted = self._converted(raw, compiled, settings, keep)
             kept, n_chains, n_draws = finished_draws(aborted)
             raise SamplingInterrupted(
                 self._labelled(kept), n_chains, n_draws, time.perf_counter() - start
@@ -435,9 +444,12 @@ class Sampler:
         return self._labelled(trace)
 
     @staticmethod
-    def _converted(raw: Any, compiled: Any, settings: dict[str, Any]) -> xr.DataTree:
+    def _converted(
+        raw: Any, compiled: Any, settings: dict[str, Any], keep: Sequence[str] | None
+    ) -> xr.DataTree:
         """nutpie's raw trace (``return_raw_trace=True``) as the DataTree nutpie would return
-        (:func:`bayesmer.trace.to_datatree`).
+        (:func:`bayesmer.trace.to_datatree`), with the variables in ``keep`` only (all when
+        None).
 
         A raw trace without the Arrow batches nutpie 0.16 gives (``get_arrow_trace``) is
         sampled again, with the same settings and seed, by nutpie's own conversion (the same
@@ -448,13 +460,20 @@ class Sampler:
                 "nutpie %s's raw trace has no Arrow batches: sampled again with its conversion.",
                 getattr(nutpie, "__version__", "?"),
             )
-            return nutpie.sample(compiled, **settings)
+            trace = nutpie.sample(compiled, **settings)
+            if keep is not None:
+                posterior = trace["posterior"].to_dataset()
+                trace["posterior"] = posterior[[v for v in posterior.data_vars if v in keep]]
+            return trace
         draw_batches, stat_batches = raw.get_arrow_trace()
+        skip = set(compiled.reparameterized_names or ())
+        if keep is not None and draw_batches:
+            skip |= {name for name in draw_batches[0].column_names if name not in keep}
         return traces.to_datatree(
             draw_batches,
             stat_batches,
             compiled.coords,
-            skip_draws=compiled.reparameterized_names or (),
+            skip_draws=sorted(skip),
             skip_stats=traces.skipped_stats(settings),
             attrs={
                 "inference_library": "nutpie",

@@ -79,9 +79,37 @@ def test_a_raw_trace_without_arrow_batches_is_sampled_again_by_nutpie(compiled, 
 
     sampler = Sampler(compilation=None, data={}, coords={}, compile_seconds=0.0, source="memory")
     with caplog.at_level(logging.INFO, logger="bayesmer"):
-        trace = sampler._converted(Opaque(), compiled, dict(SETTINGS))
+        trace = sampler._converted(Opaque(), compiled, dict(SETTINGS), None)
     assert "no Arrow batches: sampled again" in caplog.text
     _assert_same(_ours(compiled, **SETTINGS), trace)
+
+
+class _Opaque:
+    """A raw trace of a nutpie without Arrow batches."""
+
+
+@pytest.mark.parametrize("route", ["ours", "nutpie's conversion"])
+def test_only_the_kept_variables_are_converted(compiled, route):
+    """With ``keep``, the posterior holds those variables only, their draws unchanged."""
+    sampler = Sampler(compilation=None, data={}, coords={}, compile_seconds=0.0, source="memory")
+    raw = (
+        _Opaque() if route != "ours" else nutpie.sample(compiled, return_raw_trace=True, **SETTINGS)
+    )
+    trace = sampler._converted(raw, compiled, dict(SETTINGS), ["b", "sd_pclass"])
+    assert sorted(trace["posterior"].data_vars) == ["b", "sd_pclass"]
+    full = _ours(compiled, **SETTINGS)
+    for name in ("b", "sd_pclass"):
+        np.testing.assert_array_equal(
+            trace["posterior"][name].values, full["posterior"][name].values
+        )
+
+
+def test_a_fit_keeps_the_reported_variables(titanic):
+    """The latent variables of the parametrization (standardised effects, centred means, the
+    centred intercept) are not kept: only what summaries read."""
+    model = glmer("survived ~ sex + (1|pclass)", titanic, family="binomial")
+    model.fit(random_seed=1, progressbar=False, summary=False)
+    assert sorted(model.posterior["posterior"].data_vars) == sorted(model.spec.reported)
 
 
 def test_a_fit_imports_no_arviz_and_arviz_still_works_after():
