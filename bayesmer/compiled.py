@@ -125,7 +125,7 @@ class Compilation:
             yield self.compiled.with_data(**{k: v for k, v in data.items() if k in names})
 
 
-def sampler(model: pm.Model) -> Sampler:
+def sampler(model: pm.Model, deterministics: bool = True) -> Sampler:
     """A :class:`~bayesmer.sampling.Sampler` for ``model``, compiling it only when no model of
     its structure has been compiled in this process (and then with the callbacks from the
     disk cache when an earlier process compiled them).
@@ -134,6 +134,9 @@ def sampler(model: pm.Model) -> Sampler:
     ----------
     model : pm.Model
         Built by :func:`bayesmer.pymc_model.build_model`.
+    deterministics : bool, default True
+        Whether nutpie stores the deterministics' draws (see
+        :func:`bayesmer.sampling.compile_model`); part of the cache key.
 
     Returns
     -------
@@ -149,13 +152,15 @@ def sampler(model: pm.Model) -> Sampler:
         key = structure_key(model)
     except UnkeyedStructure:
         key = None
+    if key is not None and not deterministics:
+        key = hashlib.sha256(f"{key} free variables only".encode()).hexdigest()
     with _MEMORY_LOCK:
         compilation = _MEMORY.get(key) if key is not None else None
         if compilation is not None:
             _MEMORY.move_to_end(key)
     source = "memory"
     if compilation is None:
-        compiled, source = _compile(model, key, inputs)
+        compiled, source = _compile(model, key, inputs, deterministics)
         compilation = Compilation(key, model, compiled, inputs)
         if key is not None:
             with _MEMORY_LOCK:
@@ -223,7 +228,7 @@ def versions() -> dict[str, str]:
 
 
 def _compile(
-    model: pm.Model, key: str | None, inputs: dict[str, SharedVariable]
+    model: pm.Model, key: str | None, inputs: dict[str, SharedVariable], deterministics: bool
 ) -> tuple[Any, str]:
     """nutpie's compiled model, from the disk cache when it is there.
 
@@ -235,22 +240,22 @@ def _compile(
     compile the structure's entry is written (:func:`bayesmer.warm.write_entry`).
     """
     if key is None:
-        return compile_model(model), "compiled"
+        return compile_model(model, deterministics=deterministics), "compiled"
     try:
         source = _callbacks_source(key)
     except OSError as err:
         logger.info("bayesmer's compiled-model cache is not writable (%s): not used.", err)
-        return compile_model(model), "compiled"
+        return compile_model(model, deterministics=deterministics), "compiled"
     rebuilt = warm.rebuild(model, source, inputs)
     if rebuilt is not None:
         return rebuilt, "disk"
     try:
-        compiled = compile_model(model, source)
+        compiled = compile_model(model, source, deterministics)
     except Exception as err:  # noqa: BLE001 - whatever a damaged entry raises, rebuild it
         logger.info("bayesmer's cached compilation %s failed to load (%s): rebuilt.", key, err)
         _remove_entry(source)
         source = _callbacks_source(key)
-        compiled = compile_model(model, source)
+        compiled = compile_model(model, source, deterministics)
     if _own_callbacks(compiled):
         try:
             warm.write_entry(warm.entry_path(source), compiled, model)

@@ -347,6 +347,7 @@ class Model:
             default_draws,
             default_sampler_kwargs,
             default_tune,
+            is_large,
         )
 
         rejected = {k: v for k, v in sampler_kwargs.items() if k in compat.FIT}
@@ -369,7 +370,8 @@ class Model:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}.")
         spec = self.spec
         if self._sampler is None:
-            self._sampler = sampler(build_model(spec))
+            # a large model's group effects are computed after sampling (one copy in memory)
+            self._sampler = sampler(build_model(spec), deterministics=not is_large(spec))
         seed = secrets.randbelow(2**31) if random_seed is None else random_seed
         kwargs = {**default_sampler_kwargs(spec), **sampler_kwargs}
         try:

@@ -389,9 +389,54 @@ class Sampler:
             On a keyboard interrupt (Ctrl-C), with the draws every chain finished.
         """
         with self.compilation.bound(self.data) as compiled:
-            return self._sample(
-                compiled, draws, tune, chains, random_seed, progressbar, keep, kwargs
-            )
+            try:
+                trace = self._sample(
+                    compiled, draws, tune, chains, random_seed, progressbar, keep, kwargs
+                )
+            except SamplingInterrupted as stop:
+                stop.trace = self._completed(stop.trace, keep)
+                raise
+            # after _sample: nutpie's raw trace is freed by now
+            return self._completed(trace, keep)
+
+    def _completed(self, trace: xr.DataTree, keep: Sequence[str] | None) -> xr.DataTree:
+        """The trace with the kept deterministics nutpie did not store (a model compiled
+        without them, see :func:`compile_model`) computed from the free variables' draws,
+        and the variables not kept left out."""
+        if keep is None:
+            return trace
+        posterior = trace["posterior"].to_dataset()
+        missing = [name for name in keep if name not in posterior.data_vars]
+        if missing:
+            posterior = posterior.assign(self._deterministics(posterior, missing))
+        trace["posterior"] = posterior[[name for name in keep if name in posterior.data_vars]]
+        return trace
+
+    def _deterministics(self, posterior: xr.Dataset, names: list[str]) -> dict[str, Any]:
+        """Draws of the model's deterministics ``names`` from the draws of its free variables
+        in ``posterior`` (this fit's data are set on the model: inside :meth:`sample`)."""
+        model = self.compilation.model
+        free = [rv.name for rv in model.free_RVs]
+        fn = model.compile_fn(
+            [model[name] for name in names], inputs=model.free_RVs, on_unused_input="ignore"
+        )
+        values = {name: posterior[name].values for name in free}
+        n_chains, n_draws = posterior.sizes["chain"], posterior.sizes["draw"]
+        out: list[np.ndarray] = []
+        for c in range(n_chains):
+            for d in range(n_draws):
+                results = fn({name: value[c, d] for name, value in values.items()})
+                if not out:
+                    out = [np.empty((n_chains, n_draws, *np.shape(r))) for r in results]
+                for array, result in zip(out, results, strict=True):
+                    array[c, d] = result
+        variables = {}
+        for name, array in zip(names, out, strict=True):
+            dims = list(model.named_vars_to_dims.get(name) or ())
+            dims += [f"{name}_dim_{k}" for k in range(len(dims), array.ndim - 2)]
+            coords = {d: self.coords[d] for d in dims if d in self.coords}
+            variables[name] = xr.DataArray(array, dims=["chain", "draw", *dims], coords=coords)
+        return variables
 
     def _labelled(self, trace: xr.DataTree) -> xr.DataTree:
         """The draws labelled with this model's coordinates (the compiled model may have been
@@ -460,15 +505,15 @@ class Sampler:
                 "nutpie %s's raw trace has no Arrow batches: sampled again with its conversion.",
                 getattr(nutpie, "__version__", "?"),
             )
-            trace = nutpie.sample(compiled, **settings)
-            if keep is not None:
-                posterior = trace["posterior"].to_dataset()
-                trace["posterior"] = posterior[[v for v in posterior.data_vars if v in keep]]
-            return trace
+            return nutpie.sample(compiled, **settings)
         draw_batches, stat_batches = raw.get_arrow_trace()
         skip = set(compiled.reparameterized_names or ())
         if keep is not None and draw_batches:
-            skip |= {name for name in draw_batches[0].column_names if name not in keep}
+            stored = draw_batches[0].column_names
+            if set(keep) <= set(stored):
+                skip |= {name for name in stored if name not in keep}
+            # else the free variables are converted too: the missing deterministics are
+            # computed from them (Sampler._completed)
         return traces.to_datatree(
             draw_batches,
             stat_batches,
@@ -666,7 +711,9 @@ def _loop_callbacks(module: ModuleType) -> Iterator[None]:
             nutpie_module._make_c_logp_func, nutpie_module._make_c_expand_func = saved
 
 
-def compile_model(model: pm.Model, callbacks_file: Path | None = None) -> Any:
+def compile_model(
+    model: pm.Model, callbacks_file: Path | None = None, deterministics: bool = True
+) -> Any:
     """``nutpie.compile_pymc_model(model, backend="numba")`` with faster-compiling callbacks.
 
     The callbacks (:mod:`bayesmer.callbacks`) compute the same log density and gradient as
@@ -683,23 +730,30 @@ def compile_model(model: pm.Model, callbacks_file: Path | None = None) -> Any:
         A copy of :data:`CALLBACKS_FILE` that is this model structure's own: the callbacks are
         then compiled with numba's cache (``cache=True``), which keeps them next to it, and
         loaded from there when they were compiled before (``compiled_logp_func.cache_hits``).
+    deterministics : bool, default True
+        Whether nutpie stores the deterministic variables' draws. Without them it stores the
+        free variables only (``var_names`` their names), and :meth:`Sampler.sample` computes the
+        deterministics a fit keeps from their draws after sampling: nutpie holds every
+        stored variable's tuning and kept draws until sampling ends, so a model with
+        thousands of group effects then holds one copy of them instead of two.
 
     Returns
     -------
     nutpie CompiledPyMCModel
     """
+    var_names = None if deterministics else [rv.name for rv in model.free_RVs]
     if not loop_callbacks_supported():
         logger.info(
             "nutpie %s has no callback factories bayesmer knows: compiling with stock nutpie.",
             getattr(nutpie, "__version__", "?"),
         )
-        return nutpie.compile_pymc_model(model, backend="numba")
+        return nutpie.compile_pymc_model(model, backend="numba", var_names=var_names)
     module = _load_callbacks(callbacks_file)
     try:
         with _loop_callbacks(module):
             return nutpie.compile_pymc_model(
-                model, backend="numba", cache=callbacks_file is not None
+                model, backend="numba", cache=callbacks_file is not None, var_names=var_names
             )
     except UnexpectedLayout as err:
         logger.info("bayesmer's callbacks do not fit this model (%s): stock nutpie.", err)
-        return nutpie.compile_pymc_model(model, backend="numba")
+        return nutpie.compile_pymc_model(model, backend="numba", var_names=var_names)

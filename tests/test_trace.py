@@ -89,19 +89,45 @@ class _Opaque:
 
 
 @pytest.mark.parametrize("route", ["ours", "nutpie's conversion"])
-def test_only_the_kept_variables_are_converted(compiled, route):
-    """With ``keep``, the posterior holds those variables only, their draws unchanged."""
+def test_only_the_kept_variables_are_kept(compiled, route):
+    """With ``keep``, the posterior holds those variables only, their draws unchanged (our
+    conversion leaves the others out; nutpie's is cut after)."""
     sampler = Sampler(compilation=None, data={}, coords={}, compile_seconds=0.0, source="memory")
     raw = (
         _Opaque() if route != "ours" else nutpie.sample(compiled, return_raw_trace=True, **SETTINGS)
     )
-    trace = sampler._converted(raw, compiled, dict(SETTINGS), ["b", "sd_pclass"])
-    assert sorted(trace["posterior"].data_vars) == ["b", "sd_pclass"]
+    keep = ["b", "sd_pclass"]
+    converted = sampler._converted(raw, compiled, dict(SETTINGS), keep)
+    if route == "ours":
+        assert sorted(converted["posterior"].data_vars) == keep
+    trace = sampler._completed(converted, keep)
+    assert sorted(trace["posterior"].data_vars) == keep
     full = _ours(compiled, **SETTINGS)
-    for name in ("b", "sd_pclass"):
+    for name in keep:
         np.testing.assert_array_equal(
             trace["posterior"][name].values, full["posterior"][name].values
         )
+
+
+def test_deterministics_computed_after_sampling_equal_nutpies(titanic):
+    """A model compiled without its deterministics (what a large model does to hold one copy
+    of its group effects): the same seeded draws of the free variables, and the group effects
+    and coefficients computed from them equal those nutpie stores, with this fit's labels."""
+    from bayesmer import compiled as cache
+
+    model = glmer("survived ~ sex + (1|pclass)", titanic, family="binomial")
+    keep = model.spec.reported
+    traces = {}
+    for stored in (True, False):
+        sampler = cache.sampler(build_model(model.spec), deterministics=stored)
+        traces[stored] = sampler.sample(60, 80, 2, 3, False, keep=keep)
+    with_, without = traces[True]["posterior"], traces[False]["posterior"]
+    assert sorted(without.data_vars) == sorted(keep)
+    for name in keep:
+        np.testing.assert_allclose(without[name].values, with_[name].values, rtol=1e-12, atol=1e-14)
+        assert without[name].dims == with_[name].dims
+        for dim in without[name].dims:
+            np.testing.assert_array_equal(without[name][dim].values, with_[name][dim].values)
 
 
 def test_a_fit_keeps_the_reported_variables(titanic):
