@@ -66,23 +66,7 @@ def test_cache_hit_has_the_log_density_and_draws_of_a_fresh_compile(titanic, cac
     hit = compiled.sampler(other)
     assert (first.source, hit.source) == ("compiled", "memory")
     assert hit.compilation is first.compilation
-    fresh = compile_model(other)
-    settings = dict(draws=100, tune=150, chains=2, cores=1, seed=3, progress_bar=False)
-    with hit.compilation.bound(hit.data) as bound:
-        rng = np.random.default_rng(0)
-        for _ in range(5):
-            x = rng.normal(0, 0.5, fresh.n_dim)
-            code, logp, grad = _logp(bound, x)
-            want = _logp(fresh, x)
-            assert code == want[0] == 0
-            assert logp == want[1]
-            np.testing.assert_array_equal(grad, want[2])
-        cached_draws = nutpie.sample(bound, **settings)
-    fresh_draws = nutpie.sample(fresh, **settings)
-    for name in ("b", "sd_pclass", "u_pclass"):
-        np.testing.assert_array_equal(
-            cached_draws["posterior"][name].values, fresh_draws["posterior"][name].values
-        )
+    _assert_same_density_and_draws(hit, compile_model(other))
 
 
 def test_refit_on_new_data_of_the_same_shape_does_not_compile(titanic, cache, monkeypatch):
