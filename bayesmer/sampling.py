@@ -493,8 +493,9 @@ class Sampler:
         raw: Any, compiled: Any, settings: dict[str, Any], keep: Sequence[str] | None
     ) -> xr.DataTree:
         """nutpie's raw trace (``return_raw_trace=True``) as the DataTree nutpie would return
-        (:func:`bayesmer.trace.to_datatree`), with the variables in ``keep`` only (all when
-        None).
+        (:func:`bayesmer.trace.to_datatree`). When nutpie stored every variable in ``keep``,
+        only those are converted; else (a model compiled without its deterministics) the
+        free variables are converted too, for :meth:`_completed` to compute the rest from.
 
         A raw trace without the Arrow batches nutpie 0.16 gives (``get_arrow_trace``) is
         sampled again, with the same settings and seed, by nutpie's own conversion (the same
