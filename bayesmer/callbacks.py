@@ -27,6 +27,9 @@ n_dim = 0
 n_expanded = 0
 logp_inner = None
 expand_inner = None
+#: An expansion that reads no data (a model whose traced variables are its free variables
+#: only), when :data:`expand_inner` is :func:`expand_without_data`.
+expand_of_point = None
 
 
 @intrinsic
@@ -44,6 +47,12 @@ def _data(user_data_):  # pragma: no cover - numba code
     """The model's data vector from nutpie's user-data record (address, length, ...)."""
     header = numba.carray(user_data_, (2,), np.uint64)
     return numba.carray(_float_pointer(header[0]), (int(header[1]),))
+
+
+@numba.njit
+def expand_without_data(x, data):  # pragma: no cover - numba code
+    """:data:`expand_of_point` with the data argument every expansion is called with."""
+    return expand_of_point(x)
 
 
 def logp_callback(dim, x_, out_, logp_, user_data_):  # pragma: no cover - numba code

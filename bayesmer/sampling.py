@@ -654,8 +654,15 @@ def _factories(module: ModuleType) -> tuple[Callable, Callable]:
         return module.logp_callback, _LOGP_SIGNATURE
 
     def expand_factory(n_dim, n_expanded, expand_fn, user_data, shared_var_keys, shared_data):
-        single_input(user_data, shared_var_keys, shared_data)
-        module.n_expanded, module.expand_inner = n_expanded, expand_fn
+        module.n_expanded = n_expanded
+        if shared_var_keys:
+            single_input(user_data, shared_var_keys, shared_data)
+            module.expand_inner = expand_fn
+        else:
+            # traced variables that need no data (the free variables only): the callback
+            # still gets the user-data record, which the log density's check has vetted
+            module.expand_of_point = expand_fn
+            module.expand_inner = module.expand_without_data
         return module.expand_callback, _EXPAND_SIGNATURE
 
     return logp_factory, expand_factory
