@@ -11,7 +11,9 @@ compiler turns into SIMD instructions (:func:`_row_kernels`), the
 log-likelihood with ``softplus(eta) = max(eta, 0) + log1p(e)`` (the sum of ``log1p(e)`` as
 the log of products of ``1 + e``, one ``log`` per :data:`PRODUCT_BLOCK` rows when every row
 is one trial) and the residuals ``y - n sigmoid(eta)`` from the same ``e``, then
-``X.T @ r`` and the scatter. For the Poisson likelihood, the same with ``exp(eta)``.
+``X.T @ r`` and the scatter. For the Poisson likelihood, the same with ``exp(eta)``. The Op
+takes the design matrix transposed (a row of the data per column of ``X``), so that each
+column is contiguous and the loops over it are vectorised.
 Its numba implementation is registered with PyTensor's numba dispatch, which nutpie's numba
 backend compiles; ``perform`` is the same computation in NumPy.
 
@@ -59,7 +61,8 @@ class LinearLikelihood(Op):
     """Log-likelihood of a GLM with linear predictor ``c + X @ b + sum_k m_k[index_k]``, and
     its gradient with respect to ``c``, ``b`` and each ``m_k``, in one pass over the rows.
 
-    Inputs: ``c`` (scalar), ``X`` (rows x p), ``b`` (p), then per gathered term ``m_k``
+    Inputs: ``c`` (scalar), ``Xt`` (p x rows: the design matrix transposed, each of its
+    columns contiguous), ``b`` (p), then per gathered term ``m_k``
     (levels) and ``index_k`` (rows, the level of each row as a float: the model's data are one
     float vector, see :class:`bayesmer.pymc_model.Inputs`), then ``y`` (rows) and ``w``
     (rows): the trials ``n`` of a binomial likelihood, the log offset of a Poisson one.
@@ -74,8 +77,8 @@ class LinearLikelihood(Op):
     n_gathers : int
         Number of gathered terms ``m_k[index_k]``.
     columns : int
-        Number of columns of ``X`` (the kernel is written out for it: its loops over the
-        columns unrolled).
+        Number of columns of ``X`` (rows of ``Xt``; the kernel is written out for it: its
+        loops over the columns unrolled).
     """
 
     __props__ = ("family", "n_gathers", "columns")
@@ -87,27 +90,27 @@ class LinearLikelihood(Op):
         self.n_gathers = n_gathers
         self.columns = columns
 
-    def make_node(self, c, X, b, *rest) -> Apply:
+    def make_node(self, c, Xt, b, *rest) -> Apply:
         register()  # the numba implementation, for any graph holding the Op
-        c, X, b = pt.as_tensor_variable(c), pt.as_tensor_variable(X), pt.as_tensor_variable(b)
+        c, Xt, b = (pt.as_tensor_variable(v) for v in (c, Xt, b))
         rest = [pt.as_tensor_variable(v) for v in rest]
         if len(rest) != 2 * self.n_gathers + 2:
-            raise ValueError(f"{len(rest)} inputs after c, X, b for {self.n_gathers} gathers")
-        if c.ndim != 0 or X.ndim != 2 or b.ndim != 1 or any(v.ndim != 1 for v in rest):
+            raise ValueError(f"{len(rest)} inputs after c, Xt, b for {self.n_gathers} gathers")
+        if c.ndim != 0 or Xt.ndim != 2 or b.ndim != 1 or any(v.ndim != 1 for v in rest):
             raise ValueError("LinearLikelihood takes a scalar, a matrix and vectors")
-        if X.type.shape[1] not in (None, self.columns):
-            raise ValueError(f"X has {X.type.shape[1]} columns, the Op {self.columns}")
-        inputs = [c, X, b, *rest]
+        if Xt.type.shape[0] not in (None, self.columns):
+            raise ValueError(f"Xt has {Xt.type.shape[0]} rows, the Op {self.columns} columns")
+        inputs = [c, Xt, b, *rest]
         means = rest[: 2 * self.n_gathers : 2]
         outputs = [pt.dscalar(), pt.dscalar(), pt.dvector(), *(pt.dvector() for _ in means)]
         return Apply(self, inputs, outputs)
 
     def perform(self, node, inputs, output_storage) -> None:
-        c, X, b, *rest = inputs
+        c, Xt, b, *rest = inputs
         means = rest[: 2 * self.n_gathers : 2]
         indices = [np.asarray(i, dtype=np.int64) for i in rest[1 : 2 * self.n_gathers : 2]]
         y, w = rest[-2], rest[-1]
-        eta = c + X @ b
+        eta = c + Xt.T @ b
         for m, i in zip(means, indices, strict=True):
             eta = eta + m[i]
         if self.family == "binomial":
@@ -120,7 +123,7 @@ class LinearLikelihood(Op):
             r = y - mu
         output_storage[0][0] = np.asarray(logp, dtype=np.float64)
         output_storage[1][0] = np.asarray(np.sum(r), dtype=np.float64)
-        output_storage[2][0] = np.asarray(X.T @ r, dtype=np.float64)
+        output_storage[2][0] = np.asarray(Xt @ r, dtype=np.float64)
         for k, (m, i) in enumerate(zip(means, indices, strict=True)):
             output_storage[3 + k][0] = np.bincount(i, weights=r, minlength=len(m)).astype(float)
 
@@ -148,11 +151,11 @@ class LinearLikelihood(Op):
         return out
 
 
-def linear_likelihood(family: str, c, X, b, gathers: list[tuple[Any, Any]], y, w, columns: int):
-    """The log-likelihood (first output of :class:`LinearLikelihood`); ``X`` has ``columns``
-    columns."""
+def linear_likelihood(family: str, c, Xt, b, gathers: list[tuple[Any, Any]], y, w, columns: int):
+    """The log-likelihood (first output of :class:`LinearLikelihood`); ``Xt`` (the design
+    matrix transposed) has ``columns`` rows."""
     args = [a for m, i in gathers for a in (m, i)]
-    return LinearLikelihood(family, len(gathers), columns)(c, X, b, *args, y, w)[0]
+    return LinearLikelihood(family, len(gathers), columns)(c, Xt, b, *args, y, w)[0]
 
 
 #: LLVM fast-math flags of the reductions: reassociation lets the sums and the product of
@@ -297,13 +300,14 @@ def _kernel_source(family: str, n: int, p: int) -> str:
     factor's group means.
     """
     pairs = "".join(f"m{k}, i{k}, " for k in range(n))
-    terms = ["c_", *(f"X[i, {j}] * b{j}" for j in range(p))]
+    terms = ["c_", *(f"x{j}[i] * b{j}" for j in range(p))]
     terms += [f"m{k}[int(i{k}[i])]" for k in range(n)]
     head = [
-        f"def fused(c, X, b, {pairs}y, w):",
-        "    n_rows = X.shape[0]",
+        f"def fused(c, Xt, b, {pairs}y, w):",
+        "    n_rows = y.shape[0]",
         "    c_ = c.item()",
         *(f"    b{j} = b[{j}]" for j in range(p)),
+        *(f"    x{j} = Xt[{j}]" for j in range(p)),
         "    eta = np.empty(BLOCK)",
         "    r = np.empty(BLOCK)",
         "    e = np.empty(BLOCK)",
@@ -338,7 +342,7 @@ def _kernel_source(family: str, n: int, p: int) -> str:
         "        for i in range(start, stop):",
         "            ri = r[i - start]",
         "            dc += ri",
-        *(f"            db{j} += ri * X[i, {j}]" for j in range(p)),
+        *(f"            db{j} += ri * x{j}[i]" for j in range(p)),
     ]
     for k in range(n):
         gradient += [
@@ -454,10 +458,10 @@ class Predictor:
                 gathers.append((part[3], index))
         if dots:
             matrix = np.concatenate([m for _, m, _ in dots], axis=1)
-            X = self.data_input("+".join(n for n, _, _ in dots), matrix)
             b = pt.concatenate([pt.as_tensor_variable(v) for _, _, v in dots])
         else:
             matrix = np.zeros((self.rows, 0))
-            X = self.data_input("no_predictors", matrix)
             b = pt.zeros(0)
-        return linear_likelihood(family, c, X, b, gathers, y, w, matrix.shape[1])
+        name = "+".join(n for n, _, _ in dots) if dots else "no_predictors"
+        Xt = self.data_input(f"({name}).T", np.ascontiguousarray(matrix.T))
+        return linear_likelihood(family, c, Xt, b, gathers, y, w, matrix.shape[1])

@@ -139,7 +139,7 @@ def test_binomial_kernel_exact_far_in_the_tails(trials):
     the ends): the numba kernel's log-likelihood and gradients equal NumPy's exact ones."""
     rng = np.random.default_rng(2)
     rows = 4001
-    X = np.linspace(-750.0, 750.0, rows)[:, None]
+    Xt = np.linspace(-750.0, 750.0, rows)[None, :]  # the design matrix transposed
     n = np.ones(rows) if trials == "one" else rng.integers(1, 30, rows).astype(float)
     y = np.minimum(rng.poisson(n / 2), n)
     index = rng.integers(0, 7, rows).astype(float)
@@ -148,8 +148,8 @@ def test_binomial_kernel_exact_far_in_the_tails(trials):
     inputs += [pt.dvector(), pt.dvector()]
     out = LinearLikelihood("binomial", 1, 1)(*inputs)
     f = pytensor.function(inputs, out, mode="NUMBA")
-    logp, dc, db, dm = f(0.0, X, np.array([1.0]), means, index, y, n)
-    eta = X[:, 0]
+    logp, dc, db, dm = f(0.0, Xt, np.array([1.0]), means, index, y, n)
+    eta = Xt[0]
     r = y - n * special.expit(eta)
     exact = np.sum(y * eta - n * np.logaddexp(0.0, eta))
     assert abs(logp - exact) <= 1e-12 * abs(exact)
@@ -215,7 +215,7 @@ def test_poisson_kernel_exact_far_in_the_tails():
     log-likelihood and gradients equal NumPy's."""
     rng = np.random.default_rng(3)
     rows = 4001
-    X = np.linspace(-700.0, 700.0, rows)[:, None]
+    Xt = np.linspace(-700.0, 700.0, rows)[None, :]
     offset = rng.uniform(-1.0, 0.0, rows)
     y = rng.poisson(3.0, rows).astype(float)
     index = rng.integers(0, 7, rows).astype(float)
@@ -224,12 +224,12 @@ def test_poisson_kernel_exact_far_in_the_tails():
     inputs += [pt.dvector(), pt.dvector()]
     out = LinearLikelihood("poisson", 1, 1)(*inputs)
     f = pytensor.function(inputs, out, mode="NUMBA")
-    logp, dc, db, dm = f(0.25, X, np.array([1.0]), means, index, y, offset)
-    eta = 0.25 + X[:, 0] + means[index.astype(int)]
+    logp, dc, db, dm = f(0.25, Xt, np.array([1.0]), means, index, y, offset)
+    eta = 0.25 + Xt[0] + means[index.astype(int)]
     mu = np.exp(eta + offset)
     r = y - mu
     exact = np.sum(y * (eta + offset) - mu)
     assert abs(logp - exact) <= 1e-12 * abs(exact)
     np.testing.assert_allclose(dc, r.sum(), rtol=1e-10)
-    np.testing.assert_allclose(db, [np.sum(r * X[:, 0])], rtol=1e-10)
+    np.testing.assert_allclose(db, [np.sum(r * Xt[0])], rtol=1e-10)
     np.testing.assert_allclose(dm, np.bincount(index.astype(int), weights=r), rtol=1e-10)
