@@ -227,22 +227,24 @@ def _groups_data(sizes: dict[str, int], rows: int, seed: int) -> pl.DataFrame:
     return pl.DataFrame({"y": rng.integers(0, 2, rows), "x": rng.normal(size=rows), **columns})
 
 
-def test_large_models_get_shorter_tuning_and_lower_target_acceptance():
-    """Thousands of group levels: tune 500 and target acceptance 0.65 by default; fewer
-    levels, or a factor of few levels (whose sd needs small steps), keep 1000 and 0.8/0.99."""
+def test_large_models_get_shorter_tuning_lower_target_acceptance_and_shallower_trees():
+    """Thousands of group levels: tune 500, target acceptance 0.65 and maximum tree depth 4
+    by default; fewer levels, or a factor of few levels (whose sd needs small steps), keep
+    1000, 0.8/0.99 and nutpie's depth."""
     from bayesmer.sampling import default_sampler_kwargs, default_tune
 
     cases = [
-        ({"g": 2500}, "y ~ x + (1|g)", 500, 0.65),
-        ({"g": 1200, "h": 900}, "y ~ x + (1|g) + (1|h)", 500, 0.65),
-        ({"g": 300}, "y ~ x + (1|g)", 1000, 0.8),
-        ({"g": 2500, "k": 4}, "y ~ x + (1|g) + (1|k)", 1000, 0.99),
+        ({"g": 2500}, "y ~ x + (1|g)", 500, 0.65, 4),
+        ({"g": 1200, "h": 900}, "y ~ x + (1|g) + (1|h)", 500, 0.65, 4),
+        ({"g": 300}, "y ~ x + (1|g)", 1000, 0.8, None),
+        ({"g": 2500, "k": 4}, "y ~ x + (1|g) + (1|k)", 1000, 0.99, None),
     ]
-    for sizes, formula, tune, target in cases:
+    for sizes, formula, tune, target, depth in cases:
         spec = glmer(formula, data=_groups_data(sizes, 20_000, 1), family="binomial").spec
         assert sum(len(g.levels) for g in spec.groups) == sum(sizes.values())
         assert default_tune(spec) == tune, formula
         assert default_sampler_kwargs(spec)["target_accept"] == target, formula
+        assert default_sampler_kwargs(spec).get("maxdepth") == depth, formula
 
 
 def test_summary_sampler_line_says_which_settings_are_large_model_defaults():
@@ -251,11 +253,13 @@ def test_summary_sampler_line_says_which_settings_are_large_model_defaults():
     from bayesmer.sampling import sampler_line
 
     large = glmer("y ~ x + (1|g)", _groups_data({"g": 2500}, 20_000, 1), family="binomial").spec
-    line = sampler_line(large, 4, 1000, 500, 7, {"target_accept": 0.65})
+    line = sampler_line(large, 4, 1000, 500, 7, {"target_accept": 0.65, "maxdepth": 4})
     assert line == (
-        "Sampler: nutpie NUTS, 4 chains x 1000 draws (tune 500), seed 7 (tune 500 and target "
-        "acceptance 0.65 by default: 2,500 group levels)"
+        "Sampler: nutpie NUTS, 4 chains x 1000 draws (tune 500), seed 7 (tune 500, target "
+        "acceptance 0.65 and maximum tree depth 4 by default: 2,500 group levels)"
     )
+    deeper = sampler_line(large, 4, 1000, 500, 7, {"target_accept": 0.65, "maxdepth": 10})
+    assert deeper.endswith("(tune 500 and target acceptance 0.65 by default: 2,500 group levels)")
     chosen = sampler_line(large, 4, 1000, 1000, 7, {"target_accept": 0.9})
     assert chosen == "Sampler: nutpie NUTS, 4 chains x 1000 draws (tune 1000), seed 7"
     small = glmer("y ~ x + (1|g)", _groups_data({"g": 300}, 2_000, 1), family="binomial").spec
