@@ -5,13 +5,13 @@ The parametrization is chosen for the sampler, the reported quantities are the u
 - Non-intercept predictors are centred (at their mean over the data rows) when the model has
   an intercept, so the intercept and the slopes are nearly uncorrelated; the reported
   ``(Intercept)`` is shifted back.
-- Hierarchical centring: the grouping factor with the most informative levels carries the
-  intercept, ``m_g ~ Normal(Intercept + Xbar_g @ b, sd_g)``, and the linear predictor is
-  ``m_g[group] + (X - Xbar_g[group]) @ b``, where ``Xbar_g`` is each group's mean of the
-  (centred) predictors. The same model as ``Intercept + X @ b + u_g[group]``, without its
-  ridges: the intercept and the group means do not trade off, and neither do the slopes and
-  the group means (a predictor constant within groups, such as the year each brood belongs
-  to, enters the group means only).
+- Hierarchical centring: a grouping factor carries the intercept (of crossed factors, the
+  one with the fewest levels, see :func:`nesting`), ``m_g ~ Normal(Intercept + Xbar_g @ b,
+  sd_g)``, and the linear predictor is ``m_g[group] + (X - Xbar_g[group]) @ b``, where
+  ``Xbar_g`` is each group's mean of the (centred) predictors. The same model as
+  ``Intercept + X @ b + u_g[group]``, without its ridges: the intercept and the group means
+  do not trade off, and neither do the slopes and the group means (a predictor constant
+  within groups, such as the year each brood belongs to, enters the group means only).
 - Nesting: a factor whose every level lies within one level of another (broods within
   locations, observations within broods) is centred on its parent's means,
   ``m_child ~ Normal(m_parent[parent] + (Xbar_child - Xbar_parent[parent]) @ b, sd_child)``,
@@ -41,7 +41,7 @@ The parametrization is chosen for the sampler, the reported quantities are the u
   more draws by default (:func:`bayesmer.sampling.default_draws`).
 
 - Random slopes: a factor with slopes (``(x|g)``, ``(x||g)``) takes no part in the nesting
-  chains. It may carry the intercept like any factor (most centred levels): then its
+  chains. It may carry the intercept like any factor (see :func:`nesting`): then its
   informative levels (data informing the intercept and every slope, see
   :func:`bayesmer.spec._slope_information`) are centred on the fixed intercept and slopes,
   ``m ~ MvNormal(b_terms, Sigma)``, the rest non-centred, ``u = z @ L.T * sd`` (see
@@ -101,8 +101,14 @@ class Nesting:
 def nesting(spec: ModelSpec) -> list[Nesting]:
     """The grouping factors in chains of nesting (see :attr:`GroupSpec.parent`), parents first.
 
-    The chain with the most centred levels carries the intercept (none when no level is
-    centred or the model has no intercept).
+    Of the chains with a centred level, the one whose outermost factor has the fewest levels
+    carries the intercept (ties: the most centred levels, then the most information); none
+    when no level is centred or the model has no intercept. A factor that does not carry it
+    leaves a ridge: the intercept trades off against the mean of its effects, whose prior
+    variance is ``sd**2 / levels``. Carrying the factor of fewest levels takes away the
+    widest of these ridges (312 subjects x 24 items: the items carry it, and nutpie's
+    diagonal mass matrix gives the intercept a bulk ESS of 434-626 per chain of 1,000 draws
+    instead of 18-26 when the subjects carry it).
     """
     child = {g.parent: g for g in spec.groups if g.parent is not None}
 
@@ -116,12 +122,17 @@ def nesting(spec: ModelSpec) -> list[Nesting]:
     carried: set[str] = set()
     if spec.has_intercept:
         scored = [
-            (sum(int(g.centred.sum()) for g in c), sum(float(g.information.sum()) for g in c), c)
+            (
+                -len(c[0].levels),
+                sum(int(g.centred.sum()) for g in c),
+                sum(float(g.information.sum()) for g in c),
+                c,
+            )
             for c in chains
         ]
-        scored = [t for t in scored if t[0] > 0]
+        scored = [t for t in scored if t[1] > 0]
         if scored:
-            carried = {g.name for g in max(scored, key=lambda t: (t[0], t[1]))[2]}
+            carried = {g.name for g in max(scored, key=lambda t: t[:3])[3]}
     return [
         Nesting(group=g, innermost=g.name not in child, carries=g.name in carried)
         for c in chains

@@ -34,6 +34,7 @@ import xarray as xr
 
 from . import trace as traces
 from .deferred import import_deferring
+from .pymc_model import nesting
 from .spec import CENTRED_MIN_INFORMATION, ModelSpec
 
 #: nutpie, imported with ArviZ deferred (bayesmer converts the draws itself, see
@@ -48,6 +49,10 @@ nutpie_lib = getattr(nutpie, "_lib", None)
 #: Target acceptance is raised when a grouping factor has fewer levels than this (the sd
 #: posterior then has a long tail that needs small steps).
 FEW_GROUPS = 10
+
+#: Crossed grouping factors get nutpie's low-rank mass matrix while one that does not carry the
+#: intercept has fewer levels than this (see :func:`default_sampler_kwargs`).
+LOW_RANK_MAX_LEVELS = 100
 
 #: An interrupted fit keeps the chains that finished at least this many draws (after tuning),
 #: all cut to the same length; with none, the model is left as it was before the fit.
@@ -234,13 +239,19 @@ def default_sampler_kwargs(spec: ModelSpec) -> dict[str, Any]:
       sampling 50.8 -> 32 s, bulk ESS of ``sd_g`` 593 -> 646-748, of the fixed effects
       2,680-3,415 -> 1,311-2,575 (far more per second), R-hat at most 1.0072 for them, no
       divergences; 2,500 groups x 40 rows: the same ESS either way (4,000-9,700).
-    - ``adaptation='low_rank'`` with two or more crossed (not nested) grouping factors: only
-      one chain of nested factors can carry the intercept, so the mean of the others'
-      effects trades off against it along one direction, which nutpie's low-rank mass
-      matrix learns (measured on crossed synthetic data: min bulk ESS 600-870 instead of
-      60-95 with the diagonal mass matrix). Nested factors are centred on each other instead
-      (:mod:`bayesmer.pymc_model`) and keep the diagonal one, which costs far less per step
-      with hundreds of levels (grouseticks, broods in locations: 6 s instead of 50 s).
+    - ``adaptation='low_rank'`` with two or more crossed (not nested) grouping factors, one
+      of those that do not carry the intercept having fewer than
+      :data:`LOW_RANK_MAX_LEVELS` levels: only one chain of nested factors can carry the
+      intercept (:func:`bayesmer.pymc_model.nesting`), so the mean of another's effects
+      trades off against it along one direction, which nutpie's low-rank mass matrix
+      learns (30 subjects x 30 items: min bulk ESS 606-877 per chain of 1,000 draws,
+      94-403 with the diagonal mass matrix). With more levels that ridge is narrow (its
+      prior sd is the factor's sd over the square root of its levels) and the diagonal mass
+      matrix does (312 subjects x 24 items, the items carrying the intercept: 434-626 per
+      chain), while nutpie's low-rank tuning costs far more there (about 70 ms a tuning
+      step at 336 levels, 75 s a chain, against 3.4 s in all with the diagonal one).
+      Nested factors are centred on each other instead (:mod:`bayesmer.pymc_model`) and
+      keep the diagonal one (grouseticks, broods in locations: 6 s instead of 50 s).
     """
     out: dict[str, Any] = {"target_accept": LARGE_TARGET_ACCEPT if is_large(spec) else 0.8}
     if is_large(spec):
@@ -253,7 +264,9 @@ def default_sampler_kwargs(spec: ModelSpec) -> dict[str, Any]:
         out["target_accept"] = 0.99 if both_funnels else 0.95
     elif any(g.cor_pairs for g in spec.groups) and not is_large(spec):
         out["target_accept"] = max(out["target_accept"], 0.9)
-    if sum(g.parent is None for g in spec.groups) >= 2:
+    roots = [n for n in nesting(spec) if n.group.parent is None]
+    uncarried = [len(n.group.levels) for n in roots if not n.carries]
+    if len(roots) >= 2 and min(uncarried) < LOW_RANK_MAX_LEVELS:
         out["adaptation"] = "low_rank"
     return out
 

@@ -1,4 +1,4 @@
-"""Synthetic data shared by the loo, ppc and predict tests, and a helper for ppc tables."""
+"""Synthetic data shared by the tests, and a helper for ppc tables."""
 
 from __future__ import annotations
 
@@ -24,6 +24,25 @@ def counts_data(overdispersed: bool, seed: int) -> pl.DataFrame:
     else:
         y = rng.poisson(mean)
     return pl.DataFrame({"y": y, "f": f, "t": t})
+
+
+def crossed_data(subjects: int, items: int, seed: int = 0) -> pl.DataFrame:
+    """Every subject answers every item: Bernoulli ``y`` with a subject-level covariate
+    ``age``, subject sd 1 and item sd 0.7 (the shape of issue 13's crossed benchmark)."""
+    rng = np.random.default_rng(seed)
+    age = rng.normal(size=subjects)
+    u, v = rng.normal(0, 1.0, subjects), rng.normal(0, 0.7, items)
+    s, i = np.repeat(np.arange(subjects), items), np.tile(np.arange(items), subjects)
+    eta = -0.3 + 0.5 * age[s] + u[s] + v[i]
+    y = (rng.random(s.size) < 1 / (1 + np.exp(-eta))).astype(int)
+    return pl.DataFrame(
+        {
+            "y": y,
+            "age": age[s],
+            "subject": [f"s{k:03d}" for k in s],
+            "item": [f"i{k:02d}" for k in i],
+        }
+    )
 
 
 def by_stat(table: pl.DataFrame) -> dict[str, dict]:
