@@ -525,6 +525,7 @@ def run_bambi(
     """
     start = time.perf_counter()
     import bambi
+    import numpy as np  # noqa: F401  (Bambi evaluates a formula's np.log(t) in this frame)
 
     res.import_s = time.perf_counter() - start
     res.base_mb = rss_mb()
