@@ -352,7 +352,10 @@ class Model:
 
         rejected = {k: v for k, v in sampler_kwargs.items() if k in compat.FIT}
         compat.reject("fit", compat.FIT, rejected)
-        check_sampler_kwargs(sampler_kwargs)
+        # checked as nutpie will get them: a low-rank setting is valid where bayesmer chose
+        # the low-rank mass matrix (crossed factors), though the user did not name it
+        kwargs = {**default_sampler_kwargs(self.spec), **sampler_kwargs}
+        check_sampler_kwargs(kwargs)
         if type_predict not in ("response", "link"):
             raise ValueError(f"type_predict must be 'response' or 'link', got {type_predict!r}.")
         if exponentiate and not self._family.exponentiates:
@@ -373,7 +376,6 @@ class Model:
             # a large model's group effects are computed after sampling (one copy in memory)
             self._sampler = sampler(build_model(spec), deterministics=not is_large(spec))
         seed = secrets.randbelow(2**31) if random_seed is None else random_seed
-        kwargs = {**default_sampler_kwargs(spec), **sampler_kwargs}
         try:
             posterior = self._sampler.sample(
                 draws, tune, chains, seed, progressbar, keep=spec.reported, **kwargs

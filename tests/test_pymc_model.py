@@ -1,6 +1,8 @@
 """The PyMC model: its likelihood equals the exact one up to a constant, and the
 parametrization (centring, nesting, within-group predictors) reports the usual quantities."""
 
+import warnings
+
 import numpy as np
 import polars as pl
 import pytensor
@@ -181,6 +183,24 @@ def test_crossed_factors_the_one_of_fewest_levels_carries_the_intercept():
     spec = glmer(formula, crossed_data(30, 30), family="binomial").spec
     assert carrier(spec).name == "subject"
     assert default_sampler_kwargs(spec)["adaptation"] == "low_rank"
+
+
+def test_low_rank_settings_pass_where_bayesmer_chose_the_low_rank_mass_matrix():
+    """A setting of nutpie's low-rank mass matrix is checked against the adaptation the fit
+    will use: bayesmer's choice for crossed factors counts, not nutpie's default (the check
+    used to reject ``mass_matrix_gamma`` there as a diagonal-only fit's setting)."""
+    model = glmer("y ~ age + (1|subject) + (1|item)", crossed_data(30, 30), family="binomial")
+    with warnings.catch_warnings():  # a short fit: only the settings matter here
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model.fit(
+            draws=100, tune=100, chains=2, random_seed=1, progressbar=False, mass_matrix_gamma=1e-4
+        )
+    assert model.sampler_kwargs["adaptation"] == "low_rank"
+    assert model.sampler_kwargs["mass_matrix_gamma"] == 1e-4
+    one = glmer("y ~ age + (1|subject)", crossed_data(30, 30), family="binomial")
+    with pytest.raises(TypeError, match="mass_matrix_gamma=0.0001.*not available for diag"):
+        one.fit(mass_matrix_gamma=1e-4)
+    assert one.posterior is None
 
 
 @pytest.mark.slow
