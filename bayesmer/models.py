@@ -534,12 +534,18 @@ class Model:
             f"Number of observations: {n_rows} ({cells})"
             + (f"; {spec.n_dropped} rows dropped for missing values" if spec.n_dropped else ""),
         ]
+        from .pymc_model import carrier
+
+        # of crossed factors, say which carries the intercept (the parametrization's choice)
+        held = carrier(spec) if sum(g.parent is None for g in spec.groups) >= 2 else None
         for g in spec.groups:
             within = f" within {g.parent}" if g.parent else ""
             terms = ""
             if g.slopes:
                 kind = "correlated" if g.cor_pairs else "uncorrelated"
                 terms = f"; {kind} {', '.join(g.terms)}"
+            if held is not None and g.name == held.name:
+                terms += "; carries the intercept"
             header.append(f"Groups: {g.name} {len(g.levels)}{within} ({g.parametrization}{terms})")
         from .sampling import sampler_line
 

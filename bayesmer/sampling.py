@@ -35,7 +35,7 @@ import xarray as xr
 from . import trace as traces
 from .deferred import import_deferring
 from .pymc_model import nesting
-from .spec import CENTRED_MIN_INFORMATION, ModelSpec
+from .spec import CENTRED_MIN_INFORMATION, GroupSpec, ModelSpec
 
 #: nutpie, imported with ArviZ deferred (bayesmer converts the draws itself, see
 #: :mod:`bayesmer.trace`; ArviZ loads when something else uses it).
@@ -201,7 +201,25 @@ def sampler_line(
             listed = ", ".join(settings[:-1]) + " and " if len(settings) > 1 else ""
             listed += settings[-1]
             line += f" ({listed} by default: {n_levels(spec):,} group levels)"
+    narrow = narrow_crossed_factor(spec)
+    if narrow is not None and sampler_kwargs.get("adaptation") == "low_rank":
+        line += (
+            f"; low-rank mass matrix by default: the mean of the {len(narrow.levels)} "
+            f"{narrow.name} effects trades off against the intercept"
+        )
     return line
+
+
+def narrow_crossed_factor(spec: ModelSpec) -> GroupSpec | None:
+    """Of two or more crossed grouping factors, the one with the fewest levels of those that
+    do not carry the intercept, if it has fewer than :data:`LOW_RANK_MAX_LEVELS`: the mean of
+    its effects and the intercept trade off (see :func:`default_sampler_kwargs`)."""
+    roots = [n for n in nesting(spec) if n.group.parent is None]
+    uncarried = [n.group for n in roots if not n.carries]
+    if len(roots) < 2:
+        return None
+    narrow = min(uncarried, key=lambda g: len(g.levels))
+    return narrow if len(narrow.levels) < LOW_RANK_MAX_LEVELS else None
 
 
 def default_sampler_kwargs(spec: ModelSpec) -> dict[str, Any]:
@@ -264,9 +282,7 @@ def default_sampler_kwargs(spec: ModelSpec) -> dict[str, Any]:
         out["target_accept"] = 0.99 if both_funnels else 0.95
     elif any(g.cor_pairs for g in spec.groups) and not is_large(spec):
         out["target_accept"] = max(out["target_accept"], 0.9)
-    roots = [n for n in nesting(spec) if n.group.parent is None]
-    uncarried = [len(n.group.levels) for n in roots if not n.carries]
-    if len(roots) >= 2 and min(uncarried) < LOW_RANK_MAX_LEVELS:
+    if narrow_crossed_factor(spec) is not None:
         out["adaptation"] = "low_rank"
     return out
 

@@ -197,6 +197,10 @@ def test_low_rank_settings_pass_where_bayesmer_chose_the_low_rank_mass_matrix():
         )
     assert model.sampler_kwargs["adaptation"] == "low_rank"
     assert model.sampler_kwargs["mass_matrix_gamma"] == 1e-4
+    text = str(model.summary())
+    assert "Groups: subject 30 (mixed (26 of 30 centred); carries the intercept)" in text
+    assert "Groups: item 30 (mixed (24 of 30 centred))\n" in text
+    assert "low-rank mass matrix by default: the mean of the 30 item effects trades off" in text
     one = glmer("y ~ age + (1|subject)", crossed_data(30, 30), family="binomial")
     with pytest.raises(TypeError, match="mass_matrix_gamma=0.0001.*not available for diag"):
         one.fit(mass_matrix_gamma=1e-4)
@@ -215,6 +219,9 @@ def test_crossed_factors_converge_with_the_diagonal_mass_matrix():
     assert main["ess_bulk"].min() >= 1000
     assert main["rhat"].max() <= 1.01
     assert model.sampler_kwargs.get("adaptation") is None
+    text = str(model.summary())
+    assert "Groups: item 24 (centered; carries the intercept)" in text
+    assert "low-rank" not in text
 
 
 def test_nested_within_centred_model_is_the_usual_glmm(grouseticks):
