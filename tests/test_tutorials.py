@@ -30,6 +30,7 @@ NAMES = [
     "05_random_slopes",
     "06_linear_mixed_models",
     "07_big_data",
+    "08_crossed_effects",
 ]
 #: Seconds one cell may take (a fit compiles, then samples, on a shared 2-core machine).
 CELL_TIMEOUT = 900
