@@ -75,8 +75,9 @@ for k, (kind, colour) in enumerate((("regular", "tab:blue"), ("irregular", "tab:
     x = np.arange(len(rows)) + k * (len(rows) + 1)
     ax.bar(x, rows["share"], color=colour, label=f"{kind} verbs")
 ax.set_xticks([])
-ax.set(ylabel="share read correctly", ylim=(0, 1), title="Each bar is one word (40 readers)")
-ax.legend(frameon=False, loc="lower right")
+ax.set(ylabel="share read correctly", ylim=(0, 1.15), title="Each bar is one word (40 readers)")
+ax.set_yticks([0, 0.25, 0.5, 0.75, 1])
+ax.legend(frameon=False, loc="upper left", ncols=2)
 ax.spines[["top", "right"]].set_visible(False)
 fig.tight_layout()
 
@@ -142,6 +143,9 @@ for k, r in enumerate(intervals.iter_rows(named=True)):
 ax.axvline(np.exp(TRUE_LOG_OR), color="tab:red", ls="--", label="true odds ratio")
 ax.axvline(1, color="black", lw=0.5)
 ax.set_xscale("log")
+ticks = [0.25, 0.35, 0.5, 0.7, 1.0, 1.4]
+ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+ax.minorticks_off()
 ax.set_yticks(range(len(intervals)), intervals["model"].to_list())
 ax.set(xlabel="odds ratio, irregular vs regular (95% interval)", ylim=(-0.6, 1.6))
 ax.legend(frameon=False, loc="upper right")
