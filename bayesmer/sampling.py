@@ -455,13 +455,16 @@ class Sampler:
         posterior = trace["posterior"].to_dataset()
         missing = [name for name in keep if name not in posterior.data_vars]
         if missing:
-            posterior = posterior.assign(self._deterministics(posterior, missing))
+            posterior = posterior.assign(self._deterministics(posterior, missing, keep))
         trace["posterior"] = posterior[[name for name in keep if name in posterior.data_vars]]
         return trace
 
-    def _deterministics(self, posterior: xr.Dataset, names: list[str]) -> dict[str, Any]:
+    def _deterministics(
+        self, posterior: xr.Dataset, names: list[str], keep: Sequence[str] = ()
+    ) -> dict[str, Any]:
         """Draws of the model's deterministics ``names`` from the draws of its free variables
-        in ``posterior`` (this fit's data are set on the model: inside :meth:`sample`)."""
+        in ``posterior`` (this fit's data are set on the model: inside :meth:`sample`). The
+        arrays of free variables not in ``keep`` may be overwritten (see below)."""
         model = self.compilation.model
         free = [rv.name for rv in model.free_RVs]
         fn = model.compile_fn(
@@ -469,12 +472,20 @@ class Sampler:
         )
         values = {name: posterior[name].values for name in free}
         n_chains, n_draws = posterior.sizes["chain"], posterior.sizes["draw"]
+        # A free variable that is not reported (a large model's standardised group effects)
+        # lends its array to a deterministic of the same shape (their group effects): each
+        # draw's inputs are read before its outputs are written, and the pair is held once.
+        spare = [
+            name
+            for name in free
+            if name not in names and name not in keep and values[name].dtype == np.float64
+        ]
         out: list[np.ndarray] = []
         for c in range(n_chains):
             for d in range(n_draws):
                 results = fn({name: value[c, d] for name, value in values.items()})
                 if not out:
-                    out = [np.empty((n_chains, n_draws, *np.shape(r))) for r in results]
+                    out = [self._output_array(values, spare, n_chains, n_draws, r) for r in results]
                 for array, result in zip(out, results, strict=True):
                     array[c, d] = result
         variables = {}
@@ -484,6 +495,19 @@ class Sampler:
             coords = {d: self.coords[d] for d in dims if d in self.coords}
             variables[name] = xr.DataArray(array, dims=["chain", "draw", *dims], coords=coords)
         return variables
+
+    @staticmethod
+    def _output_array(
+        values: dict[str, np.ndarray], spare: list[str], chains: int, draws: int, result: Any
+    ) -> np.ndarray:
+        """Where a deterministic's draws go: the array of a spare free variable of its shape
+        (taken off ``spare``), else a new one."""
+        shape = (chains, draws, *np.shape(result))
+        for name in spare:
+            if values[name].shape == shape and values[name].flags.writeable:
+                spare.remove(name)
+                return values[name]
+        return np.empty(shape)
 
     def _labelled(self, trace: xr.DataTree) -> xr.DataTree:
         """The draws labelled with this model's coordinates (the compiled model may have been

@@ -52,8 +52,8 @@ def skipped_stats(settings: Mapping[str, Any]) -> set[str]:
 
 
 def to_datatree(
-    draw_batches: Sequence[Any],
-    stat_batches: Sequence[Any],
+    draw_batches: list[Any],
+    stat_batches: list[Any],
     coords: Mapping[str, Sequence[Any]],
     skip_draws: Sequence[str] = (),
     skip_stats: set[str] | frozenset[str] = frozenset(),
@@ -63,9 +63,10 @@ def to_datatree(
 
     Parameters
     ----------
-    draw_batches, stat_batches : sequence of Arrow record batches
+    draw_batches, stat_batches : list of Arrow record batches
         One per chain, tuning draws first (nutpie's ``get_arrow_trace()``); the statistics'
-        ``tuning`` column tells them apart.
+        ``tuning`` column tells them apart. Both lists are emptied (each entry set to None)
+        as the chains are converted, which frees nutpie's buffers chain by chain.
     coords : mapping
         Values of the model's dimensions (nutpie's ``compiled.coords``).
     skip_draws : sequence of str
@@ -95,12 +96,20 @@ def to_datatree(
 
 
 def _group(
-    batches: Sequence[Any], tuning: list[int], length: int, skip: set[str]
+    batches: list[Any], tuning: list[int], length: int, skip: set[str]
 ) -> dict[str, tuple[np.ndarray, list[str]]]:
-    """Each column's values after tuning, ``(chains, length, *shape)``, and its dims."""
+    """Each column's values after tuning, ``(chains, length, *shape)``, and its dims.
+
+    Each chain's batch is released (its entry in ``batches`` set to None) once converted, so
+    the draws are held about once, not twice: nutpie's Arrow buffers of a chain are freed as
+    the chain is copied out, and the arrays are filled chain by chain (allocated empty, their
+    pages taken as they are written).
+    """
     out: dict[str, tuple[np.ndarray, list[str]]] = {}
-    for chain, batch in enumerate(batches):
+    for chain in range(len(batches)):
+        batch, batches[chain] = batches[chain], None
         rows = batch.slice(tuning[chain], batch.num_rows - tuning[chain])
+        del batch
         n = rows.num_rows
         for name in rows.column_names:
             if name in skip:
@@ -116,15 +125,11 @@ def _group(
                 values = values.flatten()
             dtype = np.dtype(values.type.to_pandas_dtype())
             if name not in out:
-                full = (len(batches), length, *shape)
-                if dtype in (np.float64, np.float32):
-                    array = np.full(full, np.nan, dtype=dtype)
-                elif dtype == np.dtype("O"):
-                    array = np.full(full, None, dtype=dtype)
-                else:
-                    array = np.zeros(full, dtype=dtype)
-                out[name] = (array, dims)
+                out[name] = (np.empty((len(batches), length, *shape), dtype=dtype), dims)
             array = out[name][0]
+            # what a chain did not draw (an aborted chain, a missing value) is NaN, None or 0
+            blank = np.nan if dtype.kind == "f" else None if dtype == np.dtype("O") else 0
+            array[chain, n:] = blank
             numbers = values.to_numpy(zero_copy_only=False)
             if missing.sum().as_py() == 0:
                 array[chain, :n] = numbers.reshape((n, *shape))
@@ -132,7 +137,10 @@ def _group(
                 present = ~missing.to_numpy(zero_copy_only=False)
                 if numbers.shape[0] == n:
                     numbers = numbers[present]
+                array[chain, :n] = blank
                 array[chain, :n][present] = numbers.reshape((int(present.sum()), *shape))
+            del column, values, numbers
+        del rows
     return out
 
 

@@ -54,6 +54,16 @@ def test_conversion_equals_nutpies(compiled, store):
     assert "sd_pclass_log__" not in ours["posterior"]  # the unconstrained value is left out
 
 
+def test_the_conversion_releases_nutpies_batches_chain_by_chain(compiled):
+    """Each chain's Arrow batch is let go once converted (so nutpie's buffers are freed as
+    the draws are copied out, not after all of them): the lists handed over end empty."""
+    raw = nutpie.sample(compiled, return_raw_trace=True, **SETTINGS)
+    draws, stats = raw.get_arrow_trace()
+    trace = to_datatree(draws, stats, compiled.coords, compiled.reparameterized_names)
+    assert draws == [None, None] and stats == [None, None]
+    assert np.isfinite(trace["posterior"]["b"].values).all()
+
+
 def test_a_shorter_chain_is_padded(compiled):
     """An interrupted sampling: the chains' draws differ in number; the missing ones are NaN
     (zero for integer statistics, None for text) as in nutpie's conversion."""
@@ -128,6 +138,30 @@ def test_deterministics_computed_after_sampling_equal_nutpies(titanic):
         assert without[name].dims == with_[name].dims
         for dim in without[name].dims:
             np.testing.assert_array_equal(without[name][dim].values, with_[name][dim].values)
+
+
+def test_group_effects_computed_after_sampling_take_the_latent_effects_place(titanic):
+    """The group effects of a model compiled without its deterministics are written into the
+    array of the latent effects they come from (not kept), so the two are held once; the
+    values are those nutpie stores (the test above)."""
+    from bayesmer import compiled as cache
+
+    model = glmer("survived ~ sex + (1|pclass)", titanic, family="binomial")
+    keep = model.spec.reported
+    sampler = cache.sampler(build_model(model.spec), deterministics=False)
+    posterior = sampler.sample(60, 80, 2, 3, False)["posterior"].to_dataset()
+    free = [rv.name for rv in sampler.compilation.model.free_RVs]
+    latent = [name for name in free if name not in keep and posterior[name].shape == (2, 60, 3)]
+    assert latent
+    before = posterior[latent[0]].values.copy()
+    with sampler.compilation.bound(sampler.data):
+        out = sampler._deterministics(posterior, ["u_pclass", "b"], keep)
+    assert np.shares_memory(out["u_pclass"].values, posterior[latent[0]].values)
+    assert not np.array_equal(posterior[latent[0]].values, before)
+    # a variable that is kept is never overwritten
+    with sampler.compilation.bound(sampler.data):
+        out = sampler._deterministics(posterior, ["u_pclass"], keep=[*keep, *latent])
+    assert not any(np.shares_memory(out["u_pclass"].values, posterior[n].values) for n in free)
 
 
 def test_a_fit_keeps_the_reported_variables(titanic):
