@@ -31,7 +31,9 @@ from bayesmer.families import get_family
 from bayesmer.formula import parse_formula
 from bayesmer.spec import ModelSpec, build_spec
 
-FIT = {"draws": 500, "tune": 500, "chains": 2, "progressbar": False, "random_seed": 11}
+# The defaults (4 chains x 1000 draws): with 2 chains x 500 draws one group effect's R-hat was
+# 1.014 on one machine and below 1.01 on another (the same seed, last-digit differences).
+FIT = {"progressbar": False, "random_seed": 11}
 
 
 def _rows(n: int = 1500, seed: int = 5) -> pl.DataFrame:
