@@ -41,6 +41,7 @@ import sys
 import time
 import warnings
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -248,6 +249,8 @@ class Result:
     peak_mb: float = math.nan
     self_maxrss_mb: float = math.nan
     tree_peak_mb: float = math.nan
+    fit_maxrss_mb: float = math.nan
+    whole_peak_mb: float = math.nan
     base_mb: float = math.nan
     cpu_s: float = math.nan
     import_s: float = math.nan
@@ -402,6 +405,17 @@ def load_polars(case: Case):
 # Measurements shared by both libraries
 
 
+#: What a benchmark's child process sends when its fit is done (its diagnostics follow).
+FITTED = "fitted"
+
+
+def maxrss_mb() -> float:
+    """Peak resident memory so far of this process and of its finished children, MiB."""
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return max(own, kids) / 1024
+
+
 def rss_mb(pid: int | str = "self") -> float:
     """Current resident set size of a process, MiB (0 when it is gone)."""
     try:
@@ -474,8 +488,11 @@ def diagnose(posterior, sample_stats, names: list[str]) -> dict[str, Any]:
 # One fit, in a child process
 
 
-def run_bayesmer(case: Case, draws: int, tune: int, chains: int, seed: int, res: Result) -> None:
-    """Fit ``case`` with bayesmer's defaults; fill ``res``."""
+def run_bayesmer(
+    case: Case, draws: int, tune: int, chains: int, seed: int, res: Result, fitted: Callable
+) -> None:
+    """Fit ``case`` with bayesmer's defaults; fill ``res``; call ``fitted(res)`` when the fit
+    is done (before the benchmark's own diagnostics)."""
     start = time.perf_counter()
     import bayesmer
 
@@ -494,6 +511,7 @@ def run_bayesmer(case: Case, draws: int, tune: int, chains: int, seed: int, res:
         extra = {} if tune is None else {"tune": tune}  # None: bayesmer's default
         model.fit(draws=draws, chains=chains, random_seed=seed, progressbar=False, **extra)
     res.wall = time.perf_counter() - start
+    fitted(res)
     res.compile = model.timings["compile"]
     res.sample = model.timings["sample"]
     res.warnings = [str(w.message) for w in caught]
@@ -517,9 +535,17 @@ def run_bayesmer(case: Case, draws: int, tune: int, chains: int, seed: int, res:
 
 
 def run_bambi(
-    case: Case, draws: int, tune: int, chains: int, seed: int, res: Result, cores: int | None
+    case: Case,
+    draws: int,
+    tune: int,
+    chains: int,
+    seed: int,
+    res: Result,
+    fitted: Callable,
+    cores: int | None,
 ) -> None:
-    """Fit ``case`` with plain Bambi (its defaults: PyMC NUTS); fill ``res``.
+    """Fit ``case`` with plain Bambi (its defaults: PyMC NUTS); fill ``res``; call
+    ``fitted(res)`` when the fit is done.
 
     ``cores=None`` keeps PyMC's default, ``min(4, cpu_count() // 2)`` processes.
     """
@@ -548,6 +574,7 @@ def run_bambi(
             **extra,
         )
     res.wall = time.perf_counter() - start
+    fitted(res)
     post = idata["posterior"].to_dataset()
     res.sample = float(post.attrs.get("sampling_time", math.nan))
     res.compile = res.wall - res.build - res.sample
@@ -566,6 +593,12 @@ def run_bambi(
 def worker(case: Case, library: str, settings: dict[str, Any], conn) -> None:
     """Child-process entry point: fit, measure, send the :class:`Result` back."""
     res = Result(case.name, library)
+
+    def fitted(res: Result) -> None:
+        """The fit is done: its own peak memory, and the parent told to stop counting."""
+        res.fit_maxrss_mb = maxrss_mb()
+        conn.send(FITTED)
+
     try:
         args = (
             case,
@@ -574,6 +607,7 @@ def worker(case: Case, library: str, settings: dict[str, Any], conn) -> None:
             settings["chains"],
             settings["seed"],
             res,
+            fitted,
         )
         if library == "bayesmer":
             run_bayesmer(*args)
@@ -601,12 +635,19 @@ def measure(
     proc = ctx.Process(target=worker, args=(case, library, settings, send), daemon=False)
     proc.start()
     send.close()
-    tree_peak, start = 0.0, time.perf_counter()
-    payload = None
+    tree_peak, whole_peak, start = 0.0, 0.0, time.perf_counter()
+    payload, fitting = None, True
     while True:
-        tree_peak = max(tree_peak, sum(rss_mb(p) for p in descendants(proc.pid)))
+        tree = sum(rss_mb(p) for p in descendants(proc.pid))
+        whole_peak = max(whole_peak, tree)
+        if fitting:
+            tree_peak = whole_peak
         if recv.poll(poll):
-            payload = recv.recv()
+            message = recv.recv()
+            if message == FITTED:
+                fitting = False
+                continue
+            payload = message
             break
         if not proc.is_alive():
             break
@@ -629,7 +670,12 @@ def measure(
     else:
         res = Result(**payload)
     res.tree_peak_mb = tree_peak
-    res.peak_mb = max(tree_peak, 0.0 if math.isnan(res.self_maxrss_mb) else res.self_maxrss_mb)
+    # the fit's peak: until the fit is done (the benchmark's own diagnostics come after)
+    own = res.fit_maxrss_mb if not math.isnan(res.fit_maxrss_mb) else res.self_maxrss_mb
+    res.peak_mb = max(tree_peak, 0.0 if math.isnan(own) else own)
+    res.whole_peak_mb = max(
+        whole_peak, 0.0 if math.isnan(res.self_maxrss_mb) else res.self_maxrss_mb
+    )
     res.load_before = load_before
     res.load_after = os.getloadavg()[0]
     return res
@@ -710,8 +756,9 @@ def details(results: list[Result]) -> str:
             f"- {r.case} / {r.library}: {r.note}; sampler {r.sampler or '-'}; worst bulk ESS "
             f"{r.worst_ess_term or '-'}, min tail ESS {_fmt(r.min_ess_tail, 0)}; leapfrog steps "
             f"per draw {_fmt(r.n_steps)}, step size {_fmt(r.step_size, 3)}; memory after "
-            f"imports {_fmt(r.base_mb, 0)} MB (import {_fmt(r.import_s)} s); peak = max(tree "
-            f"RSS {_fmt(r.tree_peak_mb, 0)}, ru_maxrss {_fmt(r.self_maxrss_mb, 0)})"
+            f"imports {_fmt(r.base_mb, 0)} MB (import {_fmt(r.import_s)} s); peak of the fit = "
+            f"max(tree RSS {_fmt(r.tree_peak_mb, 0)}, ru_maxrss {_fmt(r.fit_maxrss_mb, 0)}); "
+            f"with the benchmark's own diagnostics after it {_fmt(r.whole_peak_mb, 0)}"
         )
         for text, count in Counter(" ".join(w.split()) for w in r.warnings).items():
             times = f" (x{count})" if count > 1 else ""
