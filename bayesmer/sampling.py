@@ -215,10 +215,10 @@ def narrow_crossed_factor(spec: ModelSpec) -> GroupSpec | None:
     do not carry the intercept, if it has fewer than :data:`LOW_RANK_MAX_LEVELS`: the mean of
     its effects and the intercept trade off (see :func:`default_sampler_kwargs`)."""
     roots = [n for n in nesting(spec) if n.group.parent is None]
-    uncarried = [n.group for n in roots if not n.carries]
     if len(roots) < 2:
         return None
-    narrow = min(uncarried, key=lambda g: len(g.levels))
+    # at most one chain carries the intercept, so at least one root does not
+    narrow = min((n.group for n in roots if not n.carries), key=lambda g: len(g.levels))
     return narrow if len(narrow.levels) < LOW_RANK_MAX_LEVELS else None
 
 
@@ -475,11 +475,7 @@ class Sampler:
         # A free variable that is not reported (a large model's standardised group effects)
         # lends its array to a deterministic of the same shape (their group effects): each
         # draw's inputs are read before its outputs are written, and the pair is held once.
-        spare = [
-            name
-            for name in free
-            if name not in names and name not in keep and values[name].dtype == np.float64
-        ]
+        spare = [name for name in free if name not in keep and values[name].dtype == np.float64]
         out: list[np.ndarray] = []
         for c in range(n_chains):
             for d in range(n_draws):
