@@ -57,6 +57,7 @@ import numpy as np
 import platformdirs
 import pymc as pm
 import pytensor
+from pymc.logprob.transforms import Transform
 from pytensor.compile.sharedvalue import SharedVariable
 from pytensor.graph.basic import Constant, Variable
 from pytensor.graph.traversal import graph_inputs, io_toposort
@@ -196,7 +197,9 @@ def cache_folder() -> Path:
 def versions() -> dict[str, str]:
     """What the compiled callbacks depend on besides the model's structure: the versions of
     Python and every library in the chain, the machine, PyTensor's settings that change its
-    functions, and the source of bayesmer's callbacks and fused likelihood kernel."""
+    functions (not ``numba__fastmath``: models are compiled without fast-math flags,
+    :func:`bayesmer.sampling.exact_arithmetic`), and the source of bayesmer's callbacks and
+    fused likelihood kernel."""
     import llvmlite
     import numba
     import nutpie
@@ -217,7 +220,6 @@ def versions() -> dict[str, str]:
         "pytensor_config": repr(
             [
                 config.floatX,
-                config.numba__fastmath,
                 config.optimizer,
                 config.optimizer_including,
                 config.optimizer_excluding,
@@ -353,6 +355,23 @@ def structure_key(model: pm.Model) -> str:
         compiled without the cache.
     """
     outputs = _outputs(model)
+    parts = _graph_parts(outputs)
+    parts.append(
+        (
+            "model",
+            [_value_key(model.rvs_to_transforms.get(v)) for v in model.free_RVs],
+            sorted((k, tuple(v)) for k, v in model.named_vars_to_dims.items()),
+            sorted((k, len(v)) for k, v in model.coords.items()),
+            model.check_bounds,
+        )
+    )
+    return hashlib.sha256(repr(parts).encode()).hexdigest()
+
+
+def _graph_parts(outputs: list[Variable]) -> list[Any]:
+    """The graph of ``outputs`` as plain values: its inputs (data by name and type,
+    constants by value), its operations in order with the positions of their inputs, and
+    the outputs' positions and names."""
     roots = list(graph_inputs(outputs))
     ids: dict[Variable, int] = {}
     parts: list[Any] = []
@@ -369,16 +388,7 @@ def structure_key(model: pm.Model) -> str:
         for out in node.outputs:
             ids[out] = len(ids)
     parts.append(("outputs", [ids[v] for v in outputs], [v.name for v in outputs]))
-    parts.append(
-        (
-            "model",
-            [_value_key(model.rvs_to_transforms.get(v)) for v in model.free_RVs],
-            sorted((k, tuple(v)) for k, v in model.named_vars_to_dims.items()),
-            sorted((k, len(v)) for k, v in model.coords.items()),
-            model.check_bounds,
-        )
-    )
-    return hashlib.sha256(repr(parts).encode()).hexdigest()
+    return parts
 
 
 def _op_key(op: Any) -> Any:
@@ -404,6 +414,14 @@ def _value_key(value: Any) -> Any:
         return sorted((repr(k), _value_key(v)) for k, v in value.items())
     if hasattr(value, "_props_dict"):
         return _op_key(value)
+    if isinstance(value, Variable):  # e.g. the size of an LKJ Cholesky transform
+        return ("graph", _graph_parts([value]))
+    if isinstance(value, Transform):  # by its parameters: a pickle holds PyTensor's ids
+        return (
+            "transform",
+            f"{type(value).__module__}.{type(value).__qualname__}",
+            _value_key(vars(value)),
+        )
     try:
         return ("object", hashlib.sha256(pickle.dumps(value)).hexdigest())
     except (pickle.PicklingError, TypeError, AttributeError) as err:
