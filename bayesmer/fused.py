@@ -158,25 +158,30 @@ def linear_likelihood(family: str, c, Xt, b, gathers: list[tuple[Any, Any]], y, 
     return LinearLikelihood(family, len(gathers), columns)(c, Xt, b, *args, y, w)[0]
 
 
-#: LLVM fast-math flags of the reductions: reassociation lets the sums and the product of
-#: ``1 + exp(-|eta|)`` run in SIMD lanes. No ``nnan``/``ninf``: a non-finite linear
-#: predictor must still give a non-finite log density.
-REDUCTION_FLAGS = frozenset({"reassoc", "contract", "nsz", "arcp"})
+#: Lanes of the sums and products over rows: each is taken as LANES running sums (or
+#: products) of every LANES-th row, combined pairwise at the end. The compiler turns the
+#: lanes into SIMD instructions without reassociating anything (:data:`KERNEL_FLAGS`), so
+#: the order of every operation is the one written here.
+LANES = 8
 
-#: LLVM fast-math flags of the exp passes: PyTensor's (contraction into fused multiply-adds,
-#: approximate functions, reciprocals, no signed zeros) without reassociation, which would
-#: cost the two-part reduction below its extra precision (3e-14 instead of 2e-16, for no
-#: speed: the loop is vectorised either way). Set on the functions themselves, with their
-#: error model: numba otherwise compiles a callee with the flags of its first caller and keeps
-#: that version for every later caller, so the kernel's last digits (and seeded draws) would
-#: depend on what the process had compiled before.
-EXP_FLAGS = frozenset({"contract", "afn", "arcp", "nsz"})
+#: LLVM fast-math flags of every kernel: none. A flag that lets the compiler change a result
+#: (reassociation, contraction into fused multiply-adds, approximate functions or
+#: reciprocals) makes the last bits depend on how the code was optimised, and numba
+#: optimises a function again when it links it into its caller: the first process that
+#: compiled a model (whose callbacks call the functions it compiled on their own) and a later
+#: one that loads the callbacks from the cache (and runs their linked-in copies) then
+#: computed log densities a bit apart, and their seeded draws parted after a few hundred
+#: iterations. Without them the result is the one the source states wherever it is compiled
+#: (tested across processes in ``tests/test_compiled.py``); the explicit lanes keep the
+#: loops vectorised. Set on each function, with its error model: numba otherwise compiles a
+#: callee with the flags of its first caller and keeps that version for every later caller.
+KERNEL_FLAGS = False
 
 # exp(a) in plain arithmetic (so that a loop of it is vectorised): a = k ln2 + r,
 # |r| <= ln2 / 2, by Cody and Waite's two-part ln2 (fdlibm's); exp(r) by its Taylor
 # polynomial of degree 13 (truncation below 2e-16); 2**(k - 1) built from the bits of
 # k + 1.5 * 2**52, whose low bits hold k, then doubled; no product of two of the factors
-# overflows in any order. Compiled with :data:`EXP_FLAGS` (no reassociation): a relative
+# overflows in any order. Compiled with :data:`KERNEL_FLAGS` (none): a relative
 # error of 2e-16 against NumPy's exp (tested).
 # Arguments are clipped to [-708, 709]: below -708 gives exp(-708) (about 3e-308) instead of
 # a smaller number or 0, an absolute difference below 1e-307; above 709 gives exp(709)
@@ -210,6 +215,96 @@ def _int_as_float(typingctx, value):
     return types.float64(types.int64), codegen
 
 
+@intrinsic
+def _fma(typingctx, a, b, c):
+    """``a * b + c`` rounded once (LLVM's ``fma``: one instruction on processors with fused
+    multiply-add, the same result, computed slower, on others). Written out where wanted, so
+    that no compiler decides it (:data:`KERNEL_FLAGS`)."""
+
+    def codegen(context, builder, signature, args):
+        double = ir.DoubleType()
+        fnty = ir.FunctionType(double, [double, double, double])
+        fn = builder.module.declare_intrinsic("llvm.fma", [double], fnty)
+        return builder.call(fn, args)
+
+    return types.float64(types.float64, types.float64, types.float64), codegen
+
+
+@functools.cache
+def _lane_kernels() -> tuple[Callable, Callable, Callable]:
+    """Sums over rows in :data:`LANES` lanes: ``sum(a)``, ``sum(a * b)`` and
+    ``sum(log(1 + e))`` (made once per process)."""
+    import numba
+
+    lanes = LANES
+    flags = {"boundscheck": False, "fastmath": KERNEL_FLAGS, "error_model": "numpy"}
+
+    @numba.njit(**flags)
+    def lane_sum(a):  # pragma: no cover - numba code
+        """``sum(a)``: LANES running sums of every LANES-th element, then pairwise."""
+        n = a.shape[0]
+        full = n - n % lanes
+        s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = 0.0
+        for i in range(0, full, lanes):
+            s0 += a[i]
+            s1 += a[i + 1]
+            s2 += a[i + 2]
+            s3 += a[i + 3]
+            s4 += a[i + 4]
+            s5 += a[i + 5]
+            s6 += a[i + 6]
+            s7 += a[i + 7]
+        for i in range(full, n):
+            s0 += a[i]
+        return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
+
+    @numba.njit(**flags)
+    def lane_dot(a, b):  # pragma: no cover - numba code
+        """``sum(a * b)``, in the lanes of :func:`lane_sum`."""
+        n = a.shape[0]
+        full = n - n % lanes
+        s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = 0.0
+        for i in range(0, full, lanes):
+            s0 += a[i] * b[i]
+            s1 += a[i + 1] * b[i + 1]
+            s2 += a[i + 2] * b[i + 2]
+            s3 += a[i + 3] * b[i + 3]
+            s4 += a[i + 4] * b[i + 4]
+            s5 += a[i + 5] * b[i + 5]
+            s6 += a[i + 6] * b[i + 6]
+            s7 += a[i + 7] * b[i + 7]
+        for i in range(full, n):
+            s0 += a[i] * b[i]
+        return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
+
+    @numba.njit(**flags)
+    def log1p_sum(e):  # pragma: no cover - numba code
+        """``sum(log(1 + e))`` for ``0 <= e <= 1``: the log of products of the factors
+        ``1 + e`` (each in [1, 2]), PRODUCT_BLOCK at most per log, in the lanes of
+        :func:`lane_sum`."""
+        n = e.shape[0]
+        total = 0.0
+        for start in range(0, n, PRODUCT_BLOCK):
+            stop = min(start + PRODUCT_BLOCK, n)
+            full = stop - (stop - start) % lanes
+            p0 = p1 = p2 = p3 = p4 = p5 = p6 = p7 = 1.0
+            for i in range(start, full, lanes):
+                p0 *= 1.0 + e[i]
+                p1 *= 1.0 + e[i + 1]
+                p2 *= 1.0 + e[i + 2]
+                p3 *= 1.0 + e[i + 3]
+                p4 *= 1.0 + e[i + 4]
+                p5 *= 1.0 + e[i + 5]
+                p6 *= 1.0 + e[i + 6]
+                p7 *= 1.0 + e[i + 7]
+            for i in range(full, stop):
+                p0 *= 1.0 + e[i]
+            total += np.log(((p0 * p1) * (p2 * p3)) * ((p4 * p5) * (p6 * p7)))
+        return total
+
+    return lane_sum, lane_dot, log1p_sum
+
+
 @functools.cache
 def _row_kernels() -> tuple[Callable, Callable, Callable]:
     """The vectorised passes of the kernels: ``exp(-|eta|)`` and the log-likelihood with the
@@ -219,36 +314,37 @@ def _row_kernels() -> tuple[Callable, Callable, Callable]:
 
     c13, c12, c11, c10, c9, c8, c7, c6, c5, c4, c3, c2, c1, c0 = _TAYLOR
     log2e, shift, shift_bits, ln2_hi, ln2_lo = _LOG2E, _SHIFT, _SHIFT_BITS, _LN2_HI, _LN2_LO
-    block = PRODUCT_BLOCK
+    lane_sum, _, log1p_sum = _lane_kernels()
+    flags = {"boundscheck": False, "fastmath": KERNEL_FLAGS, "error_model": "numpy"}
 
     @numba.njit(boundscheck=False, inline="always")
     def exp_clipped(a):  # pragma: no cover - numba code
         """``exp(a)`` for ``-708 <= a <= 709``."""
-        k = np.floor(a * log2e + 0.5)
+        k = np.floor(_fma(a, log2e, 0.5))
         t = k + shift  # exact: k is a whole number below 2**10 in size
-        r = (a - k * ln2_hi) - k * ln2_lo
-        p = c13 * r + c12
-        p = p * r + c11
-        p = p * r + c10
-        p = p * r + c9
-        p = p * r + c8
-        p = p * r + c7
-        p = p * r + c6
-        p = p * r + c5
-        p = p * r + c4
-        p = p * r + c3
-        p = p * r + c2
-        p = p * r + c1
-        p = p * r + c0
+        r = _fma(-k, ln2_lo, _fma(-k, ln2_hi, a))
+        p = _fma(c13, r, c12)
+        p = _fma(p, r, c11)
+        p = _fma(p, r, c10)
+        p = _fma(p, r, c9)
+        p = _fma(p, r, c8)
+        p = _fma(p, r, c7)
+        p = _fma(p, r, c6)
+        p = _fma(p, r, c5)
+        p = _fma(p, r, c4)
+        p = _fma(p, r, c3)
+        p = _fma(p, r, c2)
+        p = _fma(p, r, c1)
+        p = _fma(p, r, c0)
         return p * _int_as_float((_float_as_int(t) - shift_bits + 1022) << 52) * 2.0
 
-    @numba.njit(boundscheck=False, fastmath=set(EXP_FLAGS), error_model="numpy")
+    @numba.njit(**flags)
     def exp_neg_abs(eta, e):  # pragma: no cover - numba code
         """``e = exp(-|eta|)``."""
         for i in range(eta.shape[0]):
             e[i] = exp_clipped(max(-abs(eta[i]), -708.0))
 
-    @numba.njit(boundscheck=False, fastmath=set(EXP_FLAGS), error_model="numpy")
+    @numba.njit(**flags)
     def exp_all(a, e):  # pragma: no cover - numba code
         """``e = exp(a)``, ``a`` clipped to [-708, 709]."""
         for i in range(a.shape[0]):
@@ -256,30 +352,24 @@ def _row_kernels() -> tuple[Callable, Callable, Callable]:
 
     # error_model="numpy": a division by zero gives inf or NaN instead of raising, so the
     # division of the residuals has no branch and its loop is vectorised (2.1 -> 0.6 ns a row)
-    @numba.njit(boundscheck=False, fastmath=set(REDUCTION_FLAGS), error_model="numpy")
-    def binomial_terms(eta, e, y, w, r):  # pragma: no cover - numba code
-        """The log-likelihood ``sum(y eta - w softplus(eta))``; ``r = y - w sigmoid(eta)``."""
+    @numba.njit(**flags)
+    def binomial_terms(eta, e, y, w, r, t):  # pragma: no cover - numba code
+        """The log-likelihood ``sum(y eta - w softplus(eta))``; ``r = y - w sigmoid(eta)``
+        (``t`` is scratch space of the rows' size)."""
         n = eta.shape[0]
-        linear = 0.0
         all_one = True
         for i in range(n):
             one_e = 1.0 + e[i]
             top = 1.0 if eta[i] >= 0.0 else e[i]
             r[i] = y[i] - w[i] * (top / one_e)
-            linear += y[i] * eta[i] - w[i] * max(eta[i], 0.0)
+            t[i] = y[i] * eta[i] - w[i] * max(eta[i], 0.0)
             all_one = all_one and w[i] == 1.0
-        logs = 0.0
+        linear = lane_sum(t)
         if all_one:
-            # sum of log(1 + e): the log of products of BLOCK factors in (1, 2]
-            for start in range(0, n, block):
-                prod = 1.0
-                for i in range(start, min(start + block, n)):
-                    prod *= 1.0 + e[i]
-                logs += np.log(prod)
-        else:
-            for i in range(n):
-                logs += w[i] * np.log1p(e[i])
-        return linear - logs
+            return linear - log1p_sum(e)
+        for i in range(n):
+            t[i] = w[i] * np.log1p(e[i])
+        return linear - lane_sum(t)
 
     return exp_neg_abs, binomial_terms, exp_all
 
@@ -295,13 +385,15 @@ def _kernel_source(family: str, n: int, p: int) -> str:
     memory-bound). Per block: the linear predictor; for the binomial-logit likelihood
     ``exp(-|eta|)``, the log-likelihood and the residuals, for the Poisson one ``exp(eta +
     log offset)``, the log-likelihood and the residuals, in vectorised loops
-    (:func:`_row_kernels`); then
-    ``sum(r)`` and ``X.T @ r`` in one vectorised loop, and the scatter of ``r`` into each
-    factor's group means.
+    (:func:`_row_kernels`); then ``sum(r)`` and ``X.T @ r`` in the lanes of
+    :func:`_lane_kernels`, and the scatter of ``r`` into each factor's group means. Every
+    sum is taken in the order written here (:data:`KERNEL_FLAGS`).
     """
     pairs = "".join(f"m{k}, i{k}, " for k in range(n))
-    terms = ["c_", *(f"x{j}[i] * b{j}" for j in range(p))]
-    terms += [f"m{k}[int(i{k}[i])]" for k in range(n)]
+    linear = "c_"
+    for j in range(p):
+        linear = f"fma(x{j}[i], b{j}, {linear})"
+    terms = [linear, *(f"m{k}[int(i{k}[i])]" for k in range(n))]
     head = [
         f"def fused(c, Xt, b, {pairs}y, w):",
         "    n_rows = y.shape[0]",
@@ -311,6 +403,7 @@ def _kernel_source(family: str, n: int, p: int) -> str:
         "    eta = np.empty(BLOCK)",
         "    r = np.empty(BLOCK)",
         "    e = np.empty(BLOCK)",
+        "    t = np.empty(BLOCK)",
         "    logp = 0.0",
         "    dc = 0.0",
         *(f"    db{j} = 0.0" for j in range(p)),
@@ -325,7 +418,7 @@ def _kernel_source(family: str, n: int, p: int) -> str:
         likelihood = [
             "        exp_neg_abs(eta[:size], e[:size])",
             "        logp += binomial_terms(",
-            "            eta[:size], e[:size], y[start:stop], w[start:stop], r[:size]",
+            "            eta[:size], e[:size], y[start:stop], w[start:stop], r[:size], t[:size]",
             "        )",
         ]
     else:
@@ -335,14 +428,13 @@ def _kernel_source(family: str, n: int, p: int) -> str:
             "        exp_all(eta[:size], e[:size])",
             "        for i in range(start, stop):",
             "            mu = e[i - start]",
-            "            logp += y[i] * eta[i - start] - mu",
+            "            t[i - start] = y[i] * eta[i - start] - mu",
             "            r[i - start] = y[i] - mu",
+            "        logp += lane_sum(t[:size])",
         ]
     gradient = [
-        "        for i in range(start, stop):",
-        "            ri = r[i - start]",
-        "            dc += ri",
-        *(f"            db{j} += ri * x{j}[i]" for j in range(p)),
+        "        dc += lane_sum(r[:size])",
+        *(f"        db{j} += lane_dot(r[:size], x{j}[start:stop])" for j in range(p)),
     ]
     for k in range(n):
         gradient += [
@@ -363,8 +455,12 @@ def _numba_funcify(op: LinearLikelihood, node=None, **kwargs) -> tuple[Callable,
     from pytensor.link.numba.dispatch import basic as numba_basic
 
     exp_neg_abs, binomial_terms, exp_all = _row_kernels()
+    lane_sum, lane_dot, _ = _lane_kernels()
     scope = {
         "np": np,
+        "lane_sum": lane_sum,
+        "lane_dot": lane_dot,
+        "fma": _fma,
         "exp_neg_abs": exp_neg_abs,
         "binomial_terms": binomial_terms,
         "exp_all": exp_all,
@@ -376,7 +472,10 @@ def _numba_funcify(op: LinearLikelihood, node=None, **kwargs) -> tuple[Callable,
     # to its key, so a changed kernel is compiled anew
     # (and that of the module, which holds the vectorised passes)
     version = int(hashlib.sha256(Path(__file__).read_bytes()).hexdigest()[:12], 16)
-    return numba_basic.numba_njit(scope["fused"], boundscheck=False, error_model="numpy"), version
+    kernel = numba_basic.numba_njit(
+        scope["fused"], boundscheck=False, fastmath=KERNEL_FLAGS, error_model="numpy"
+    )
+    return kernel, version
 
 
 def register() -> None:

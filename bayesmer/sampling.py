@@ -467,9 +467,10 @@ class Sampler:
         arrays of free variables not in ``keep`` may be overwritten (see below)."""
         model = self.compilation.model
         free = [rv.name for rv in model.free_RVs]
-        fn = model.compile_fn(
-            [model[name] for name in names], inputs=model.free_RVs, on_unused_input="ignore"
-        )
+        with exact_arithmetic():
+            fn = model.compile_fn(
+                [model[name] for name in names], inputs=model.free_RVs, on_unused_input="ignore"
+            )
         values = {name: posterior[name].values for name in free}
         n_chains, n_draws = posterior.sizes["chain"], posterior.sizes["draw"]
         # A free variable that is not reported (a large model's standardised group effects)
@@ -661,6 +662,19 @@ CALLBACKS_FILE = Path(__file__).with_name("callbacks.py")
 _PATCH_LOCK = threading.Lock()
 
 
+@contextmanager
+def exact_arithmetic() -> Iterator[None]:
+    """PyTensor's numba functions compiled without fast-math flags (PyTensor's setting
+    ``numba__fastmath``), as bayesmer's own kernels are (:data:`bayesmer.fused.KERNEL_FLAGS`):
+    a flag that lets the compiler change results makes a model's log density differ in its
+    last bits between the process that compiled it and one that loads it from a cache, and
+    its seeded draws with them."""
+    import pytensor
+
+    with pytensor.config.change_flags(numba__fastmath=False):
+        yield
+
+
 class UnexpectedLayout(ValueError):
     """nutpie's shared data are not the one float64 vector bayesmer's callbacks read."""
 
@@ -816,6 +830,12 @@ def compile_model(
     -------
     nutpie CompiledPyMCModel
     """
+    with exact_arithmetic():
+        return _compile_model(model, callbacks_file, deterministics)
+
+
+def _compile_model(model: pm.Model, callbacks_file: Path | None, deterministics: bool) -> Any:
+    """:func:`compile_model` under the settings it compiles with."""
     var_names = None if deterministics else [rv.name for rv in model.free_RVs]
     if not loop_callbacks_supported():
         logger.info(
