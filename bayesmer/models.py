@@ -300,9 +300,9 @@ class Model:
             factor hold a single nested level, whose two sds trade off (see
             :func:`bayesmer.sampling.default_draws`; :meth:`summary` says so).
         tune : int, optional
-            Tuning steps per chain: by default 1000, or 500 for a model with thousands of
-            group levels (see :func:`bayesmer.sampling.default_tune`; :meth:`summary` says
-            so).
+            Tuning steps per chain, at least 1: by default 1000, or 500 for a model with
+            thousands of group levels (see :func:`bayesmer.sampling.default_tune`;
+            :meth:`summary` says so).
         chains : int, default 4
             Number of chains.
         random_seed : int, optional
@@ -369,7 +369,8 @@ class Model:
         if tune is None:
             tune = default_tune(self.spec)
         for name, value in (("draws", draws), ("tune", tune), ("chains", chains)):
-            if not isinstance(value, int) or value < (0 if name == "tune" else 1):
+            if not isinstance(value, int) or value < 1:
+                # tune=0 made nutpie's adaptation panic (its first window must end in tuning)
                 raise ValueError(f"{name} must be a positive integer, got {value!r}.")
         spec = self.spec
         if self._sampler is None:

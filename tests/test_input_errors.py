@@ -162,6 +162,9 @@ def test_bad_fit_arguments(small):
         model.fit(ci=95)
     with pytest.raises(ValueError, match="draws must be a positive integer"):
         model.fit(draws=0)
+    # refused before sampling: nutpie's adaptation panicked ("early_end < num_tune")
+    with pytest.raises(ValueError, match="tune must be a positive integer, got 0"):
+        model.fit(tune=0)
     with pytest.raises(ValueError, match="exponentiate=True needs a logit or log link"):
         glm("y ~ x", small, link="probit", family="binomial").fit(exponentiate=True)
 
