@@ -312,7 +312,7 @@ def _row_kernels() -> tuple[Callable, Callable, Callable]:
     Poisson one (made once per process)."""
     import numba
 
-    c13, c12, c11, c10, c9, c8, c7, c6, c5, c4, c3, c2, c1, c0 = _TAYLOR
+    top, taylor = _TAYLOR[0], _TAYLOR[1:]
     log2e, shift, shift_bits, ln2_hi, ln2_lo = _LOG2E, _SHIFT, _SHIFT_BITS, _LN2_HI, _LN2_LO
     lane_sum, _, log1p_sum = _lane_kernels()
     flags = {"boundscheck": False, "fastmath": KERNEL_FLAGS, "error_model": "numpy"}
@@ -323,19 +323,9 @@ def _row_kernels() -> tuple[Callable, Callable, Callable]:
         k = np.floor(_fma(a, log2e, 0.5))
         t = k + shift  # exact: k is a whole number below 2**10 in size
         r = _fma(-k, ln2_lo, _fma(-k, ln2_hi, a))
-        p = _fma(c13, r, c12)
-        p = _fma(p, r, c11)
-        p = _fma(p, r, c10)
-        p = _fma(p, r, c9)
-        p = _fma(p, r, c8)
-        p = _fma(p, r, c7)
-        p = _fma(p, r, c6)
-        p = _fma(p, r, c5)
-        p = _fma(p, r, c4)
-        p = _fma(p, r, c3)
-        p = _fma(p, r, c2)
-        p = _fma(p, r, c1)
-        p = _fma(p, r, c0)
+        p = top
+        for c in taylor:  # Horner's rule, unrolled by the compiler
+            p = _fma(p, r, c)
         return p * _int_as_float((_float_as_int(t) - shift_bits + 1022) << 52) * 2.0
 
     @numba.njit(**flags)
