@@ -56,11 +56,29 @@ CENTRED_MAX_P_VALUE = 0.001
 #: intercept and each slope must reach for a level to be centred (1 for random intercepts):
 #: a level's effects are centred jointly (MvNormal), and a weakly pinned component brings
 #: back the funnel. Measured on (x|g) data, 40 groups x 40 rows, sds 0.8 and 0.5,
-#: correlation -0.6, 4 chains x 1000 draws: binomial (values 1.1-3) with 26 of 40 levels
-#: centred gave 213 divergences and R-hat 1.10, all non-centred none; Poisson (values
-#: 12-42) all non-centred gave bulk ESS 15 for the fixed effects (2 chains x 500), all
-#: centred 750-840.
-SLOPES_CENTRED_MIN_SIGNAL = 4.0
+#: correlation -0.6, 4 chains x 1000 draws: binomial (intercepts 1.1-3, slopes below 1.5)
+#: with 26 of 40 levels centred gave 213 divergences and R-hat 1.10, all non-centred none;
+#: Poisson (values 12-42) all non-centred gave bulk ESS 15 for the fixed effects (2 chains x
+#: 500), all centred 750-840. Between those, 4 left well-pinned levels non-centred, the
+#: inverted funnel (default fits, seeds 1-3, min bulk ESS and max R-hat of the fixed effects,
+#: sds and correlation): the same binomial data with 100 rows a group (slopes 2.2-3.2), 368-534
+#: and 1.008 non-centred, 1,926-2,284 and 1.0013 with 29 of 40 centred at 2.5, 3,153-4,172
+#: and 1.002 with 37 centred at 2; 140 rows (slopes 2.1-3.9), 375-454 and 1.012 against
+#: 2,127-2,409 and 1.0015 at 2.5; successes of 30 trials at 4 values of x, 40 groups (slopes
+#: 2.7-4), 348-921 and 1.015 against 2,718-3,272 and 1.0014 at 2.5; sleepstudy (slope 2.6,
+#: all 18 subjects centred) 660-887 and 1.010, with 9 divergences on seed 1 in the upper tail
+#: of the slopes' sd, against 1,958-2,340 and 1.003, none. At 1.5 the 80-row binomial data
+#: (slopes 1.0-1.6, 12 of 40 centred) had a divergence on seed 2 of 3.
+SLOPES_CENTRED_MIN_SIGNAL = 2.0
+
+#: p-value of the Q test of equal slopes at or above which no level of a factor with random
+#: slopes is centred (its intercepts keep :data:`CENTRED_MAX_P_VALUE`): a level centred on a
+#: slope whose sd's posterior reaches towards zero sits in the funnel there. Contraception's
+#: ``(urban | district)`` (p = 0.0006) with the one district reaching
+#: :data:`SLOPES_CENTRED_MIN_SIGNAL` centred had 3 divergences on seed 1 and others on
+#: seed 2, none with no district centred; the data sets whose centred levels helped above had
+#: p below 1e-11 (sleepstudy 2.5e-12).
+SLOPES_CENTRED_MAX_P_VALUE = 1e-6
 
 
 def size_column(family: Family) -> str:
@@ -1270,8 +1288,9 @@ def _slope_information(
     estimate of the slopes' variance (:func:`heterogeneity` of one-step estimates of each
     level's slope, ``sum w (z - zbar) r / info`` with ``r`` the cells' working residuals
     around the level's mean) reach :data:`SLOPES_CENTRED_MIN_SIGNAL`, and the slopes must
-    clearly differ (:data:`CENTRED_MAX_P_VALUE`). A level whose rows all share one value of ``x`` (a
-    district without urban women) says nothing about its slope, and is non-centred.
+    clearly differ (:data:`SLOPES_CENTRED_MAX_P_VALUE`). A level whose rows all share one
+    value of ``x`` (a district without urban women) says nothing about its slope, and is
+    non-centred.
     """
     total = np.bincount(index, weights=w, minlength=n_levels)
     ok = np.ones(n_levels, dtype=bool)
@@ -1290,7 +1309,7 @@ def _slope_information(
         slope = slope / info[informed]
         _, tau2_low, p_value = heterogeneity(slope, 1.0 / info[informed])
         signal = info * tau2_low >= SLOPES_CENTRED_MIN_SIGNAL
-        ok &= informed & signal & (p_value < CENTRED_MAX_P_VALUE)
+        ok &= informed & signal & (p_value < SLOPES_CENTRED_MAX_P_VALUE)
     return ok
 
 
@@ -1300,6 +1319,7 @@ def _level_information(
     index: np.ndarray,
     n_levels: int,
     obs: pl.DataFrame | None = None,
+    Z: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray]]:
     """Each level's raw link-scale estimate and its information, and the cells' working
     weights and residuals around their level's estimate (for :func:`_slope_information`).
@@ -1310,8 +1330,10 @@ def _level_information(
     divide each observation's share by its variance inflation (:func:`_overdispersion`,
     estimated from ``obs``). Gaussian: the mean in units of the outcome's sd (identity link)
     or of its mean (log link), information ``rows / residual variance`` in those units, with
-    the residual variance pooled within levels. Variation from the fixed effects counts as
-    residual variance or overdispersion, so the information errs on the low side (towards
+    the residual variance pooled within levels around each level's own least-squares fit on
+    its random design ``Z`` (cells x terms; its mean alone without ``Z``, see
+    :func:`_within_level_ss`). Other variation from the fixed effects counts as residual
+    variance or overdispersion, so the information errs on the low side (towards
     non-centring).
     """
     y = cells[Y].to_numpy().astype(float)
@@ -1337,14 +1359,46 @@ def _level_information(
         return np.log(rate), info, (w, resid)
     mean = ys / ns  # gaussian: size is the number of rows of a cell
     cell_mean = y / size
-    within = float(cells[SS].sum()) + float(np.sum(size * (cell_mean - mean[index]) ** 2))
-    dof = ns.sum() - n_levels
+    within, fitted = _within_level_ss(cell_mean, size, index, n_levels, Z)
+    within += float(cells[SS].sum())
+    dof = ns.sum() - fitted
     location, scale = outcome_scale(family, cells)
     unit = scale if family.link == "identity" else max(abs(float(np.exp(location))), 1e-300)
     resid_var = within / dof / unit**2 if dof > 0 and within > 0 else 1.0
     w = size / resid_var
     resid = (cell_mean - mean[index]) / unit
     return mean / unit, ns / resid_var, (w, resid)
+
+
+def _within_level_ss(
+    y: np.ndarray, size: np.ndarray, index: np.ndarray, n_levels: int, Z: np.ndarray | None
+) -> tuple[float, int]:
+    """Weighted sum of squares of the cell means ``y`` (weights ``size``) around each level's
+    own least-squares fit on ``Z`` (its mean when ``Z`` is None), and the number of
+    coefficients fitted (the sum of the levels' ranks).
+
+    With random slopes the spread of each level's rows along its slopes is not residual
+    variance: counted as such it understated sleepstudy's information about each subject's
+    intercept and slope about threefold (``Reaction ~ Days + (Days | Subject)``: residual
+    variance 1,850 against lme4's 655), so its subjects were non-centred and seed 1 of the
+    defaults had 9 divergences in the upper tail of the slopes' sd (see
+    :data:`SLOPES_CENTRED_MIN_SIGNAL`).
+    """
+    if Z is None:
+        mean = np.bincount(index, weights=size * y, minlength=n_levels) / np.maximum(
+            np.bincount(index, weights=size, minlength=n_levels), 1e-300
+        )
+        present = int(np.count_nonzero(np.bincount(index, minlength=n_levels)))
+        return float(np.sum(size * (y - mean[index]) ** 2)), present
+    q = Z.shape[1]
+    gram = np.zeros((n_levels, q, q))
+    np.add.at(gram, index, size[:, None, None] * Z[:, :, None] * Z[:, None, :])
+    moment = np.zeros((n_levels, q))
+    np.add.at(moment, index, (size * y)[:, None] * Z)
+    coef = np.einsum("lij,lj->li", np.linalg.pinv(gram, hermitian=True), moment)
+    fit = np.einsum("ci,ci->c", Z, coef[index])
+    rank = int(np.linalg.matrix_rank(gram, hermitian=True).sum())
+    return float(np.sum(size * (y - fit) ** 2)), rank
 
 
 def _overdispersion(
@@ -1415,10 +1469,12 @@ def _group_specs(
     """One :class:`GroupSpec` per grouping factor.
 
     ``designs`` holds the random design of each factor with slopes (see
-    :func:`_random_design`); such a factor is non-centred and takes no part in the nesting
-    chains (see :mod:`bayesmer.pymc_model`). ``obs`` (the distinct observations, see
-    :class:`bayesmer.collapse.Collapsed`) gives the negative binomial and the beta-binomial
-    their overdispersion (:func:`_overdispersion`).
+    :func:`_random_design`); such a factor's levels are centred only where their data pin
+    every term down (:func:`_slope_information`), and it takes no part in the nesting chains
+    (see :mod:`bayesmer.pymc_model`); its Gaussian information is measured around each
+    level's own fit on that design (:func:`_within_level_ss`). ``obs`` (the distinct
+    observations, see :class:`bayesmer.collapse.Collapsed`) gives the negative binomial and
+    the beta-binomial their overdispersion (:func:`_overdispersion`).
     """
     designs = designs or {}
     size_col = size_column(family)
@@ -1433,8 +1489,9 @@ def _group_specs(
     raw: dict[str, np.ndarray] = {}
     working: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for g in groups:
+        Z = designs[g][1] if g in designs else None
         raw[g], info[g], working[g] = _level_information(
-            family, cells, index[g], len(levels[g]), obs
+            family, cells, index[g], len(levels[g]), obs, Z
         )
     # A nested factor's spread is measured around its parent's levels.
     spread = {
