@@ -1330,8 +1330,8 @@ def _level_information(
     divide each observation's share by its variance inflation (:func:`_overdispersion`,
     estimated from ``obs``). Gaussian: the mean in units of the outcome's sd (identity link)
     or of its mean (log link), information ``rows / residual variance`` in those units, with
-    the residual variance pooled within levels around each level's own least-squares fit on
-    its random design ``Z`` (cells x terms; its mean alone without ``Z``, see
+    the residual variance pooled within levels around each level's mean, or with random
+    slopes around its own least-squares fit on its random design ``Z`` (cells x terms, see
     :func:`_within_level_ss`). Other variation from the fixed effects counts as residual
     variance or overdispersion, so the information errs on the low side (towards
     non-centring).
@@ -1359,7 +1359,10 @@ def _level_information(
         return np.log(rate), info, (w, resid)
     mean = ys / ns  # gaussian: size is the number of rows of a cell
     cell_mean = y / size
-    within, fitted = _within_level_ss(cell_mean, size, index, n_levels, Z)
+    if Z is None:
+        within, fitted = float(np.sum(size * (cell_mean - mean[index]) ** 2)), n_levels
+    else:
+        within, fitted = _within_level_ss(cell_mean, size, index, n_levels, Z)
     within += float(cells[SS].sum())
     dof = ns.sum() - fitted
     location, scale = outcome_scale(family, cells)
@@ -1371,10 +1374,10 @@ def _level_information(
 
 
 def _within_level_ss(
-    y: np.ndarray, size: np.ndarray, index: np.ndarray, n_levels: int, Z: np.ndarray | None
+    y: np.ndarray, size: np.ndarray, index: np.ndarray, n_levels: int, Z: np.ndarray
 ) -> tuple[float, int]:
     """Weighted sum of squares of the cell means ``y`` (weights ``size``) around each level's
-    own least-squares fit on ``Z`` (its mean when ``Z`` is None), and the number of
+    own least-squares fit on its random design ``Z`` (cells x terms), and the number of
     coefficients fitted (the sum of the levels' ranks).
 
     With random slopes the spread of each level's rows along its slopes is not residual
@@ -1384,17 +1387,15 @@ def _within_level_ss(
     defaults had 9 divergences in the upper tail of the slopes' sd (see
     :data:`SLOPES_CENTRED_MIN_SIGNAL`).
     """
-    if Z is None:
-        mean = np.bincount(index, weights=size * y, minlength=n_levels) / np.maximum(
-            np.bincount(index, weights=size, minlength=n_levels), 1e-300
-        )
-        present = int(np.count_nonzero(np.bincount(index, minlength=n_levels)))
-        return float(np.sum(size * (y - mean[index]) ** 2)), present
     q = Z.shape[1]
-    gram = np.zeros((n_levels, q, q))
-    np.add.at(gram, index, size[:, None, None] * Z[:, :, None] * Z[:, None, :])
-    moment = np.zeros((n_levels, q))
-    np.add.at(moment, index, (size * y)[:, None] * Z)
+    gram = np.empty((n_levels, q, q))
+    for i in range(q):
+        for j in range(q):
+            gram[:, i, j] = np.bincount(index, weights=size * Z[:, i] * Z[:, j], minlength=n_levels)
+    moment = np.stack(
+        [np.bincount(index, weights=size * y * Z[:, i], minlength=n_levels) for i in range(q)],
+        axis=1,
+    )
     coef = np.einsum("lij,lj->li", np.linalg.pinv(gram, hermitian=True), moment)
     fit = np.einsum("ci,ci->c", Z, coef[index])
     rank = int(np.linalg.matrix_rank(gram, hermitian=True).sum())
